@@ -1,0 +1,1 @@
+"""The SimPy discrete-event model of offloaded MoE inference (``moe-sim``). Built in the simulator issue."""

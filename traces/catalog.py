@@ -1,0 +1,58 @@
+"""Finding bundled configuration: model specs (``conf/model``) and trace presets (``conf/trace``).
+
+The ``conf/`` folder sits beside the packages at the repository root (the README installs the
+project in editable mode, so it is found from the installed package too). ``MOE_LAB_CONF`` points
+somewhere else when a user keeps their own catalog.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from traces.errors import ConfigError
+from traces.spec import ModelSpec
+
+
+def conf_dir() -> Path:
+    """The configuration root (``$MOE_LAB_CONF`` or ``<repo>/conf``)."""
+    override = os.environ.get("MOE_LAB_CONF")
+    root = Path(override) if override else Path(__file__).resolve().parent.parent / "conf"
+    if not root.is_dir():
+        raise ConfigError(f"configuration folder not found: {root} (set MOE_LAB_CONF)")
+    return root
+
+
+def available(group: str) -> list[str]:
+    """Names of the YAML configs in one group (``model``, ``trace``...), sorted."""
+    folder = conf_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def load_yaml(group: str, name: str) -> dict[str, Any]:
+    """Read ``conf/<group>/<name>.yaml`` as a dict, with a clear error for unknown names."""
+    path = conf_dir() / group / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(available(group)) or "none"
+        raise ConfigError(f"unknown {group} {name!r}; available: {names}")
+    return read_yaml_file(path)
+
+
+def read_yaml_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping, turning syntax errors into one-line ConfigErrors."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_model(name: str, **overrides: Any) -> ModelSpec:
+    """The ModelSpec of a bundled model (``mixtral-8x7b``...), optionally with fields overridden."""
+    spec = ModelSpec.from_dict(load_yaml("model", name))
+    return spec.with_overrides(**overrides) if overrides else spec

@@ -1,0 +1,153 @@
+"""ModelSpec: the shape of a Mixture-of-Experts model, as far as offloading cares.
+
+A ModelSpec says how many MoE layers a model has, how many routed experts each holds, how many are
+picked per token (top-k), and how many bytes one expert occupies. Everything the simulator and the
+executor charge for copies and memory derives from it. Values for real models live in
+``conf/model/*.yaml`` (see :mod:`traces.catalog`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from traces.errors import ConfigError
+
+_ATTENTION_KINDS = ("mha", "gqa", "mla")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape of a MoE model.
+
+    Layer numbering: ``num_layers`` counts every transformer block; the MoE blocks are the ones
+    listed by :attr:`moe_layer_indices`. Traces and policies index MoE layers densely as
+    ``0 .. num_moe_layers - 1`` (the i-th MoE block), never by transformer block number.
+    """
+
+    name: str
+    num_layers: int
+    num_experts: int
+    top_k: int
+    hidden_size: int
+    expert_intermediate_size: int
+    first_k_dense: int = 0
+    moe_layer_step: int = 1
+    num_shared_experts: int = 0
+    shared_intermediate_size: int = 0
+    dense_intermediate_size: int = 0
+    expert_matrices: int = 3
+    expert_bias: bool = False
+    expert_bytes_per_param: float = 2.0
+    non_expert_bytes: int = 0
+    attention: str = "gqa"
+    num_attention_heads: int = 0
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    vocab_size: int = 0
+    hf_architecture: str = ""
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        positive = ("num_layers", "num_experts", "top_k", "hidden_size", "expert_intermediate_size",
+                    "moe_layer_step")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"model {self.name!r}: {name} must be a positive integer, got {value!r}")
+        if self.top_k > self.num_experts:
+            raise ConfigError(f"model {self.name!r}: top_k={self.top_k} exceeds num_experts={self.num_experts}")
+        if self.num_experts > 32767:
+            raise ConfigError(f"model {self.name!r}: at most 32767 experts per layer are supported")
+        if not 0 <= self.first_k_dense < self.num_layers:
+            raise ConfigError(f"model {self.name!r}: first_k_dense must be in [0, num_layers)")
+        if self.expert_matrices not in (2, 3):
+            raise ConfigError(f"model {self.name!r}: expert_matrices must be 2 (plain FFN) or 3 (gated)")
+        if not (self.expert_bytes_per_param > 0 and math.isfinite(self.expert_bytes_per_param)):
+            raise ConfigError(f"model {self.name!r}: expert_bytes_per_param must be positive")
+        if self.attention not in _ATTENTION_KINDS:
+            raise ConfigError(f"model {self.name!r}: attention must be one of {_ATTENTION_KINDS}")
+        for name in ("num_shared_experts", "shared_intermediate_size", "dense_intermediate_size",
+                     "non_expert_bytes", "num_attention_heads", "num_kv_heads", "head_dim",
+                     "vocab_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model {self.name!r}: {name} must not be negative")
+
+    # ---- layers -------------------------------------------------------------------------------
+    @property
+    def moe_layer_indices(self) -> tuple[int, ...]:
+        """Transformer block numbers of the MoE blocks, in order."""
+        start, step = self.first_k_dense, self.moe_layer_step
+        return tuple(i for i in range(start, self.num_layers) if (i - start) % step == step - 1)
+
+    @property
+    def num_moe_layers(self) -> int:
+        """Number of MoE blocks (the ``layers`` axis of every trace array)."""
+        return len(self.moe_layer_indices)
+
+    @property
+    def num_expert_keys(self) -> int:
+        """Number of distinct (MoE layer, routed expert) pairs: the universe a cache draws from."""
+        return self.num_moe_layers * self.num_experts
+
+    # ---- bytes --------------------------------------------------------------------------------
+    @property
+    def expert_params(self) -> int:
+        """Parameters of one routed expert (weights plus biases when the model has them)."""
+        h, i = self.hidden_size, self.expert_intermediate_size
+        weights = self.expert_matrices * h * i
+        # Gated experts carry a bias per gate and up row and per down output; plain FFNs one per
+        # hidden and output unit.
+        biases = ((self.expert_matrices - 1) * i + h) if self.expert_bias else 0
+        return weights + biases
+
+    @property
+    def expert_bytes(self) -> int:
+        """Bytes of one routed expert at ``expert_bytes_per_param`` (rounded up to whole bytes)."""
+        return math.ceil(self.expert_params * self.expert_bytes_per_param)
+
+    @property
+    def routed_expert_bytes(self) -> int:
+        """Bytes of all routed experts of all MoE layers."""
+        return self.expert_bytes * self.num_expert_keys
+
+    @property
+    def shared_expert_bytes(self) -> int:
+        """Bytes of one MoE layer's shared experts (always resident; 0 when there are none)."""
+        params = self.num_shared_experts * self.expert_matrices * self.hidden_size * self.shared_intermediate_size
+        return math.ceil(params * self.expert_bytes_per_param)
+
+    def expert_flops(self, tokens: int) -> int:
+        """Multiply-add FLOPs (2 per MAC) of one routed expert applied to ``tokens`` tokens."""
+        return 2 * self.expert_matrices * self.hidden_size * self.expert_intermediate_size * tokens
+
+    # ---- (de)serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields (JSON- and YAML-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """Build from a dict such as a YAML file or a Hydra node; unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model spec must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"model spec has unknown field(s): {', '.join(unknown)}")
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"model spec lacks required field(s): {', '.join(missing)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a wrongly typed value reaching an arithmetic check
+            raise ConfigError(f"model spec {data.get('name', '?')!r}: {exc}") from None
+
+    def with_overrides(self, **changes: Any) -> ModelSpec:
+        """Copy with some fields changed, for example ``expert_bytes_per_param=0.5`` for 4-bit."""
+        return ModelSpec.from_dict({**self.to_dict(), **changes})
