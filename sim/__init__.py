@@ -1,1 +1,4 @@
-"""The SimPy discrete-event model of offloaded MoE inference (``moe-sim``). Built in the simulator issue."""
+"""The SimPy discrete-event model of offloaded MoE inference (``moe-sim``).
+
+Built in the simulator issue.
+"""

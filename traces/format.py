@@ -1,10 +1,10 @@
 """Trace format v1: routing decisions per token and MoE layer, stored as Parquet.
 
 One row per token, in the order the tokens were processed. Per MoE layer ``l`` (dense index
-``0 .. L-1``) the file has a ``fixed_size_list`` column of the top-k expert ids and one of their gate
-weights; optional lookahead and feature columns follow the same per-layer scheme. The ModelSpec,
-the provenance and the schema version live in the file's key-value metadata. ``traces/README.md``
-documents the schema for writers in other tools.
+``0 .. L-1``) the file has a ``fixed_size_list`` column of the top-k expert ids and one of their
+gate weights; optional lookahead and feature columns follow the same per-layer scheme. The
+ModelSpec, the provenance and the schema version live in the file's key-value metadata.
+``traces/README.md`` documents the schema for writers in other tools.
 
 In memory a :class:`Trace` is a handful of numpy arrays; :meth:`Trace.load` validates everything
 it reads and raises :class:`~traces.errors.TraceError` naming the file and the problem.
@@ -112,7 +112,8 @@ class Trace:
 
     # ---- validation ---------------------------------------------------------------------------
     def validate(self, where: str = "trace") -> None:
-        """Check shapes, dtypes and values against the ModelSpec; raise TraceError on the first fault."""
+        """Check shapes, dtypes and values against the ModelSpec; raise TraceError on the first
+        fault."""
         _validate(self, where)
 
     # ---- I/O ----------------------------------------------------------------------------------
@@ -191,11 +192,15 @@ def _read(path: Path, with_extras: bool) -> Trace:
                          f"{_first_line(exc)}") from None
     spec, provenance = _read_metadata(schema.metadata or {}, where)
     names = set(schema.names)
+    if len(names) != len(schema.names):
+        twice = next(n for i, n in enumerate(schema.names) if n in schema.names[:i])
+        raise TraceError(f"{where}: column {twice} appears more than once")
     wanted = _wanted_columns(spec, names, with_extras, where)
     try:
         table = parquet.read(columns=wanted)
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise TraceError(f"{where}: cannot read the table (damaged file?): {_first_line(exc)}") from None
+        raise TraceError(f"{where}: cannot read the table (damaged file?): "
+                         f"{_first_line(exc)}") from None
     trace = _from_table(table, spec, provenance, with_extras, where)
     trace.validate(where)
     return trace
@@ -219,7 +224,7 @@ def _read_metadata(meta: dict[bytes, bytes], where: str) -> tuple[ModelSpec, dic
     except KeyError:
         raise TraceError(f"{where}: no ModelSpec in the file metadata "
                          f"(key {META_SPEC.decode()!r})") from None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise TraceError(f"{where}: the ModelSpec metadata is not valid JSON") from None
     try:
         spec = ModelSpec.from_dict(spec_dict)
@@ -227,7 +232,7 @@ def _read_metadata(meta: dict[bytes, bytes], where: str) -> tuple[ModelSpec, dic
         raise TraceError(f"{where}: invalid ModelSpec in metadata: {exc}") from None
     try:
         provenance = json.loads(meta.get(META_PROVENANCE, b"{}"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise TraceError(f"{where}: the provenance metadata is not valid JSON") from None
     if not isinstance(provenance, dict):
         raise TraceError(f"{where}: the provenance metadata must be a JSON object")
@@ -244,7 +249,9 @@ def _wanted_columns(spec: ModelSpec, names: set[str], with_extras: bool, where: 
         raise TraceError(f"{where}: missing column(s) {', '.join(missing[:4])}"
                          f"{' ...' if len(missing) > 4 else ''} (the ModelSpec "
                          f"{spec.name!r} has {n_layers} MoE layers)")
-    extra_layers = [c for c in names if c.startswith("experts_l") and c not in required]
+    per_layer = set(required) | {features_column(layer) for layer in range(n_layers)}
+    extra_layers = [c for c in names if c.startswith(("experts_l", "gates_l", "features_l"))
+                    and c not in per_layer]
     if extra_layers:
         raise TraceError(f"{where}: column {sorted(extra_layers)[0]} is beyond the "
                          f"{n_layers} MoE layers of the ModelSpec {spec.name!r}")
@@ -271,7 +278,8 @@ def _column_matrix(table: pa.Table, name: str, width: int, dtypes: tuple[str, ..
         if column.num_chunks else pa.chunked_array([], kind.value_type)
     if values.null_count:
         raise TraceError(f"{where}: column {name} has null values")
-    array = values.to_numpy() if values.num_chunks else np.empty(0, kind.value_type.to_pandas_dtype())
+    array = values.to_numpy() if values.num_chunks \
+        else np.empty(0, kind.value_type.to_pandas_dtype())
     return array.reshape(-1, width)
 
 
@@ -316,7 +324,7 @@ def _from_table(table: pa.Table, spec: ModelSpec, provenance: dict[str, Any],
         return trace
     names = set(table.column_names)
     distances = sorted({int(c.split("_")[1][1:]) for c in names if c.startswith("lookahead_d")
-                        and c.split("_")[1][1:].isdigit()})
+                        and c.split("_")[1][1:].isascii() and c.split("_")[1][1:].isdigit()})
     for d in distances:
         wanted = [lookahead_column(d, l) for l in layers]
         missing = [c for c in wanted if c not in names]
@@ -342,7 +350,8 @@ def _from_table(table: pa.Table, spec: ModelSpec, provenance: dict[str, Any],
 # ---- validation ---------------------------------------------------------------------------------
 def _validate(trace: Trace, where: str) -> None:
     spec = trace.spec
-    n_tokens = trace.expert_ids.shape[0] if trace.expert_ids.ndim else 0
+    ids = trace.expert_ids
+    n_tokens = ids.shape[0] if isinstance(ids, np.ndarray) and ids.ndim else 0
     shape = (n_tokens, spec.num_moe_layers, spec.top_k)
     _check_array(trace.expert_ids, "expert_ids", shape, (np.int16,), where)
     _check_array(trace.gate_weights, "gate_weights", shape, (np.float32,), where)
@@ -353,7 +362,8 @@ def _validate(trace: Trace, where: str) -> None:
         token, layer, _ = np.argwhere(~np.isfinite(trace.gate_weights))[0]
         raise TraceError(f"{where}: non-finite gate weight at token {token}, layer {layer}")
     if n_tokens and trace.position.min() < 0:
-        raise TraceError(f"{where}: negative token position at row {int(np.argmin(trace.position))}")
+        raise TraceError(f"{where}: negative token position at row "
+                         f"{int(np.argmin(trace.position))}")
     bad_phase = (trace.phase != PREFILL) & (trace.phase != DECODE)
     if bad_phase.any():
         raise TraceError(f"{where}: phase must be 0 (prefill) or 1 (decode); row "
@@ -361,8 +371,12 @@ def _validate(trace: Trace, where: str) -> None:
     _check_request_order(trace, where)
     for d, ahead in trace.lookahead.items():
         _check_lookahead(ahead, d, spec, shape, where)
+    if not isinstance(trace.provenance, dict):
+        raise TraceError(f"{where}: provenance must be a dict (a JSON object)")
     if trace.features is not None:
         feats = trace.features
+        if not isinstance(feats, np.ndarray):
+            raise TraceError(f"{where}: features must be a numpy array")
         if feats.ndim != 3 or feats.shape[:2] != shape[:2] or feats.shape[2] < 1:
             raise TraceError(f"{where}: features have shape {feats.shape}, expected "
                              f"({shape[0]}, {shape[1]}, F) with F >= 1")

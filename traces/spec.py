@@ -16,6 +16,24 @@ from typing import Any
 from traces.errors import ConfigError
 
 _ATTENTION_KINDS = ("mha", "gqa", "mla")
+_STRING_FIELDS = ("name", "attention", "hf_architecture", "notes")
+_NON_NEGATIVE_FIELDS = ("first_k_dense", "num_shared_experts", "shared_intermediate_size",
+                        "dense_intermediate_size", "non_expert_bytes", "num_attention_heads",
+                        "num_kv_heads", "head_dim", "vocab_size")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive_finite(value: Any) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+    return 0 < value < math.inf  # false for NaN too
 
 
 @dataclass(frozen=True)
@@ -52,29 +70,50 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in _STRING_FIELDS:
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"model {self.name!r}: {name} must be a string, "
+                                  f"got {getattr(self, name)!r}")
         positive = ("num_layers", "num_experts", "top_k", "hidden_size", "expert_intermediate_size",
                     "moe_layer_step")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"model {self.name!r}: {name} must be a positive integer, got {value!r}")
+            if not _is_int(value) or value <= 0:
+                raise ConfigError(f"model {self.name!r}: {name} must be a positive integer, "
+                                  f"got {value!r}")
+        for name in _NON_NEGATIVE_FIELDS:
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ConfigError(f"model {self.name!r}: {name} must be a non-negative integer, "
+                                  f"got {value!r}")
+        if not isinstance(self.expert_bias, bool):
+            raise ConfigError(f"model {self.name!r}: expert_bias must be true or false")
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"model {self.name!r}: extra must be a mapping")
+        bytes_per_param = self.expert_bytes_per_param
+        if not _is_positive_finite(bytes_per_param):
+            raise ConfigError(f"model {self.name!r}: expert_bytes_per_param must be a positive "
+                              f"finite number, got {bytes_per_param!r}")
         if self.top_k > self.num_experts:
-            raise ConfigError(f"model {self.name!r}: top_k={self.top_k} exceeds num_experts={self.num_experts}")
+            raise ConfigError(f"model {self.name!r}: top_k={self.top_k} exceeds "
+                              f"num_experts={self.num_experts}")
         if self.num_experts > 32767:
-            raise ConfigError(f"model {self.name!r}: at most 32767 experts per layer are supported")
+            raise ConfigError(f"model {self.name!r}: num_experts={self.num_experts} exceeds "
+                              f"32767, the most a trace's int16 expert ids can address")
+        if self.num_layers > 32767:  # keeps a damaged trace's metadata from exhausting memory
+            raise ConfigError(f"model {self.name!r}: num_layers={self.num_layers} exceeds 32767, "
+                              f"the most supported")
         if not 0 <= self.first_k_dense < self.num_layers:
             raise ConfigError(f"model {self.name!r}: first_k_dense must be in [0, num_layers)")
-        if self.expert_matrices not in (2, 3):
-            raise ConfigError(f"model {self.name!r}: expert_matrices must be 2 (plain FFN) or 3 (gated)")
-        if not (self.expert_bytes_per_param > 0 and math.isfinite(self.expert_bytes_per_param)):
-            raise ConfigError(f"model {self.name!r}: expert_bytes_per_param must be positive")
+        if not _is_int(self.expert_matrices) or self.expert_matrices not in (2, 3):
+            raise ConfigError(f"model {self.name!r}: expert_matrices must be 2 (plain FFN) "
+                              f"or 3 (gated)")
         if self.attention not in _ATTENTION_KINDS:
             raise ConfigError(f"model {self.name!r}: attention must be one of {_ATTENTION_KINDS}")
-        for name in ("num_shared_experts", "shared_intermediate_size", "dense_intermediate_size",
-                     "non_expert_bytes", "num_attention_heads", "num_kv_heads", "head_dim",
-                     "vocab_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"model {self.name!r}: {name} must not be negative")
+        if self.num_moe_layers == 0:
+            raise ConfigError(f"model {self.name!r}: no MoE layer (num_layers={self.num_layers}, "
+                              f"first_k_dense={self.first_k_dense}, "
+                              f"moe_layer_step={self.moe_layer_step})")
 
     # ---- layers -------------------------------------------------------------------------------
     @property
@@ -117,7 +156,8 @@ class ModelSpec:
     @property
     def shared_expert_bytes(self) -> int:
         """Bytes of one MoE layer's shared experts (always resident; 0 when there are none)."""
-        params = self.num_shared_experts * self.expert_matrices * self.hidden_size * self.shared_intermediate_size
+        params = (self.num_shared_experts * self.expert_matrices * self.hidden_size
+                  * self.shared_intermediate_size)
         return math.ceil(params * self.expert_bytes_per_param)
 
     def expert_flops(self, tokens: int) -> int:

@@ -1,0 +1,182 @@
+"""``moe-trace``: make, check, analyse and plot routing traces.
+
+    moe-trace synth --preset mixtral-8x7b --requests 16 --seed 0 -o mixtral.parquet
+    moe-trace stats mixtral.parquet [--json]
+    moe-trace validate mixtral.parquet
+    moe-trace plot mixtral.parquet -o mixtral.png
+
+User errors print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from traces.errors import ConfigError, MoeLabError
+
+PROG = "moe-trace"
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError("cache fractions must lie in (0, 1]")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="generate a synthetic trace from a preset")
+    synth.add_argument(
+        "--preset", default="mixtral-8x7b", help="a name from conf/trace (default: mixtral-8x7b)"
+    )
+    size = synth.add_mutually_exclusive_group()
+    size.add_argument("--requests", type=int, help="number of requests (default: the preset's)")
+    size.add_argument("--tokens", type=int, help="total number of tokens instead of requests")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--lookahead",
+        type=int,
+        metavar="D",
+        help="lookahead distances to record (default: the preset's)",
+    )
+    synth.add_argument("-o", "--output", required=True, type=Path, help="trace file to write")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    stats = sub.add_parser("stats", help="print the analysis of a trace")
+    stats.add_argument("trace", type=Path)
+    stats.add_argument("--json", action="store_true", help="print JSON with stable keys")
+    stats.add_argument(
+        "--belady",
+        type=_fractions,
+        default=(0.25, 0.5),
+        metavar="F,F",
+        help="cache fractions for Belady's optimal hit ratio (default 0.25,0.5)",
+    )
+    stats.add_argument(
+        "--max-distance",
+        type=int,
+        default=3,
+        help="largest layer distance for mutual information (default 3)",
+    )
+    stats.add_argument(
+        "--context-layers",
+        type=int,
+        default=3,
+        help="largest number of previous layers to condition on (default 3)",
+    )
+
+    validate = sub.add_parser("validate", help="check trace files and print a summary of each")
+    validate.add_argument("traces", type=Path, nargs="+")
+
+    plot = sub.add_parser("plot", help="draw the main measures of a trace as a PNG figure")
+    plot.add_argument("trace", type=Path)
+    plot.add_argument("-o", "--output", required=True, type=Path, help="PNG file to write")
+    return parser
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from traces.synthetic import SynthConfig, generate
+
+    config = SynthConfig.preset(args.preset)
+    if args.lookahead is not None:
+        if args.lookahead < 0:
+            raise ConfigError("--lookahead must not be negative")
+        config = config.with_overrides(lookahead_distances=args.lookahead)
+    trace = generate(
+        config, requests=args.requests, tokens=args.tokens, seed=args.seed, progress=not args.quiet
+    )
+    trace.save(args.output)
+    print(
+        f"wrote {args.output}: {trace.num_tokens} tokens, {len(trace.request_ids())} requests, "
+        f"model {trace.spec.name}, lookahead distances {trace.lookahead_distances or 'none'}"
+    )
+    return 0
+
+
+def _compute(args: argparse.Namespace) -> dict[str, Any]:
+    from traces.analysis.report import compute_stats
+    from traces.format import Trace
+
+    if args.max_distance < 1 or args.context_layers < 1:
+        raise ConfigError("--max-distance and --context-layers must be at least 1")
+    trace = Trace.load(args.trace)
+    return compute_stats(
+        trace,
+        belady_fractions=args.belady,
+        max_distance=args.max_distance,
+        context_layers=args.context_layers,
+        progress=not args.json,
+    )
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from traces.analysis.summary import format_stats
+
+    stats = _compute(args)
+    if args.json:
+        json.dump(stats, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(format_stats(stats))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from traces.format import Trace
+
+    for path in args.traces:
+        trace = Trace.load(path)
+        spec = trace.spec
+        decode = int(trace.phase.sum())
+        print(
+            f"ok {path}: model {spec.name} ({spec.num_moe_layers} MoE layers, {spec.num_experts} "
+            f"experts, top-{spec.top_k}), {trace.num_tokens} tokens ({decode} decode) in "
+            f"{len(trace.request_ids())} requests, lookahead distances "
+            f"{trace.lookahead_distances or 'none'}, features "
+            f"{'none' if trace.features is None else trace.features.shape[2]}"
+        )
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from traces.analysis.plot import plot_stats
+    from traces.analysis.report import compute_stats
+    from traces.format import Trace
+
+    if args.output.suffix.lower() != ".png":
+        raise ConfigError(f"the figure is written as PNG; name it *.png, not {args.output.name}")
+    trace = Trace.load(args.trace)
+    path = plot_stats(compute_stats(trace, progress=True), args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``moe-trace``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    handlers = {"synth": _synth, "stats": _stats, "validate": _validate, "plot": _plot}
+    try:
+        return handlers[args.command](args)
+    except MoeLabError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
