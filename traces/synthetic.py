@@ -12,9 +12,9 @@ The generative model, per MoE layer ``l`` and token ``t`` (all of it vectorised 
    experts of layer ``l`` by ``cross_layer.strength`` logits; a token's logits at ``l`` add the
    boosts of the experts it used at ``l-1``, each scaled by ``k`` times its gate weight. This is
    the information Prophet-style predictors use.
-4. **Routing**: the top-k of ``logits + Gumbel noise`` (a sample of k experts without replacement
-   in proportion to ``softmax(logits)``); gate weights are the softmax of the perturbed logits over
-   the chosen k at ``router.temperature``.
+4. **Routing**: k experts drawn without replacement in proportion to ``softmax(logits)`` (the law
+   of the top-k of Gumbel-perturbed logits); gate weights are the softmax of their logits over the
+   chosen k at ``router.temperature``, and the slots are ordered by gate weight, largest first.
 5. **Temporal reuse**: a token's logits at layer ``l`` add ``temporal.strength`` to the experts the
    previous token of the same request used at ``l`` (adjacent tokens share experts more than
    chance, as hidden states of neighbouring tokens are alike).
@@ -302,7 +302,7 @@ def _route_block(
     inv_temperature,
     topic,
     request_id,
-    gumbel,
+    seed,
     carry_ids,
     carry_request,
     out_ids,
@@ -311,19 +311,23 @@ def _route_block(
     """Route a block of consecutive tokens through every layer (numba; one pass, no allocation).
 
     pop_logits [L, E], topic_boost [topics, L, E], successor_boost [L, E, E], topic [n],
-    request_id [n], gumbel [n, L, E] noise, carry_ids [L, k] the routing of the token before the
-    block (updated in place), carry_request its request id; writes out_ids / out_gates [n, L, k].
+    request_id [n], carry_ids [L, k] the routing of the token before the block (updated in
+    place), carry_request its request id; writes out_ids / out_gates [n, L, k]. Experts are drawn
+    without replacement in proportion to softmax(logits) (the same law as the top-k of Gumbel-
+    perturbed logits), then ordered by gate weight, largest first.
     """
-    n, n_layers, n_experts = gumbel.shape
+    np.random.seed(seed)  # noqa: NPY002 (numba has the legacy API only)
+    n = topic.shape[0]
+    n_layers, n_experts = pop_logits.shape
     k = out_ids.shape[2]
     logits = np.empty(n_experts)
+    weights = np.empty(n_experts)
+    chosen = np.empty(k, np.int64)
     for t in range(n):
         same_request = request_id[t] == carry_request
         for layer in range(n_layers):
             for e in range(n_experts):
-                logits[e] = (
-                    pop_logits[layer, e] + topic_boost[topic[t], layer, e] + gumbel[t, layer, e]
-                )
+                logits[e] = pop_logits[layer, e] + topic_boost[topic[t], layer, e]
             if layer > 0:
                 # Each expert used at the previous layer pulls its successors in proportion to its
                 # gate weight (k * weight is 1 on average), so the top expert steers the most.
@@ -335,23 +339,36 @@ def _route_block(
             if same_request:
                 for j in range(k):
                     logits[carry_ids[layer, j]] += reuse_strength
-            # top-k by repeated arg-max, largest first
-            total = 0.0
-            top = 0.0
-            for j in range(k):
-                best = 0
-                best_value = -np.inf
+            peak = logits.max()
+            for e in range(n_experts):
+                weights[e] = np.exp(logits[e] - peak)
+            for j in range(k):  # sequential sampling without replacement
+                total = weights.sum()
+                target = np.random.random() * total  # noqa: NPY002
+                pick = -1
+                running = 0.0
                 for e in range(n_experts):
-                    if logits[e] > best_value:
-                        best_value = logits[e]
-                        best = e
-                out_ids[t, layer, j] = best
-                if j == 0:
-                    top = best_value
-                weight = np.exp((best_value - top) * inv_temperature)
+                    if weights[e] > 0.0:
+                        pick = e
+                        running += weights[e]
+                        if running >= target:
+                            break
+                chosen[j] = pick
+                weights[pick] = 0.0
+            for j in range(1, k):  # insertion sort by logit, largest first
+                value = chosen[j]
+                i = j - 1
+                while i >= 0 and logits[chosen[i]] < logits[value]:
+                    chosen[i + 1] = chosen[i]
+                    i -= 1
+                chosen[i + 1] = value
+            top = logits[chosen[0]]
+            total = 0.0
+            for j in range(k):
+                weight = np.exp((logits[chosen[j]] - top) * inv_temperature)
+                out_ids[t, layer, j] = chosen[j]
                 out_gates[t, layer, j] = weight
                 total += weight
-                logits[best] = -np.inf
             for j in range(k):
                 out_gates[t, layer, j] /= total
         for layer in range(n_layers):
@@ -359,6 +376,40 @@ def _route_block(
                 carry_ids[layer, j] = out_ids[t, layer, j]
         carry_request = request_id[t]
     return carry_request
+
+
+@numba.njit(cache=True)
+def _lookahead_kernel(expert_ids, distance, keep_prob, cdf, seed, out):
+    """Fill out [T, L, k] with predictions of layer l + distance made at layer l.
+
+    expert_ids [T, L, k] true routing, keep_prob [L] per target layer, cdf [L, E] popularity. Each
+    true expert is kept with keep_prob, otherwise replaced by an expert drawn from the target
+    layer's popularity that is neither routed nor already named in the row. Rows whose target lies
+    beyond the last layer are left as they are (the caller fills them with -1).
+    """
+    np.random.seed(seed)  # noqa: NPY002 (numba has the legacy API only)
+    n, n_layers, k = expert_ids.shape
+    n_experts = cdf.shape[1]
+    for t in range(n):
+        for source in range(n_layers - distance):
+            target = source + distance
+            for j in range(k):
+                out[t, source, j] = expert_ids[t, target, j]
+            if k >= n_experts:
+                continue
+            for j in range(k):
+                if np.random.random() < keep_prob[target]:  # noqa: NPY002
+                    continue
+                while True:
+                    draw = np.random.random()  # noqa: NPY002
+                    candidate = min(np.searchsorted(cdf[target], draw), n_experts - 1)
+                    clash = False
+                    for i in range(k):
+                        if expert_ids[t, target, i] == candidate or out[t, source, i] == candidate:
+                            clash = True
+                    if not clash:
+                        out[t, source, j] = candidate
+                        break
 
 
 def _lookahead_accuracy(cfg: SynthConfig, spec: ModelSpec) -> np.ndarray:
@@ -379,32 +430,6 @@ def _lookahead_accuracy(cfg: SynthConfig, spec: ModelSpec) -> np.ndarray:
     for d in range(1, d_max + 1):
         out[d - 1, d:] = chance + (acc1[d:] - chance) * cfg.lookahead_decay ** (d - 1)
     return np.clip(out, 0.0, 1.0)
-
-
-def _corrupt(
-    true_ids: np.ndarray, keep_prob: float, popularity: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """A prediction keeping each true expert with ``keep_prob``, otherwise naming an unrouted one.
-
-    true_ids: [T, k] -> [T, k] int16, distinct per row, never a routed expert in a replaced slot.
-    """
-    n_tokens, k = true_ids.shape
-    n_experts = popularity.shape[0]
-    pred = true_ids.astype(np.int16, copy=True)
-    if k == n_experts:
-        return pred  # every expert is routed; there is nothing else to name
-    replace = rng.random((n_tokens, k)) >= keep_prob  # [T, k]
-    cdf = np.cumsum(popularity)
-    cdf /= cdf[-1]
-    for slot in range(k):  # one slot at a time, so two replacements of a row never collide
-        rows = np.nonzero(replace[:, slot])[0]
-        while rows.size:
-            candidate = np.minimum(np.searchsorted(cdf, rng.random(rows.size)), n_experts - 1)
-            clash = (true_ids[rows] == candidate[:, None]).any(axis=1)
-            clash |= (pred[rows] == candidate[:, None]).any(axis=1)
-            pred[rows[~clash], slot] = candidate[~clash]
-            rows = rows[clash]
-    return pred
 
 
 def generate(
@@ -451,7 +476,6 @@ def generate(
         starts = tqdm(starts, desc="synth", unit="block")
     for lo in starts:
         hi = min(lo + block, n_tokens)
-        noise = rng.gumbel(size=(hi - lo, n_layers, spec.num_experts))  # [n, L, E]
         carry_request = _route_block(
             structure.pop_logits,
             structure.topic_boost,
@@ -460,7 +484,7 @@ def generate(
             1.0 / cfg.temperature,
             topic[lo:hi],
             request_id[lo:hi],
-            noise,
+            int(rng.integers(2**31)),
             carry_ids,
             carry_request,
             expert_ids[lo:hi],
@@ -468,13 +492,13 @@ def generate(
         )
 
     lookahead: dict[int, np.ndarray] = {}
+    cdf = np.cumsum(structure.popularity, axis=1)  # [L, E]
+    cdf /= cdf[:, -1:]
     for d in range(1, cfg.lookahead_distances + 1):
         ahead = np.full((n_tokens, n_layers, k), NO_EXPERT, dtype=np.int16)  # [T, L, k]
-        for source_layer in range(n_layers - d):
-            target = source_layer + d
-            ahead[:, source_layer] = _corrupt(
-                expert_ids[:, target], accuracy[d - 1, target], structure.popularity[target], rng
-            )
+        _lookahead_kernel(
+            expert_ids, d, np.nan_to_num(accuracy[d - 1]), cdf, int(rng.integers(2**31)), ahead
+        )
         lookahead[d] = ahead
 
     provenance = {

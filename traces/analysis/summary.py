@@ -33,9 +33,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     ]
     for d, block in mi["cross_layer"].items():
         lines.append(_row(f"mutual information l, l+{d}", block))
-    for key, label in (("cross_layer_top1", "mutual information top-1 l, l+1"),):
-        if key in mi:
-            lines.append(_row(label, mi[key]))
+    for d, block in mi["cross_layer_top1"].items():
+        lines.append(_row(f"mutual information top-1 l, l+{d}", block))
     lines.append(_row("mutual information adjacent tokens", mi["adjacent_token"]))
     for c, block in stats["conditional_entropy_bits"].items():
         lines.append(
