@@ -4,9 +4,10 @@
                                         [--batches 1,32] [--repeat R]
 
 For each policy, model shape (Mixtral-8x7B: L=32, E=8, k=2; Qwen3-30B-A3B: L=48, E=128, k=8) and
-batch size, a toy trace (``policies.toy_traces``: lookahead columns at distances 1-3, 15% wrong)
-is replayed through the full engine call sequence of :mod:`policies.base` (begin_step, on_layer,
-place, admit, evict, on_evict, prefetch, on_fetch_done, end_step) against a
+batch size, a synthetic trace of the model's preset (``traces.synthetic``, with lookahead columns
+at distances 1-3; ``--source toy`` or a missing generator falls back to ``policies.toy_traces``,
+15% wrong lookahead) is replayed through the full engine call sequence of :mod:`policies.base`
+(begin_step, on_layer, place, admit, evict, on_evict, prefetch, on_fetch_done, end_step) against a
 :class:`~policies.cache.SlotCache` holding 25% of the experts, with instant copies.
 
 Method: the same replay runs twice - once calling the policy, once re-applying the decisions the
@@ -36,7 +37,7 @@ from policies import (  # noqa: E402
 )
 from policies.needs import consecutive_batches, step_experts  # noqa: E402
 from policies.toy_traces import make_trace  # noqa: E402
-from traces import load_model  # noqa: E402
+from traces import MoeLabError, load_model  # noqa: E402
 
 TARGET_US = {"lru": 5.0, "lfu": 5.0, "gate-lookahead": 5.0}
 OTHER_TARGET_US = 20.0
@@ -177,6 +178,20 @@ def measure(policy_name: str, work: Workload, repeat: int) -> float:
     return max(with_policy - replay, 0.0) / work.visits * 1e6
 
 
+def _trace(spec, tokens: int, source: str):
+    """A trace of ``tokens`` tokens for ``spec``: its synthetic preset, else a toy trace."""
+    if source == "synthetic":
+        try:
+            from traces.synthetic import generate
+
+            return generate(spec.name, tokens=tokens, seed=1), "synthetic"
+        except (ImportError, MoeLabError):
+            source = "toy"
+    trace = make_trace(spec, tokens, requests=max(1, tokens // 128), seed=1, lookahead=(1, 2, 3),
+                       lookahead_error=0.15)
+    return trace, source
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=1024, help="trace tokens at batch 1")
@@ -185,23 +200,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--policies", default="", help="comma-separated (default: all)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement")
+    parser.add_argument("--source", choices=("synthetic", "toy"), default="synthetic",
+                        help="trace generator (default: the model's traces.synthetic preset)")
     args = parser.parse_args(argv)
     names = [p for p in args.policies.split(",") if p] or available_policies()
     batches = [int(b) for b in args.batches.split(",")]
     models = [load_model("mixtral-8x7b"), load_model("qwen3-30b-a3b")]
     works = {}
+    source = args.source
     for spec in models:
         for batch in batches:
             tokens = args.tokens if batch == 1 else args.batch_tokens
-            trace = make_trace(spec, tokens, requests=max(1, tokens // 128), seed=1,
-                               lookahead=(1, 2, 3), lookahead_error=0.15)
+            trace, source = _trace(spec, tokens, source)
             works[spec.name, batch] = Workload(trace, batch)
     columns = [(spec.name, batch) for spec in models for batch in batches]
     short = {"mixtral-8x7b": "mixtral", "qwen3-30b-a3b": "qwen3-30b"}
     header = f"{'policy':<26}" + "".join(f"{short[m] + ' b' + str(b):>14}" for m, b in columns)
     header += f"{'target b1':>11}  ok"
-    print(f"policy decision cost per MoE layer visit, microseconds (cache {CACHE_FRACTION:.0%} "
-          f"of experts; best of {args.repeat})")
+    print(f"policy decision cost per MoE layer visit, microseconds ({source} traces, cache "
+          f"{CACHE_FRACTION:.0%} of experts, best of {args.repeat})")
     print(header)
     print("-" * len(header))
     failed = []

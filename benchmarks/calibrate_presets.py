@@ -39,7 +39,8 @@ def main() -> None:
         la = stats["lookahead_accuracy"].get("1", {}).get("mean")
         print(f"{name:<18} {trace.spec.num_experts:>4} {trace.spec.top_k:>2} "
               f"{mi['cross_layer_top1']['1']['mean']:>8.3f} {mi['cross_layer']['1']['mean']:>8.3f} "
-              f"{stats['adjacent_reuse_ratio']['mean']:>6.2f} {stats['entropy_bits']['mean']:>7.2f} "
+              f"{stats['adjacent_reuse_ratio']['mean']:>6.2f} "
+              f"{stats['entropy_bits']['mean']:>7.2f} "
               f"{stats['traffic']['experts_for_95pct']['mean']:>7.2f} "
               f"{la if la is not None else float('nan'):>7.3f} "
               f"{sum(target) / len(target):>7.3f} {stats['lru_hit_ratio']['0.5']:>7.3f} "

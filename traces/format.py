@@ -263,17 +263,32 @@ def _wanted_columns(spec: ModelSpec, names: set[str], with_extras: bool, where: 
 
 def _column_matrix(table: pa.Table, name: str, width: int, dtypes: tuple[str, ...],
                    where: str) -> np.ndarray:
-    """A fixed_size_list column as a [rows, width] numpy array, with type and null checks."""
+    """A per-layer list column as a [rows, width] numpy array, with type, width and null checks.
+
+    ``fixed_size_list`` is what Arrow-based writers produce; plain ``list`` / ``large_list``
+    columns (DuckDB, Spark, parquet-java) are accepted when every row holds exactly ``width``
+    values.
+    """
     column = table.column(name)
     kind = column.type
-    if not pa.types.is_fixed_size_list(kind) or str(kind.value_type) not in dtypes:
+    variable = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    if not (pa.types.is_fixed_size_list(kind) or variable) or str(kind.value_type) not in dtypes:
         wanted = " or ".join(f"fixed_size_list<{d}>[{width}]" for d in dtypes)
         raise TraceError(f"{where}: column {name} has type {kind}, expected {wanted}")
-    if kind.list_size != width:
+    if not variable and kind.list_size != width:
         raise TraceError(f"{where}: column {name} holds {kind.list_size} values per token, "
                          f"expected {width}")
     if column.null_count:
         raise TraceError(f"{where}: column {name} has null rows")
+    if width < 1:
+        raise TraceError(f"{where}: column {name} holds no values per token")
+    if variable:
+        for chunk in column.chunks:
+            lengths = chunk.value_lengths().to_numpy(zero_copy_only=False)
+            if lengths.size and (lengths != width).any():
+                bad = int(np.argmax(lengths != width))
+                raise TraceError(f"{where}: column {name} has a row of {int(lengths[bad])} "
+                                 f"values, expected {width}")
     values = pa.chunked_array([chunk.flatten() for chunk in column.chunks], kind.value_type) \
         if column.num_chunks else pa.chunked_array([], kind.value_type)
     if values.null_count:
@@ -330,6 +345,18 @@ def _token_major(block: np.ndarray) -> np.ndarray:
     return moved.view(block.dtype).reshape(n_tokens, n_layers, width)
 
 
+def _feature_width(table: pa.Table, name: str) -> int:
+    """F of a feature column: the fixed list size, or the first row's length for plain lists."""
+    kind = table.column(name).type
+    if pa.types.is_fixed_size_list(kind):
+        return kind.list_size
+    if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and table.num_rows:
+        first = table.column(name).chunk(0) if table.column(name).num_chunks else None
+        if first is not None and len(first) and first[0].is_valid:
+            return len(first[0])
+    return 0
+
+
 def _from_table(table: pa.Table, spec: ModelSpec, provenance: dict[str, Any],
                 with_extras: bool, where: str) -> Trace:
     n_layers, k = spec.num_moe_layers, spec.top_k
@@ -364,9 +391,8 @@ def _from_table(table: pa.Table, spec: ModelSpec, provenance: dict[str, Any],
         if len(present) != n_layers:
             missing = next(c for c in feature_names if c not in names)
             raise TraceError(f"{where}: feature columns are incomplete (no {missing})")
-        width = table.column(present[0]).type
-        width = width.list_size if pa.types.is_fixed_size_list(width) else 0
-        trace.features = _stack_layers(table, feature_names, width, ("halffloat", "float"), where)
+        trace.features = _stack_layers(table, feature_names, _feature_width(table, present[0]),
+                                       ("halffloat", "float"), where)
     return trace
 
 

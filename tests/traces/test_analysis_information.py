@@ -16,9 +16,9 @@ from traces.analysis.information import (
     adjacent_pairs,
     conditional_entropy,
     cross_layer_mutual_information,
-    top1_cross_layer_mutual_information,
     layer_major_routing,
     set_codes,
+    top1_cross_layer_mutual_information,
 )
 
 

@@ -140,3 +140,29 @@ def test_bad_configs_are_one_line_config_errors():
         SynthConfig(model="mixtral-8x7b", reuse_strength=-1.0)
     with pytest.raises(ConfigError, match="kind"):
         LengthDist(kind="poisson")
+
+
+# ---- calibration targets (reference/routing-statistics.md), measured with traces.analysis ----
+def test_mixtral_preset_meets_its_calibration_targets():
+    from traces.analysis.information import top1_cross_layer_mutual_information
+    from traces.analysis.locality import adjacent_reuse_ratio
+
+    trace = generate("mixtral-8x7b", tokens=30000, seed=11)
+    mi = top1_cross_layer_mutual_information(trace, 1)[1]
+    assert 0.5 <= mi.mean() <= 0.75  # Prophet: about 0.62 bits between consecutive layers
+    reuse = adjacent_reuse_ratio(trace)
+    assert 1.7 <= np.nanmean(reuse) <= 2.3  # adjacent tokens reuse about 2x chance
+
+
+def test_qwen3_preset_meets_its_calibration_targets():
+    from traces.analysis.locality import adjacent_reuse_ratio, experts_for_95pct
+
+    trace = generate("qwen3-30b-a3b", tokens=20000, seed=12)
+    assert 0.35 <= experts_for_95pct(trace).mean() <= 0.65  # 95% of traffic on about half
+    # Adjacent tokens share experts at least 2x as often as uniform chance (k*k/E per pair) ...
+    k, n_experts = trace.spec.top_k, trace.spec.num_experts
+    ids, same = trace.expert_ids, trace.request_id[1:] == trace.request_id[:-1]
+    overlap = (ids[1:, :, :, None] == ids[:-1, :, None, :]).any(axis=3).sum(axis=2)[same].mean()
+    assert overlap >= 2 * k * k / n_experts
+    # ... and clearly more than popularity alone explains (the ceiling at this skew is near 1.7).
+    assert np.nanmean(adjacent_reuse_ratio(trace)) >= 1.4

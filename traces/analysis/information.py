@@ -300,7 +300,7 @@ def top1_experts(trace: Trace) -> np.ndarray:
 
 def top1_cross_layer_mutual_information(trace: Trace, max_distance: int = 3
                                         ) -> dict[int, np.ndarray]:
-    """``{d: [L - d]}``: ``I(T_l ; T_{l+d})`` between top-1 experts, for ``d = 1 .. max_distance``."""
+    """``{d: [L - d]}``: ``I(T_l ; T_{l+d})`` between top-1 experts, ``d = 1 .. max_distance``."""
     if max_distance < 1:
         raise ConfigError(f"layer distance must be at least 1, got {max_distance}")
     top1 = top1_experts(trace)  # [T, L]

@@ -29,8 +29,8 @@ from traces.analysis.information import (
     adjacent_mutual_information,
     conditional_entropy,
     cross_layer_mutual_information,
-    top1_cross_layer_mutual_information,
     layer_major_routing,
+    top1_cross_layer_mutual_information,
 )
 from traces.analysis.locality import adjacent_reuse_ratio, experts_for_95pct, top_half_traffic
 from traces.analysis.lookahead import lookahead_accuracy
