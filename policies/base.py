@@ -1,0 +1,195 @@
+"""The policy contract both engines call: :class:`Policy`, :class:`FetchPlan`, placement targets.
+
+The engine owns time and memory; a policy only decides. Keys are ints ``layer * E + expert``
+(:mod:`policies.keys`). Containers a policy returns (the plan, the victim list, the placement
+mapping) are owned by the policy and REUSED: the engine must consume them before its next call
+into the same policy, and copy them if it needs them longer.
+
+Call order an engine must follow
+================================
+
+Once per run::
+
+    policy.reset(spec, capacity_slots, cost_model, trace=None, schedule=None)
+    # then size the cache: policy.partition_slots is None (one shared pool) or one quota per layer
+
+Per step (one batch), with ``ctx`` the engine's single reused :class:`LayerContext`::
+
+    ctx.begin_step(step, request_ids, phase, rows)
+    policy.begin_step(ctx)
+    for layer in range(L):
+        ctx.set_layer(layer, experts, tokens_per_expert, keys, routing, gates, lookahead)
+        policy.on_layer(ctx)                      # 1. routing of this layer is known (access)
+        missing = [k for k in ctx.keys if k not in resident and k not in in_flight]
+        if missing:
+            where = policy.place(ctx, missing)    # 2. "gpu": fetch, "cpu": compute on the host
+            fetch = [k for k in missing if where[k] == GPU]
+            keep = [k for k in fetch if policy.admit(k, ctx)]   # 3. False: stream through a
+                                                  #    scratch buffer, do not cache
+            need = len(keep) - view.free_slots(layer)
+            if need > 0:
+                for v in policy.evict(view, need, layer):       # 4. victims
+                    drop(v); policy.on_evict(v)
+            start demand copies of keep (+ streamed ones)
+        plan = policy.prefetch(ctx)               # 5. speculative copies, most urgent first
+        for k in plan.cancel: abandon the copy if it is still queued or running; free its slot;
+                              policy.on_evict(k)
+        need = len(plan.keys) - view.free_slots()     # per partition (layer=k // E) when
+        if need > 0:                                  # partitioned, with layer=-1 otherwise
+            for v in policy.evict(view, need, -1): drop(v); policy.on_evict(v)
+        start copies of plan.keys in order while slots are free (the rest of the plan is dropped)
+        run the layer (wait for in-flight keys it needs)
+    policy.end_step(ctx)
+
+Whenever a copy completes (demand or prefetch), at its completion time:
+``policy.on_fetch_done(key)``. Whenever a key leaves its slot for any reason (evicted or
+cancelled in flight), ``policy.on_evict(key)``; streamed (non-admitted) experts never held a
+slot. Per MoE layer the engine may charge ``policy.decision_cost.seconds(num_tokens)`` on
+``decision_cost.where``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from policies.cache import CacheView
+from policies.context import LayerContext
+from policies.cost import CostModel, DecisionCost
+from traces.format import Trace
+from traces.spec import ModelSpec
+
+GPU = "gpu"  # placement: fetch the expert and run it on the GPU
+CPU = "cpu"  # placement: run the expert on the host CPU where its weights live
+
+Schedule = Sequence[np.ndarray]  # per step: the trace rows [B] the engine will run, in order
+
+
+class FetchPlan:
+    """The answer of :meth:`Policy.prefetch`, reused by the policy across calls.
+
+    ``keys``: keys to copy ahead of need, highest priority first; none is resident or in flight
+    when returned. ``cancel``: in-flight speculative copies to abandon (ProMoE-style early
+    preemption once a layer's real routing shows them stale).
+    """
+
+    __slots__ = ("keys", "cancel")
+
+    def __init__(self) -> None:
+        self.keys: list[int] = []
+        self.cancel: list[int] = []
+
+    def clear(self) -> None:
+        """Empty both lists in place."""
+        self.keys.clear()
+        self.cancel.clear()
+
+    def __repr__(self) -> str:
+        return f"FetchPlan(keys={self.keys}, cancel={self.cancel})"
+
+
+class Policy(ABC):
+    """One expert-offloading policy, called by the simulator and the executor alike.
+
+    Subclasses set ``name``; ``is_oracle`` is True for upper bounds that read the future (the
+    trace or the schedule) and can never be deployed. Policies are deterministic given their seed
+    and inputs.
+    """
+
+    name: str = "policy"
+    is_oracle: bool = False
+    #: Per-layer slot quotas the cache must enforce, or None for one shared pool. Valid after
+    #: :meth:`reset`.
+    partition_slots: list[int] | None = None
+
+    @property
+    @abstractmethod
+    def decision_cost(self) -> DecisionCost:
+        """Cost of one MoE layer's worth of calls, so engines can charge it.
+
+        Read by the engine after :meth:`reset`; constant for the run.
+        """
+
+    @abstractmethod
+    def reset(self, spec: ModelSpec, capacity_slots: int, cost_model: CostModel,
+              trace: Trace | None = None, schedule: Schedule | None = None) -> None:
+        """Forget all state and prepare for a run.
+
+        Called once before the first step. ``capacity_slots`` is the number of expert slots of the
+        GPU cache; ``cost_model`` the hardware figures the policy may plan with. ``trace`` and
+        ``schedule`` (the trace rows of every step, known in advance for replayed workloads) are
+        given when the engine replays a trace; oracle components need them and raise
+        :class:`~traces.errors.ConfigError` when they are missing. May set
+        :attr:`partition_slots`; raises ConfigError for a capacity it cannot work with.
+        """
+
+    @abstractmethod
+    def begin_step(self, ctx: LayerContext) -> None:
+        """A new step (batch) starts; ``ctx.step``, ``rows``, ``request_ids`` and ``phase`` are set.
+
+        Called once per step before its first layer. Nothing to decide; per-step state
+        (requests joining or leaving, the oracle's view of the step) is updated here.
+        """
+
+    @abstractmethod
+    def on_layer(self, ctx: LayerContext) -> None:
+        """The routing of ``ctx.layer`` is known: the batch accesses ``ctx.keys``.
+
+        Called once per layer, first. Stateful rules learn here (recency, frequency, transition
+        counts); nothing is decided and no cache state has changed yet.
+        """
+
+    @abstractmethod
+    def place(self, ctx: LayerContext, missing: Sequence[int]) -> Mapping[int, str]:
+        """Decide where each missing expert of the current layer runs.
+
+        Called after :meth:`on_layer` when some of ``ctx.keys`` are neither resident nor in
+        flight (``missing``, in ``ctx.keys`` order). Returns a mapping covering every missing key:
+        :data:`GPU` (fetch it on demand) or :data:`CPU` (compute it on the host, no copy).
+        """
+
+    @abstractmethod
+    def admit(self, key: int, ctx: LayerContext) -> bool:
+        """Admission control for a demand fetch: may the fetched expert take a cache slot?
+
+        Called for each missing key placed on the GPU, before eviction. False means the engine
+        streams the expert through a scratch buffer for this layer only (no slot, no eviction).
+        """
+
+    @abstractmethod
+    def evict(self, view: CacheView, need: int, layer: int = -1) -> Sequence[int]:
+        """Choose up to ``need`` resident keys to drop.
+
+        Called when a fetch needs slots the cache (or ``layer``'s partition, when partitioned;
+        ``layer`` is the layer of the incoming key) does not have free. Must return resident keys
+        only, never one in flight and never one the current layer needs; may return fewer than
+        ``need`` when nothing else is evictable (the engine then streams or drops the fetch).
+        """
+
+    @abstractmethod
+    def prefetch(self, ctx: LayerContext) -> FetchPlan:
+        """Choose experts of later layers to copy ahead of need, and stale copies to cancel.
+
+        Called once per layer, after the demand fetches of ``ctx.layer`` were issued. Keys may
+        belong to any later layer, including early layers of the next step (wrap-around).
+        """
+
+    @abstractmethod
+    def on_fetch_done(self, key: int) -> None:
+        """The copy of ``key`` completed; it is resident from now on.
+
+        Called at the copy's completion time, for demand fetches and prefetches alike (and for
+        keys an engine preloads before the first step). Nothing to decide.
+        """
+
+    @abstractmethod
+    def on_evict(self, key: int) -> None:
+        """``key`` left its slot (evicted, or cancelled while in flight).
+
+        Called once per removal. Nothing to decide; rules must tolerate keys they never saw.
+        """
+
+    def end_step(self, ctx: LayerContext) -> None:  # noqa: B027 - optional hook
+        """The step's last layer has run. Optional; the default does nothing."""

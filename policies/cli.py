@@ -1,0 +1,181 @@
+"""``moe-policy``: list the bundled policies and evaluate one offline on a trace.
+
+    moe-policy list [--json]
+    moe-policy show NAME
+    moe-policy eval TRACE --policy NAME [--cache-fraction F | --cache-slots N] [--batch B]
+                    [--horizon H] [--threshold X] [--json]
+
+User mistakes (a missing or broken trace, an unknown policy, a cache smaller than one layer's
+top-k) print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from policies.config import available_policies, build_policy, load_policy_config
+from policies.evaluation import EvalResult, evaluate
+from traces.errors import ConfigError, MoeLabError
+from traces.format import Trace
+
+DEFAULT_CACHE_FRACTION = 0.25
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2, like every user error
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="moe-policy", description="Expert-offloading policies: list, show, "
+                     "and evaluate offline on a routing trace.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    listing = sub.add_parser("list", help="bundled policy configs")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    show = sub.add_parser("show", help="print a policy's resolved config")
+    show.add_argument("policy", help="bundled name or YAML path")
+    ev = sub.add_parser("eval", help="replay a trace: prediction quality and cache hit ratio")
+    ev.add_argument("trace", help="trace file (Parquet)")
+    ev.add_argument("--policy", required=True, help="bundled policy name or YAML path")
+    size = ev.add_mutually_exclusive_group()
+    size.add_argument("--cache-fraction", type=float, default=None,
+                      help=f"cache size as a fraction of all experts (default "
+                           f"{DEFAULT_CACHE_FRACTION})")
+    size.add_argument("--cache-slots", type=int, default=None, help="cache size in experts")
+    ev.add_argument("--batch", type=int, default=1, help="consecutive tokens per step")
+    ev.add_argument("--horizon", type=int, default=None,
+                    help="lookahead distances to score (default: the policy's horizon)")
+    ev.add_argument("--threshold", type=float, default=0.5,
+                    help="score at or above which an expert counts as predicted")
+    ev.add_argument("--json", action="store_true", help="print JSON with stable keys")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``moe-policy``."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list(args)
+        if args.command == "show":
+            print(yaml.safe_dump(load_policy_config(args.policy).to_dict(), sort_keys=False),
+                  end="")
+            return 0
+        return _eval(args)
+    except MoeLabError as exc:
+        print(f"moe-policy: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into head and the like
+        sys.stderr.close()
+        return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    rows = []
+    for name in available_policies():
+        config = load_policy_config(name)
+        oracle = build_policy(config).is_oracle
+        rows.append({"name": name, "oracle": oracle, "description": config.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max((len(r["name"]) for r in rows), default=4)
+        for row in rows:
+            tag = " [upper bound]" if row["oracle"] else ""
+            print(f"{row['name']:<{width}}  {row['description']}{tag}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    config = load_policy_config(args.policy)
+    if args.horizon is not None:
+        if args.horizon < 1:
+            raise ConfigError("--horizon must be at least 1")
+        config = dataclasses.replace(config, horizon=args.horizon)
+    if args.batch < 1:
+        raise ConfigError("--batch must be at least 1")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError("--threshold must lie in [0, 1]")
+    policy = build_policy(config)
+    trace = Trace.load(args.trace)
+    spec = trace.spec
+    n_keys = spec.num_expert_keys
+    if args.cache_slots is not None:
+        slots = args.cache_slots
+    else:
+        fraction = DEFAULT_CACHE_FRACTION if args.cache_fraction is None else args.cache_fraction
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"--cache-fraction must lie in (0, 1], got {fraction}")
+        slots = math.floor(fraction * n_keys)
+    if slots < spec.top_k:
+        raise ConfigError(f"a cache of {slots} slots is smaller than one layer's top-k "
+                          f"({spec.top_k}) of {spec.name}")
+    if slots > n_keys:
+        raise ConfigError(f"--cache-slots {slots} exceeds the {n_keys} experts of {spec.name}")
+    if trace.num_tokens == 0:
+        raise ConfigError(f"{args.trace}: the trace has no tokens")
+    result = evaluate(trace, policy, slots, batch=args.batch, threshold=args.threshold)
+    payload = {"trace": str(args.trace), **result.to_dict()}
+    if args.json:
+        print(json.dumps(payload, indent=2, sort_keys=False))
+    else:
+        print(_table(args.trace, result))
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "   -  "
+    return f"{value:6.3f}"
+
+
+def _table(path: str, result: EvalResult) -> str:
+    data = result.to_dict()
+    cache = data["cache"]
+    oracle = "  [upper bound: reads the future]" if result.is_oracle else ""
+    lines = [
+        f"trace {path}: {result.model}, {result.tokens} tokens, {result.num_layers} MoE layers x "
+        f"{result.num_experts} experts, top-{result.top_k}",
+        f"policy {result.policy}{oracle}; batch {result.batch} ({result.steps} steps)",
+        f"cache {cache['slots']} slots ({cache['fraction']:.1%}) {cache['replacement']}: "
+        f"hit ratio {cache['hit_ratio']:.4f} ({cache['hits']}/{cache['accesses']}), "
+        f"demand fetches {cache['demand_fetches']}, streamed {cache['streamed']}, "
+        f"cpu {cache['cpu_computed']}, prefetched {cache['prefetched']} "
+        f"(used {cache['prefetch_used']}), evictions {cache['evictions']}",
+    ]
+    pred = data["prediction"]
+    if pred is None:
+        return "\n".join(lines)
+    lines.append(f"predictor {pred['predictor']}, horizon {pred['horizon']}, "
+                 f"threshold {pred['threshold']}")
+    lines.append("distance  precision  recall  topk_acc")
+    for row in pred["per_distance"]:
+        lines.append(f"{row['distance']:>8}  {_fmt(row['precision']):>9}  "
+                     f"{_fmt(row['recall']):>6}  {_fmt(row['topk_accuracy']):>8}")
+    lines.append("per target layer (precision/recall/topk_acc by distance):")
+    header = "layer " + "".join(f"  d={d:<21}" for d in range(1, pred["horizon"] + 1))
+    lines.append(header)
+    by_layer: dict[int, dict[int, dict[str, Any]]] = {}
+    for row in pred["per_layer"]:
+        by_layer.setdefault(row["layer"], {})[row["distance"]] = row
+    for layer in sorted(by_layer):
+        cells = []
+        for d in range(1, pred["horizon"] + 1):
+            row = by_layer[layer].get(d)
+            cells.append("  " + ("-" * 21 if row is None else
+                                 f"{_fmt(row['precision'])}/{_fmt(row['recall'])}/"
+                                 f"{_fmt(row['topk_accuracy'])}"))
+        lines.append(f"{layer:>5} " + "".join(cells))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""ComposedPolicy: a predictor, a planner, a replacement rule, a placement rule and admission."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+
+from policies.admission.rules import AlwaysAdmit
+from policies.base import FetchPlan, Policy, Schedule
+from policies.cache import CacheView
+from policies.config import PolicyConfig
+from policies.context import LayerContext
+from policies.cost import CostModel, DecisionCost
+from policies.prediction import Prediction
+from policies.registry import ADMISSIONS, PLACEMENTS, PLANNERS, PREDICTORS, REPLACEMENTS
+from policies.replacement.base import ReplacementRule
+from traces.errors import ConfigError
+from traces.format import Trace
+from traces.spec import ModelSpec
+
+_SMALL = 16  # up to this many current keys, a list lookup beats building a set
+_NOTHING: frozenset[int] = frozenset()
+
+
+class ComposedPolicy(Policy):
+    """The standard policy: each engine call is routed to the component that decides it.
+
+    - ``on_layer`` -> replacement.on_access, predictor.observe, admission.on_access;
+    - ``prefetch`` -> predictor.predict (when the planner or the rule uses predictions),
+      planner.plan;
+    - ``evict`` -> replacement.victims, protecting the current layer's keys (always) and the
+      planner's wanted keys (while other victims exist);
+    - ``admit`` -> replacement.admit and admission.admit; ``place`` -> placement.place.
+
+    It is an oracle (an upper bound) when its predictor or its rule is.
+    """
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.predictor = PREDICTORS.build(config.predictor)
+        self.planner = PLANNERS.build(config.planner)
+        self.replacement = REPLACEMENTS.build(config.replacement)
+        self.placement = PLACEMENTS.build(config.placement)
+        self.admission = ADMISSIONS.build(config.admission)
+        self.is_oracle = bool(self.predictor.is_oracle or self.replacement.is_oracle)
+        if config.decision_cost is not None:
+            try:
+                self._cost = DecisionCost(**config.decision_cost)
+            except TypeError as exc:
+                raise ConfigError(f"policy {config.name!r}: decision_cost: {exc}") from None
+        else:
+            self._cost = (self.predictor.decision_cost + self.planner.decision_cost
+                          + self.replacement.decision_cost + self.placement.decision_cost
+                          + self.admission.decision_cost)
+        self._keep: set[int] = set()
+        self._keep_step = self._keep_layer = -1
+        self._victims: list[int] = []
+        self._ctx: LayerContext | None = None
+        self.horizon = config.horizon
+
+    @property
+    def decision_cost(self) -> DecisionCost:
+        """Sum of the components' declared costs, or the config's override.
+
+        Component figures were measured with ``benchmarks/bench_policies.py`` (Mixtral shape,
+        one CPU core of the development machine): a starting point, to be replaced by the
+        executor's calibration on the machine that runs the engine."""
+        return self._cost
+
+    def reset(self, spec: ModelSpec, capacity_slots: int, cost_model: CostModel,
+              trace: Trace | None = None, schedule: Schedule | None = None) -> None:
+        """Reset every component; see :meth:`Policy.reset`."""
+        if capacity_slots < spec.top_k:
+            raise ConfigError(f"a cache of {capacity_slots} slots is smaller than one layer's "
+                              f"top-k ({spec.top_k}) of {spec.name}")
+        if trace is not None and (trace.spec.num_moe_layers, trace.spec.num_experts) != \
+                (spec.num_moe_layers, spec.num_experts):
+            raise ConfigError(f"trace model {trace.spec.name!r} does not match {spec.name!r}")
+        self.spec = spec
+        self.num_experts = spec.num_experts
+        self.horizon = min(self.config.horizon, spec.num_moe_layers)
+        self.predictor.reset(spec, self.horizon, trace, schedule, self.config.seed)
+        self.replacement.reset(spec, capacity_slots, trace, schedule)
+        self.placement.reset(spec, cost_model)
+        self.planner.reset(spec, capacity_slots, cost_model, self.horizon)
+        self.admission.reset(spec, capacity_slots)
+        if self.replacement.uses_prediction:
+            self.replacement.bind_prediction(self.predictor.prediction)
+        self.partition_slots = self.replacement.partition_slots()
+        self._needs_prediction = bool(self.planner.uses_prediction
+                                      or self.replacement.uses_prediction)
+        self._observe = self.predictor.observe if self.predictor.learns else None
+        self._admission_access = self.admission.on_access if self.admission.observes else None
+        self._access = self.replacement.on_access
+        self._rule_victims = self.replacement.victims
+        self._rule_admit = self.replacement.admit
+        self._admission_admit = self.admission.admit
+        self._predict = self.predictor.predict
+        self._plan = self.planner.plan
+        self._keep.clear()
+        self._keep_step = self._keep_layer = -1
+        self._ctx = None
+        self._bind_fast_paths()
+
+    def _bind_fast_paths(self) -> None:
+        """Route engine calls straight to the deciding component where nothing else is needed.
+
+        Saves one Python call level per engine call; behaviour is identical to the class methods.
+        """
+        cls = type(self)
+        for name in ("on_layer", "place", "admit", "prefetch", "on_fetch_done", "on_evict"):
+            self.__dict__.pop(name, None)
+        if cls.on_layer is ComposedPolicy.on_layer and self._observe is None \
+                and self._admission_access is None:
+            self.on_layer = self._access  # type: ignore[method-assign]
+        if cls.place is ComposedPolicy.place:
+            self.place = self.placement.place  # type: ignore[method-assign]
+        if cls.admit is ComposedPolicy.admit:
+            rule_default = type(self.replacement).admit is ReplacementRule.admit
+            admit_all = isinstance(self.admission, AlwaysAdmit)
+            if rule_default and admit_all:
+                self.admit = _admit_all  # type: ignore[method-assign]
+            elif rule_default:
+                self.admit = self._admission_admit  # type: ignore[method-assign]
+            elif admit_all:
+                self.admit = self._rule_admit  # type: ignore[method-assign]
+        if cls.prefetch is ComposedPolicy.prefetch and not self._needs_prediction:
+            plan = self._plan
+            self.prefetch = lambda ctx: plan(ctx, None)  # type: ignore[method-assign]
+        if cls.on_fetch_done is ComposedPolicy.on_fetch_done:
+            self.on_fetch_done = self.replacement.on_insert  # type: ignore[method-assign]
+        if cls.on_evict is ComposedPolicy.on_evict:
+            self.on_evict = self.replacement.on_remove  # type: ignore[method-assign]
+
+    def begin_step(self, ctx: LayerContext) -> None:
+        """Remember the engine's context (for eviction protection); forward to the predictor."""
+        self._ctx = ctx
+        self.predictor.begin_step(ctx)
+
+    def on_layer(self, ctx: LayerContext) -> None:
+        """Accesses to the rule, routing to the predictor and the admission rule."""
+        self._ctx = ctx
+        self._access(ctx)
+        if self._observe is not None:
+            self._observe(ctx)
+        if self._admission_access is not None:
+            self._admission_access(ctx)
+
+    def place(self, ctx: LayerContext, missing: Sequence[int]) -> Mapping[int, str]:
+        """The placement rule decides."""
+        return self.placement.place(ctx, missing)
+
+    def admit(self, key: int, ctx: LayerContext) -> bool:
+        """Both the rule's own admission (Belady's bypass) and the admission component."""
+        return self._rule_admit(key, ctx) and self._admission_admit(key, ctx)
+
+    def evict(self, view: CacheView, need: int, layer: int = -1) -> Sequence[int]:
+        """Victims from the rule: never the current layer's keys; the planner's wanted keys only
+        when nothing else is evictable."""
+        out = self._victims
+        out.clear()
+        if need <= 0:
+            return out
+        ctx = self._ctx
+        keep: Collection[int] = ()
+        if ctx is not None:
+            keep = ctx.keys
+            if len(keep) > _SMALL:  # large batches: a set makes each check O(1)
+                if self._keep_step != ctx.step or self._keep_layer != ctx.layer:
+                    self._keep.clear()
+                    self._keep.update(keep)
+                    self._keep_step, self._keep_layer = ctx.step, ctx.layer
+                keep = self._keep
+        wanted = self.planner.wanted
+        self._rule_victims(view, need, layer, keep, wanted, out)
+        if len(out) < need and wanted:
+            self._rule_victims(view, need - len(out), layer, keep, _NOTHING, out)
+        return out
+
+    def prefetch(self, ctx: LayerContext) -> FetchPlan:
+        """Predict (when needed) and plan."""
+        return self._plan(ctx, self._predict(ctx) if self._needs_prediction else None)
+
+    def on_fetch_done(self, key: int) -> None:
+        """The rule tracks the new resident."""
+        self.replacement.on_insert(key)
+
+    def on_evict(self, key: int) -> None:
+        """The rule forgets the key."""
+        self.replacement.on_remove(key)
+
+    # ---- offline evaluation --------------------------------------------------------------------
+    def current_prediction(self, ctx: LayerContext) -> Prediction:
+        """The predictor's prediction at ``ctx``'s layer, computing it if prefetch did not."""
+        prediction = self.predictor.prediction
+        if prediction.step == ctx.step and prediction.layer == ctx.layer:
+            return prediction
+        return self._predict(ctx)
+
+
+def _admit_all(key: int, ctx: LayerContext) -> bool:
+    """Admission when neither the rule nor the admission component restricts it."""
+    return True

@@ -1,0 +1,143 @@
+"""Policy configs: ``conf/policy/<name>.yaml``, validated into :class:`PolicyConfig`.
+
+A config composes one component of each kind, each ``{name: <registered name>, <params>}``::
+
+    name: gate-lookahead
+    description: Next-layer gate lookahead prefetch with an LRU cache.
+    horizon: 1            # distances the predictor scores (targets l+1 .. l+h)
+    seed: 0
+    predictor:   {name: gate-lookahead, confidence: [0.9]}
+    planner:     {name: next-layer, n: 2}
+    replacement: {name: lru}
+    placement:   {name: gpu}
+    admission:   {name: always}          # optional
+    decision_cost: {where: cpu, fixed_s: 2.0e-6, per_token_s: 0.0}   # optional override
+
+The files are plain YAML so Hydra can compose them as its ``policy`` group; :func:`build_policy`
+accepts a mapping, an OmegaConf node, a bundled name or a path to a YAML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from traces.catalog import available, load_yaml, read_yaml_file
+from traces.errors import ConfigError
+
+_COMPONENTS = ("predictor", "planner", "replacement", "placement", "admission")
+_DEFAULTS = {"predictor": "none", "planner": "on-demand", "replacement": "lru",
+             "placement": "gpu", "admission": "always"}
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """A composed policy's configuration (see module docstring)."""
+
+    name: str
+    description: str = ""
+    horizon: int = 1
+    seed: int = 0
+    predictor: Mapping[str, Any] = field(default_factory=lambda: {"name": "none"})
+    planner: Mapping[str, Any] = field(default_factory=lambda: {"name": "on-demand"})
+    replacement: Mapping[str, Any] = field(default_factory=lambda: {"name": "lru"})
+    placement: Mapping[str, Any] = field(default_factory=lambda: {"name": "gpu"})
+    admission: Mapping[str, Any] = field(default_factory=lambda: {"name": "always"})
+    decision_cost: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML- and JSON-safe)."""
+        out = dataclasses.asdict(self)
+        for kind in _COMPONENTS:
+            out[kind] = _plain(out[kind])
+        return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _to_container(data: Any) -> Any:
+    """OmegaConf nodes to plain containers; anything else unchanged."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - hydra is a declared dependency
+        return data
+    if isinstance(data, DictConfig):
+        return OmegaConf.to_container(data, resolve=True)
+    return data
+
+
+def policy_config(data: Mapping[str, Any], where: str = "policy config") -> PolicyConfig:
+    """Validate a mapping into a :class:`PolicyConfig`."""
+    data = _to_container(data)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(PolicyConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(sorted(known))}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: 'name' must be a non-empty string")
+    values: dict[str, Any] = {"name": name}
+    for key in ("horizon", "seed"):
+        if key in data:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+            values[key] = value
+    if values.get("horizon", 1) < 1:
+        raise ConfigError(f"{where}: horizon must be at least 1")
+    if "description" in data:
+        values["description"] = str(data["description"])
+    for kind in _COMPONENTS:
+        if kind not in data or data[kind] is None:
+            values[kind] = {"name": _DEFAULTS[kind]}
+            continue
+        part = data[kind]
+        if isinstance(part, str):
+            part = {"name": part}
+        if not isinstance(part, Mapping) or not isinstance(part.get("name"), str):
+            raise ConfigError(f"{where}: {kind} must be a mapping with a 'name'")
+        values[kind] = dict(part)
+    if data.get("decision_cost") is not None:
+        if not isinstance(data["decision_cost"], Mapping):
+            raise ConfigError(f"{where}: decision_cost must be a mapping")
+        values["decision_cost"] = dict(data["decision_cost"])
+    return PolicyConfig(**values)
+
+
+def load_policy_config(name_or_path: str | Path) -> PolicyConfig:
+    """A bundled config by name (``conf/policy/<name>.yaml``) or any YAML file by path."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or "/" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(f"policy config {text}: no such file")
+        return policy_config(read_yaml_file(path), text)
+    return policy_config(load_yaml("policy", text), f"policy {text!r}")
+
+
+def available_policies() -> list[str]:
+    """Names of the bundled policy configs."""
+    return available("policy")
+
+
+def build_policy(config: PolicyConfig | Mapping[str, Any] | str | Path):  # noqa: ANN201
+    """A ready :class:`~policies.composed.ComposedPolicy` (call ``reset`` before use)."""
+    from policies.composed import ComposedPolicy
+
+    if isinstance(config, (str, Path)):
+        config = load_policy_config(config)
+    elif not isinstance(config, PolicyConfig):
+        config = policy_config(config)
+    return ComposedPolicy(config)

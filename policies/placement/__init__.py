@@ -1,0 +1,8 @@
+"""CPU/GPU placement of missing experts: always fetch, or Fiddler's cost rule.
+
+Each module registers its classes in :data:`policies.registry.PLACEMENTS`.
+"""
+
+from policies.placement.base import PlacementRule, register
+
+__all__ = ["PlacementRule", "register"]

@@ -1,0 +1,7 @@
+"""Prefetch planners: on-demand only, next-layer top-n, lookahead-h with a byte budget, and a
+cost-aware cross-layer planner. Each module registers its classes in
+:data:`policies.registry.PLANNERS`."""
+
+from policies.planners.base import Planner, register
+
+__all__ = ["Planner", "register"]

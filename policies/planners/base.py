@@ -1,0 +1,71 @@
+"""The prefetch planner interface."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+from policies.base import FetchPlan
+from policies.context import LayerContext
+from policies.cost import CostModel, DecisionCost
+from policies.prediction import Prediction
+from policies.registry import PLANNERS, NoParams
+from traces.spec import ModelSpec
+
+register = PLANNERS.register
+
+
+class Planner(ABC):
+    """Turns a prediction into a :class:`~policies.base.FetchPlan` at each layer.
+
+    After :meth:`plan`, :attr:`wanted` holds every key the plan counts on (resident ones
+    included) and :attr:`version` has been increased; the composed policy protects wanted keys
+    from eviction while other victims exist.
+    """
+
+    name = "planner"
+    uses_prediction = True
+    Params: type = NoParams
+    decision_cost = DecisionCost("cpu", 0.0, 0.0)
+
+    def __init__(self, params: object = None) -> None:
+        self.params = params if params is not None else self.Params()
+        self.out = FetchPlan()
+        self.wanted: set[int] = set()
+        self.version = 0  # bumped whenever wanted changes
+
+    def reset(self, spec: ModelSpec, capacity_slots: int, cost_model: CostModel,
+              horizon: int) -> None:
+        """Prepare for a run. Subclasses extend it (calling ``super().reset``)."""
+        self.spec = spec
+        self.num_experts = spec.num_experts
+        self.capacity_slots = capacity_slots
+        self.cost_model = cost_model
+        self.horizon = horizon
+        self.expert_bytes = spec.expert_bytes
+        self.out = FetchPlan()
+        self.wanted = set()
+
+    @abstractmethod
+    def plan(self, ctx: LayerContext, prediction: Prediction | None) -> FetchPlan:
+        """``Policy.prefetch``: fill and return :attr:`out`; update :attr:`wanted`."""
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def _budget_keys(self, budget_bytes: float | None, budget_experts: int) -> int:
+        """Most keys one plan may hold under a byte and an expert budget (0 = no limit)."""
+        limit = self.capacity_slots
+        if budget_bytes is not None:
+            limit = min(limit, int(math.floor(budget_bytes / self.expert_bytes)))
+        if budget_experts:
+            limit = min(limit, budget_experts)
+        return limit
+
+    def _cancel_stale(self, ctx: LayerContext, plan: FetchPlan) -> None:
+        """Cancel in-flight copies of this layer's experts that its real routing does not use."""
+        in_flight = ctx.view.in_flight
+        if not in_flight:
+            return
+        layer, n_experts, keys = ctx.layer, self.num_experts, ctx.keys
+        for key in in_flight:
+            if key // n_experts == layer and key not in keys:
+                plan.cancel.append(key)

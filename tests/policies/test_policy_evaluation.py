@@ -1,0 +1,87 @@
+"""Offline evaluation: metrics on hand-made cases, JSON keys, contract checks."""
+
+from __future__ import annotations
+
+import pytest
+from policy_testing import random_trace, sequence_trace
+
+from policies import FetchPlan, build_policy, load_policy
+from policies.evaluation import PolicyViolation, evaluate, hit_ratio
+
+CACHE_KEYS = {"slots", "fraction", "replacement", "accesses", "hits", "hit_ratio",
+              "cpu_computed", "streamed", "demand_fetches", "prefetched", "prefetch_used",
+              "evictions"}
+
+
+def test_json_keys_are_stable() -> None:
+    trace = random_trace(1, 30, 3, 8, 2, lookahead=(1, 2))
+    result = evaluate(trace, load_policy("probe"), 8, batch=2).to_dict()
+    assert list(result) == ["policy", "oracle", "model", "num_layers", "num_experts", "top_k",
+                            "tokens", "batch", "steps", "cache", "prediction"]
+    assert set(result["cache"]) == CACHE_KEYS
+    prediction = result["prediction"]
+    assert list(prediction) == ["predictor", "horizon", "threshold", "per_distance", "per_layer"]
+    assert [row["distance"] for row in prediction["per_distance"]] == [1, 2]
+    assert set(prediction["per_distance"][0]) == {"distance", "precision", "recall",
+                                                  "topk_accuracy", "predicted", "actual"}
+    # wrap-around targets are not scored: distance d covers layers d .. L-1
+    assert [(r["distance"], r["layer"]) for r in prediction["per_layer"]] == \
+        [(1, 1), (1, 2), (2, 2)]
+
+
+def test_batches_take_the_union_of_their_tokens() -> None:
+    trace = sequence_trace([[0, 1], [1, 2], [0, 1], [1, 2]], num_experts=4, top_k=2)
+    stats = evaluate(trace, load_policy("lru"), 3, batch=2).cache
+    assert stats.accesses == 6  # {0, 1, 2} twice
+    assert stats.hits == 3
+
+
+def test_hit_ratio_helper_and_prefetch_accounting() -> None:
+    trace = random_trace(4, 80, 4, 8, 2, lookahead=(1,), error=0.0)
+    assert hit_ratio(trace, load_policy("lru"), 8) == evaluate(trace, load_policy("lru"),
+                                                               8).cache.hit_ratio
+    stats = evaluate(trace, load_policy("gate-lookahead"), 16).cache
+    assert stats.prefetched > 0 and stats.prefetch_used <= stats.prefetched
+
+
+def test_cpu_placement_is_counted() -> None:
+    trace = random_trace(4, 20, 2, 8, 2, lookahead=())
+    stats = evaluate(trace, load_policy("fiddler"), 4).cache  # toy experts: the CPU wins
+    assert stats.cpu_computed > 0 and stats.cpu_computed + stats.hits == stats.accesses
+
+
+class _Rogue:
+    """Wraps a policy and corrupts one of its answers."""
+
+    def __init__(self, inner, fault: str) -> None:
+        self.inner, self.fault = inner, fault
+        self._plan = FetchPlan()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def evict(self, view, need, layer=-1):
+        if self.fault == "in-use":
+            return list(self.inner._ctx.keys)[:1]
+        return self.inner.evict(view, need, layer)
+
+    def prefetch(self, ctx):
+        if self.fault == "bad-key":
+            self._plan.keys[:] = [10**6]
+            return self._plan
+        if self.fault == "present":
+            self._plan.keys[:] = list(ctx.view.resident)[:1] or list(ctx.keys)[:1]
+            return self._plan
+        return self.inner.prefetch(ctx)
+
+    def place(self, ctx, missing):
+        if self.fault == "place":
+            return {}
+        return self.inner.place(ctx, missing)
+
+
+@pytest.mark.parametrize("fault", ["in-use", "bad-key", "present", "place"])
+def test_contract_violations_are_caught(fault: str) -> None:
+    trace = random_trace(2, 30, 2, 8, 2, lookahead=())
+    with pytest.raises(PolicyViolation):
+        evaluate(trace, _Rogue(build_policy({"name": "lru"}), fault), 2)
