@@ -51,6 +51,18 @@ class Planner(ABC):
         """``Policy.prefetch``: fill and return :attr:`out`; update :attr:`wanted`."""
 
     # ---- helpers -------------------------------------------------------------------------------
+    def _start_plan(self, ctx: LayerContext, cancel_stale: bool) -> FetchPlan:
+        """Empty :attr:`out` and :attr:`wanted` for a new plan, bump :attr:`version`, and list
+        the stale in-flight copies of this layer when ``cancel_stale``."""
+        plan = self.out
+        plan.keys.clear()
+        plan.cancel.clear()
+        self.wanted.clear()
+        self.version += 1
+        if cancel_stale:
+            self._cancel_stale(ctx, plan)
+        return plan
+
     def _budget_keys(self, budget_bytes: float | None, budget_experts: int) -> int:
         """Most keys one plan may hold under a byte and an expert budget (0 = no limit)."""
         limit = self.capacity_slots

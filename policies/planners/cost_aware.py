@@ -85,11 +85,7 @@ class CostAwarePlanner(Planner):
 
     def plan(self, ctx: LayerContext, prediction: Prediction | None) -> FetchPlan:
         """Greedy expected-stall plan (see module docstring)."""
-        plan, wanted = self.out, self.wanted
-        plan.keys.clear()
-        plan.cancel.clear()
-        wanted.clear()
-        self.version += 1
+        plan, wanted = self._start_plan(ctx, False), self.wanted
         in_flight = ctx.view.in_flight
         copy_s, n_experts = self.copy_s, self.num_experts
         backlog_s = wait_s = 0.0

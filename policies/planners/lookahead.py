@@ -50,13 +50,7 @@ class LookaheadPlanner(Planner):
 
     def plan(self, ctx: LayerContext, prediction: Prediction | None) -> FetchPlan:
         """Walk distances 1..h, each by falling confidence, until the budget is spent."""
-        plan, wanted = self.out, self.wanted
-        plan.keys.clear()
-        plan.cancel.clear()
-        wanted.clear()
-        self.version += 1
-        if self.params.cancel_stale:
-            self._cancel_stale(ctx, plan)
+        plan, wanted = self._start_plan(ctx, self.params.cancel_stale), self.wanted
         if prediction is None:
             return plan
         view = ctx.view

@@ -42,13 +42,7 @@ class NextLayerTopN(Planner):
 
     def plan(self, ctx: LayerContext, prediction: Prediction | None) -> FetchPlan:
         """Top-n of distance 1, skipping resident and in-flight keys."""
-        plan, wanted = self.out, self.wanted
-        plan.keys.clear()
-        plan.cancel.clear()
-        wanted.clear()
-        self.version += 1
-        if self.params.cancel_stale:
-            self._cancel_stale(ctx, plan)
+        plan, wanted = self._start_plan(ctx, self.params.cancel_stale), self.wanted
         if prediction is None:
             return plan
         experts, confidence = prediction.ranked[0], prediction.confidence[0]
