@@ -10,7 +10,7 @@ import pytest
 
 from traces import ConfigError, ModelSpec, available, load_model
 
-# Reference values copied from /work/shared/reference/models.md ("Real MoE model shapes"), one row
+# Reference values copied from the shared reference/models.md ("Real MoE model shapes"), one row
 # per bundled config (the table's Switch-Base row covers switch-base-8 and switch-base-128).
 # Sizes are written as the table prints them: "bytes / expert" in MB (1e6 bytes) and "all routed
 # experts" in GB (1e9 bytes), compared at the table's precision. GPT-OSS experts include biases.
