@@ -54,6 +54,11 @@ def _panel_information(ax: Any, stats: dict[str, Any], palette: list) -> None:
         values = _values(block["per_layer"])
         ax.plot(np.arange(values.size), values, marker="o", ms=3, color=palette[i % 10],
                 label=f"I(X_l; X_l+{d}), mean {_fmt(block['mean'])}")
+    for i, (d, block) in enumerate(sorted(mi.get("cross_layer_top1", {}).items(),
+                                          key=lambda it: int(it[0]))):
+        values = _values(block["per_layer"])
+        ax.plot(np.arange(values.size), values, ls=":", color=palette[i % 10],
+                label=f"top-1 I(T_l; T_l+{d}), mean {_fmt(block['mean'])}")
     adj = _values(mi["adjacent_token"]["per_layer"])
     ax.plot(np.arange(adj.size), adj, ls="--", color="black",
             label=f"adjacent tokens, mean {_fmt(mi['adjacent_token']['mean'])}")
