@@ -1,0 +1,377 @@
+"""The SimPy engine: replays a trace through a policy on a hardware profile.
+
+One main process runs the GPU stream step by step and layer by layer, following the call order of
+:mod:`policies.base` exactly; a :class:`~sim.link.Link` process serves the copies. Per MoE layer:
+the non-expert work (attention...) runs, then the routing is known and the policy is called
+(``on_layer``, ``place``, ``admit``, ``evict``, ``prefetch``), the demand copies are queued before
+the prefetches, the layer waits (a *stall*) for every copy it needs, then its experts run: GPU
+experts one after another on the GPU stream, CPU-placed ones on the host CPU in parallel, and the
+layer ends when both are done. One SimPy timeout per layer plus one per copy.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from policies.base import CPU, GPU, Policy
+from policies.cache import SlotCache
+from policies.context import LayerContext
+from policies.evaluation import PolicyViolation
+from policies.keys import is_valid_key
+from policies.needs import step_experts
+from sim.compute import ComputeModel
+from sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
+from sim.hardware import HardwareProfile
+from sim.link import Copy, Link
+from sim.workload import static_batches
+from traces.errors import ConfigError
+from traces.format import Trace
+from traces.spec import ModelSpec
+
+_NO_KEYS: frozenset[int] = frozenset()
+
+
+@dataclass
+class EngineResult:
+    """A finished run: the event log frame and the run's parameters."""
+
+    events: pd.DataFrame
+    makespan_s: float
+    tokens: int
+    steps: int
+    capacity_slots: int
+    expert_bytes: int
+
+
+class Engine:
+    """Simulate ``trace`` under ``policy`` with a ``capacity_slots`` GPU expert cache.
+
+    ``batch`` requests run together (static batching, :func:`sim.workload.static_batches`) unless
+    an explicit ``schedule`` (trace rows per step) is given. ``preload`` fills the cache before the
+    first step (layer-major order, free of charge). ``check`` asserts the engine's invariants at
+    every layer (for tests).
+    """
+
+    def __init__(self, spec: ModelSpec, trace: Trace, policy: Policy, hardware: HardwareProfile,
+                 capacity_slots: int, batch: int = 1, *,
+                 schedule: Sequence[np.ndarray] | None = None,
+                 preload: bool = False, prefill: bool = True, check: bool = False) -> None:
+        n_keys = spec.num_expert_keys
+        if isinstance(capacity_slots, bool) or not isinstance(capacity_slots, (int, np.integer)):
+            raise ConfigError(f"cache capacity must be an integer number of slots, "
+                              f"got {capacity_slots!r}")
+        if capacity_slots < spec.top_k:
+            raise ConfigError(f"cache of {capacity_slots} slots is smaller than one layer's "
+                              f"top-k ({spec.top_k})")
+        if capacity_slots > n_keys:
+            raise ConfigError(f"cache of {capacity_slots} slots exceeds the model's {n_keys} "
+                              f"experts")
+        if trace.spec.num_moe_layers != spec.num_moe_layers or \
+                trace.spec.num_experts != spec.num_experts or trace.spec.top_k != spec.top_k:
+            raise ConfigError(f"trace of {trace.spec.name!r} does not match model {spec.name!r}")
+        self.spec = spec
+        self.n_layers = spec.num_moe_layers  # a computed property on ModelSpec: read it once
+        self.trace = trace
+        self.policy = policy
+        self.hardware = hardware
+        self.capacity_slots = int(capacity_slots)
+        self.schedule = (list(schedule) if schedule is not None
+                         else static_batches(trace, batch, prefill=prefill))
+        self.preload = preload
+        self.check = check
+        self.compute = ComputeModel(spec, hardware)
+        self.log = EventLog()
+
+    # ---- run ------------------------------------------------------------------------------------
+    def run(self) -> EngineResult:
+        """Run the whole schedule; returns the event log."""
+        spec, policy = self.spec, self.policy
+        n_layers, n_experts = spec.num_moe_layers, spec.num_experts
+        policy.reset(spec, self.capacity_slots, self.compute.cost_model(), trace=self.trace,
+                     schedule=self.schedule)
+        self.cache = SlotCache(self.capacity_slots, n_experts, n_layers, policy.partition_slots)
+        self.copies: dict[int, Copy] = {}  # key -> in-flight copy holding a slot
+        self.unused_prefetch: dict[int, Copy] = {}  # prefetched keys not accessed yet
+        self.env = simpy.Environment()
+        self.link = Link(self.env, self.hardware.link_bytes_per_s, self.hardware.copy_latency_s,
+                         n_experts, self.log, self._copy_done)
+        if self.preload:
+            for key in range(n_layers * n_experts):
+                if self.cache.free_slots() <= 0:
+                    break
+                if self.cache.free_slots(key // n_experts) > 0:
+                    self.cache.insert(key)
+                    policy.on_fetch_done(key)
+        self.env.process(self._main())
+        gc_enabled = gc.isenabled()
+        gc.disable()  # millions of short-lived objects: collection passes cost ~5% for nothing
+        try:
+            self.env.run()  # the main process cancels leftover copies, so the link drains too
+        finally:
+            if gc_enabled:
+                gc.enable()
+        tokens = int(sum(len(rows) for rows in self.schedule))
+        return EngineResult(self.log.to_frame(), self.end_s, tokens, len(self.schedule),
+                            self.capacity_slots, spec.expert_bytes)
+
+    def _copy_done(self, copy: Copy) -> None:
+        if copy.purpose == "stream":
+            return
+        del self.copies[copy.key]
+        self.cache.complete_fetch(copy.key)
+        self.policy.on_fetch_done(copy.key)
+
+    def _drop(self, key: int, protected: list[int]) -> None:
+        """Free ``key``'s slot (evicted: must be resident and not needed now)."""
+        cache = self.cache
+        if key not in cache.resident:
+            raise PolicyViolation(f"{self.policy.name}: evicted key {key}, which is not resident")
+        if key in protected:
+            raise PolicyViolation(f"{self.policy.name}: evicted key {key}, needed by the "
+                                  f"current layer")
+        cache.remove(key)
+        self.unused_prefetch.pop(key, None)
+        self.policy.on_evict(key)
+
+    def _evict(self, need: int, layer: int, protected: list[int]) -> None:
+        victims = list(self.policy.evict(self.cache, need, layer))
+        if len(victims) > need or len(set(victims)) != len(victims):
+            raise PolicyViolation(f"{self.policy.name}: evict({need}) returned {victims}")
+        if self.cache.partition_slots is not None and layer >= 0:
+            n_experts = self.spec.num_experts
+            for key in victims:
+                if key // n_experts != layer:
+                    raise PolicyViolation(f"{self.policy.name}: evicted key {key} outside "
+                                          f"layer {layer}'s partition")
+        for key in victims:
+            self._drop(key, protected)
+
+    def _main(self):  # noqa: ANN202, C901 - SimPy generator; the contract's sequence in one place
+        env, log, cache, policy, link = self.env, self.log, self.cache, self.policy, self.link
+        spec, compute, trace = self.spec, self.compute, self.trace
+        n_layers, n_experts, expert_bytes = spec.num_moe_layers, spec.num_experts, spec.expert_bytes
+        ctx = LayerContext(spec, cache)
+        copies, unused = self.copies, self.unused_prefetch
+        decision = policy.decision_cost
+        partitioned = cache.partition_slots is not None
+        ids_all, gates_all = trace.expert_ids, trace.gate_weights
+        gpu_memo: dict[int, float] = {}
+        cpu_memo: dict[int, float] = {}
+        step_memo: dict[int, tuple[float, float]] = {}  # batch size -> (other_s, decision_s)
+        add = log.add_codes
+        k_copy, k_compute, k_stall, k_policy, k_step = (KIND[n] for n in (
+            "copy", "compute", "stall", "policy", "step"))
+        r_gpu, r_cpu, r_none, r_decision = (RESOURCE["gpu"], RESOURCE["cpu"], RESOURCE["none"],
+                                            RESOURCE[decision.where])
+        d_other, d_cpu, d_decision, d_step, d_wait = (DETAIL[n] for n in (
+            "other", "cpu", "decision", "step", "wait"))
+        d_hit, d_prefetch_hit, d_inflight, d_miss = (DETAIL[n] for n in (
+            "hit", "prefetch_hit", "inflight", "miss"))
+        del k_copy
+        # batch-1 schedules: every step's sorted expert lists in one numpy call
+        single = bool(self.schedule) and all(len(r) == 1 for r in self.schedule)
+        if single:
+            rows_all = np.concatenate(self.schedule)  # [S]
+            sorted_all = np.sort(ids_all[rows_all], axis=2).tolist()  # [S][L][k]
+            ones = [[1] * spec.top_k] * n_layers
+        ahead: dict[int, np.ndarray] = {}
+        resident = cache.resident  # a live set, never replaced
+        for step, rows in enumerate(self.schedule):
+            step_start = env.now
+            n_tok = len(rows)
+            ids = ids_all[rows]  # [B, L, k]
+            gates = gates_all[rows]  # [B, L, k]
+            if single:
+                experts, tokens = sorted_all[step], ones
+            else:
+                experts, tokens = step_experts(ids, n_experts)
+            # per-layer views, built in one C loop each: [L] of [B, k]
+            ids_by_layer = list(ids.swapaxes(0, 1))
+            gates_by_layer = list(gates.swapaxes(0, 1))
+            ahead_by_layer = [(d, list(cols[rows].swapaxes(0, 1)))
+                              for d, cols in trace.lookahead.items()]
+            ctx.begin_step(step, trace.request_id[rows], trace.phase[rows], rows)
+            policy.begin_step(ctx)
+            memo = step_memo.get(n_tok)
+            if memo is None:
+                memo = step_memo[n_tok] = (compute.layer_other_s(n_tok), decision.seconds(n_tok))
+            other_s, decision_s = memo
+            # non-expert work of layer 0
+            add(k_compute, env.now, env.now + other_s, step, 0, -1, 0, r_gpu, d_other, n_tok)
+            yield env.timeout(other_s)
+            for layer in range(n_layers):
+                base = layer * n_experts
+                layer_experts, layer_tokens = experts[layer], tokens[layer]
+                keys = [base + e for e in layer_experts]
+                for d, la in ahead_by_layer:
+                    ahead[d] = la[layer]  # [B, k]
+                ctx.set_layer(layer, layer_experts, layer_tokens, keys, ids_by_layer[layer],
+                              gates_by_layer[layer], ahead)
+                policy.on_layer(ctx)
+                protected = keys  # a few keys: a list is as fast as a set here
+                outcome: list[int] = []
+                wait: list[Copy] = []
+                missing: list[int] = []
+                for key in keys:
+                    if key in resident:
+                        copy = unused.pop(key, None)
+                        if copy is not None:
+                            copy.used = True
+                            log.set_detail(copy.row, "prefetch_used")
+                            outcome.append(d_prefetch_hit)
+                        else:
+                            outcome.append(d_hit)
+                    elif key in copies:
+                        copy = copies[key]
+                        if unused.pop(key, None) is not None:
+                            copy.used = True
+                        link.promote(copy)
+                        wait.append(copy)
+                        outcome.append(d_inflight)
+                    else:
+                        missing.append(key)
+                        outcome.append(d_miss)
+                to_submit: list[Copy] = []
+                on_cpu: set[int] = _NO_KEYS
+                if missing:
+                    on_cpu = set()
+                    where = policy.place(ctx, missing)
+                    fetch = []
+                    for key in missing:
+                        target = where.get(key)
+                        if target == GPU:
+                            fetch.append(key)
+                        elif target == CPU:
+                            on_cpu.add(key)
+                        else:
+                            raise PolicyViolation(f"{policy.name}: place() gave {target!r} for "
+                                                  f"key {key}")
+                    keep = [key for key in fetch if policy.admit(key, ctx)]
+                    need = len(keep) - cache.free_slots(layer)
+                    if need > 0:
+                        self._evict(need, layer, protected)
+                    kept = set()
+                    for key in keep:
+                        if cache.free_slots(layer) > 0:
+                            cache.start_fetch(key)
+                            copy = Copy(key, expert_bytes, "demand", step, layer)
+                            copies[key] = copy
+                            kept.add(key)
+                            to_submit.append(copy)
+                            wait.append(copy)
+                    for key in fetch:
+                        if key not in kept:  # not admitted, or no slot: a scratch-buffer copy
+                            copy = Copy(key, expert_bytes, "stream", step, layer)
+                            to_submit.append(copy)
+                            wait.append(copy)
+                plan = policy.prefetch(ctx)
+                for key in plan.cancel:
+                    copy = copies.get(key)
+                    if copy is None or copy.purpose != "prefetch":
+                        raise PolicyViolation(f"{policy.name}: cancelled key {key}, which is "
+                                              f"not a prefetch in flight")
+                    if key in protected:
+                        raise PolicyViolation(f"{policy.name}: cancelled key {key}, needed by "
+                                              f"the current layer")
+                    link.cancel(copy)
+                    del copies[key]
+                    unused.pop(key, None)
+                    cache.remove(key)
+                    policy.on_evict(key)
+                if plan.keys:
+                    self._validate_plan(plan.keys)
+                    if partitioned:
+                        per_layer: dict[int, int] = {}
+                        for key in plan.keys:
+                            per_layer[key // n_experts] = per_layer.get(key // n_experts, 0) + 1
+                        for target, count in per_layer.items():
+                            need = count - cache.free_slots(target)
+                            if need > 0:
+                                self._evict(need, target, protected)
+                    else:
+                        need = len(plan.keys) - cache.free_slots()
+                        if need > 0:
+                            self._evict(need, -1, protected)
+                    for key in plan.keys:
+                        if cache.free_slots(key // n_experts) <= 0:
+                            if partitioned:
+                                continue
+                            break  # the rest of the plan is dropped
+                        cache.start_fetch(key)
+                        copy = Copy(key, expert_bytes, "prefetch", step, layer)
+                        copies[key] = copy
+                        unused[key] = copy
+                        to_submit.append(copy)
+                # the decision takes decision_s; copies start when it is made (no extra event)
+                now = env.now
+                ready = now + decision_s
+                if decision_s > 0:
+                    add(k_policy, now, ready, step, layer, -1, 0, r_decision, d_decision, n_tok)
+                for copy in to_submit:
+                    copy.ready_s = ready
+                    link.submit(copy)
+                pending = [c for c in wait if c.state != "done"]
+                if pending:
+                    for copy in pending:
+                        if copy.waiter is None:
+                            copy.waiter = env.event()
+                    if len(pending) == 1:
+                        yield pending[0].waiter
+                    else:
+                        yield env.all_of([c.waiter for c in pending])
+                    add(k_stall, ready, env.now, step, layer, -1, 0, r_gpu, d_wait, 0)
+                    now = ready = env.now
+                if self.check:
+                    self._check_layer(keys, on_cpu, wait)
+                # experts: GPU ones in sequence, CPU ones in parallel on the host
+                gpu_t = cpu_t = ready
+                for e, key, t, how in zip(layer_experts, keys, layer_tokens, outcome, strict=True):
+                    if key in on_cpu:
+                        dt = cpu_memo.get(t)
+                        if dt is None:
+                            dt = cpu_memo[t] = compute.cpu_expert_s(t)
+                        add(k_compute, cpu_t, cpu_t + dt, step, layer, e, 0, r_cpu, d_cpu, t)
+                        cpu_t += dt
+                    else:
+                        dt = gpu_memo.get(t)
+                        if dt is None:
+                            dt = gpu_memo[t] = compute.gpu_expert_s(t)
+                        add(k_compute, gpu_t, gpu_t + dt, step, layer, e, 0, r_gpu, how, t)
+                        gpu_t += dt
+                end = max(gpu_t, cpu_t)
+                if layer + 1 < n_layers:  # the next layer's non-expert work follows at once
+                    add(k_compute, end, end + other_s, step, layer + 1, -1, 0, r_gpu, d_other,
+                        n_tok)
+                    end += other_s
+                yield env.timeout(end - now)
+            policy.end_step(ctx)
+            add(k_step, step_start, env.now, step, -1, -1, 0, r_none, d_step, n_tok)
+        self.end_s = float(env.now)
+        # copies still queued or running when the last step ends are abandoned (logged as such)
+        for copy in list(copies.values()):
+            link.cancel(copy)
+
+    def _validate_plan(self, keys: list[int]) -> None:
+        cache, n_layers, n_experts = self.cache, self.n_layers, self.spec.num_experts
+        seen: set[int] = set()
+        for key in keys:
+            if not is_valid_key(key, n_layers, n_experts):
+                raise PolicyViolation(f"{self.policy.name}: prefetch key {key!r} is not valid")
+            if key in cache.resident or key in cache.in_flight or key in seen:
+                raise PolicyViolation(f"{self.policy.name}: prefetch of key {key}, already "
+                                      f"present or planned twice")
+            seen.add(key)
+
+    def _check_layer(self, keys: list[int], on_cpu: set[int], wait: list[Copy]) -> None:
+        cache = self.cache
+        assert len(cache) <= cache.capacity_slots, "cache over capacity"
+        streamed = {c.key for c in wait if c.purpose == "stream" and c.state == "done"}
+        for key in keys:
+            assert key in cache.resident or key in on_cpu or key in streamed, \
+                f"key {key} not ready when its layer computes"

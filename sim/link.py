@@ -1,0 +1,131 @@
+"""The host-to-device link: one SimPy process serving copies one at a time, by priority.
+
+Demand copies (priority 0) go before prefetches (priority 1); ties in submission order. A copy
+takes ``latency + bytes / bandwidth``. A queued copy can be cancelled (dropped lazily) or raised
+to demand priority; a running one can be cancelled (the link stops at once and counts the bytes
+that crossed). One SimPy timeout per copy.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+import simpy
+
+from sim.eventlog import EventLog
+
+DEMAND = 0
+PREFETCH = 1
+
+
+class Copy:
+    """One host-to-device copy of an expert (``purpose``: demand, stream or prefetch)."""
+
+    __slots__ = ("key", "num_bytes", "priority", "purpose", "step", "layer", "seq", "state",
+                 "start_s", "ready_s", "waiter", "used", "row")
+
+    def __init__(self, key: int, num_bytes: int, purpose: str, step: int, layer: int) -> None:
+        self.key = key
+        self.num_bytes = num_bytes
+        self.purpose = purpose
+        self.priority = PREFETCH if purpose == "prefetch" else DEMAND
+        self.step = step
+        self.layer = layer
+        self.seq = 0
+        self.state = "new"  # new -> queued -> running -> done | cancelled
+        self.start_s = 0.0
+        self.ready_s = 0.0  # the copy may not start before this time (the policy's decision)
+        self.waiter: simpy.Event | None = None  # made only when the engine waits on it
+        self.used = False  # prefetches: accessed before leaving the cache
+        self.row = -1  # event-log row once logged
+
+
+class Link:
+    """Serial host-to-device link with priorities and cancellation."""
+
+    def __init__(self, env: simpy.Environment, bytes_per_s: float, latency_s: float,
+                 num_experts: int, log: EventLog, on_done: Callable[[Copy], None]) -> None:
+        self.env = env
+        self.bytes_per_s = bytes_per_s
+        self.latency_s = latency_s
+        self.num_experts = num_experts
+        self.log = log
+        self.on_done = on_done
+        self._heap: list[tuple[int, int, Copy]] = []
+        self._seq = 0
+        self._wake: simpy.Event | None = None
+        self.running: Copy | None = None
+        self.process = env.process(self._serve())
+
+    def copy_s(self, num_bytes: int) -> float:
+        """Seconds one copy of ``num_bytes`` occupies the link."""
+        return self.latency_s + num_bytes / self.bytes_per_s
+
+    def submit(self, copy: Copy) -> None:
+        """Queue ``copy``."""
+        self._seq += 1
+        copy.seq = self._seq
+        copy.state = "queued"
+        heapq.heappush(self._heap, (copy.priority, copy.seq, copy))
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    def promote(self, copy: Copy) -> None:
+        """Raise a queued copy to demand priority (its old heap entry goes stale)."""
+        if copy.state == "queued" and copy.priority != DEMAND:
+            copy.priority = DEMAND
+            heapq.heappush(self._heap, (DEMAND, copy.seq, copy))
+
+    def cancel(self, copy: Copy) -> None:
+        """Abandon a queued or running copy."""
+        if copy.state == "queued":
+            copy.state = "cancelled"
+            now = self.env.now
+            copy.row = self.log.add("copy", now, now, copy.step, copy.layer,
+                                    copy.key % self.num_experts, 0, "link", "cancelled")
+        elif copy.state == "running":
+            self.process.interrupt(copy)
+
+    def _pop(self) -> Copy | None:
+        heap = self._heap
+        while heap:
+            priority, _, copy = heapq.heappop(heap)
+            if copy.state == "queued" and copy.priority == priority:
+                return copy
+        return None
+
+    def _serve(self):  # noqa: ANN202 - SimPy generator
+        env, log, n_experts = self.env, self.log, self.num_experts
+        while True:
+            copy = self._pop()
+            if copy is None:
+                self._wake = env.event()
+                yield self._wake
+                self._wake = None
+                continue
+            copy.state = "running"
+            copy.start_s = start = max(env.now, copy.ready_s)
+            self.running = copy
+            try:  # one timeout: the wait for the decision, then the copy
+                yield env.timeout(start - env.now + self.latency_s
+                                  + copy.num_bytes / self.bytes_per_s)
+            except simpy.Interrupt:
+                copy.state = "cancelled"
+                start = min(start, env.now)
+                moved = max(0.0, (env.now - start - self.latency_s) * self.bytes_per_s)
+                copy.row = log.add("copy", start, env.now, copy.step, copy.layer,
+                                   copy.key % n_experts, int(min(moved, copy.num_bytes)), "link",
+                                   "cancelled")
+                self.running = None
+                continue
+            self.running = None
+            copy.state = "done"
+            detail = copy.purpose
+            if detail == "prefetch" and copy.used:
+                detail = "prefetch_used"
+            copy.row = log.add("copy", start, env.now, copy.step, copy.layer,
+                               copy.key % n_experts, copy.num_bytes, "link", detail)
+            self.on_done(copy)
+            if copy.waiter is not None:
+                copy.waiter.succeed()

@@ -1,0 +1,73 @@
+"""Run metrics, computed from the event log alone (see :mod:`sim.eventlog` for its columns)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+_HITS = ("hit", "prefetch_hit")
+_EXPERT_DETAILS = ("hit", "prefetch_hit", "inflight", "miss", "cpu")
+
+
+def step_frame(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per step: ``step``, ``start_s``, ``end_s``, ``latency_s``, ``tokens``."""
+    steps = events[events["kind"] == "step"]
+    return pd.DataFrame({
+        "step": steps["step"].to_numpy(),
+        "start_s": steps["start_s"].to_numpy(),
+        "end_s": steps["end_s"].to_numpy(),
+        "latency_s": (steps["end_s"] - steps["start_s"]).to_numpy(),
+        "tokens": steps["count"].to_numpy(),
+    })
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num / den) if den else None
+
+
+def summarize(events: pd.DataFrame) -> dict[str, Any]:
+    """Headline metrics: step latency (mean, p50, p99 in ms), tokens/s, hit rate, bytes copied,
+    stall seconds, prefetch precision and recall, wasted prefetch bytes.
+
+    ``hit_rate``: expert accesses resident when their layer started. ``prefetch_precision``:
+    prefetch copies used before leaving the cache over prefetch copies issued (cancelled ones
+    included); ``prefetch_recall``: accesses served by a prefetch over accesses not already
+    resident from an earlier demand fetch. ``None`` where undefined.
+    """
+    kind, detail = events["kind"], events["detail"]  # categorical: comparisons are on codes
+    steps = step_frame(events)
+    latency_ms = steps["latency_s"].to_numpy() * 1e3  # [S]
+    makespan_s = float(steps["end_s"].max()) if len(steps) else 0.0
+    tokens = int(steps["tokens"].sum())
+    is_copy = (kind == "copy").to_numpy()
+    copy_detail = detail[is_copy]
+    copy_bytes = events["bytes"].to_numpy()[is_copy]
+    access = detail[(kind == "compute").to_numpy() & detail.isin(_EXPERT_DETAILS).to_numpy()]
+    n_access = len(access)
+    hits = int(access.isin(_HITS).sum())
+    plain_hits = int((access == "hit").sum())
+    used = int((copy_detail == "prefetch_used").sum())
+    # only prefetches are ever cancelled
+    prefetches = int(copy_detail.isin(("prefetch", "prefetch_used", "cancelled")).sum())
+    prefetch_bytes = copy_bytes[copy_detail.isin(("prefetch", "cancelled")).to_numpy()]
+    stall = events[kind == "stall"]
+    return {
+        "steps": int(len(steps)),
+        "tokens": tokens,
+        "makespan_s": makespan_s,
+        "step_latency_ms_mean": float(latency_ms.mean()) if len(latency_ms) else None,
+        "step_latency_ms_p50": float(np.percentile(latency_ms, 50)) if len(latency_ms) else None,
+        "step_latency_ms_p99": float(np.percentile(latency_ms, 99)) if len(latency_ms) else None,
+        "tokens_per_s": _ratio(tokens, makespan_s),
+        "accesses": n_access,
+        "hit_rate": _ratio(hits, n_access),
+        "h2d_bytes": int(copy_bytes.sum()),
+        "copies": int((copy_detail != "cancelled").sum()),
+        "stall_s": float((stall["end_s"] - stall["start_s"]).sum()),
+        "prefetch_copies": prefetches,
+        "prefetch_precision": _ratio(used, prefetches),
+        "prefetch_recall": _ratio(used, n_access - plain_hits),
+        "wasted_prefetch_bytes": int(prefetch_bytes.sum()),
+    }

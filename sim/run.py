@@ -1,0 +1,121 @@
+"""One simulation from a plain config mapping: build the pieces, run the engine, summarize."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from policies.config import build_policy
+from sim.engine import Engine
+from sim.eventlog import write_parquet
+from sim.hardware import HardwareProfile
+from sim.metrics import step_frame, summarize
+from sim.timeline import write_chrome_trace
+from traces.errors import ConfigError
+from traces.format import Trace
+from traces.spec import ModelSpec
+from traces.synthetic import generate
+
+
+@dataclass
+class RunConfig:
+    """The composed config of ``conf/config.yaml`` (groups as plain mappings)."""
+
+    model: dict[str, Any]
+    hardware: dict[str, Any]
+    policy: dict[str, Any]
+    trace: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+    batch: int = 1
+    prefill: bool = True
+    timeline_events: int = 50_000
+    out: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build from a composed mapping; unknown top-level keys raise ConfigError."""
+        names = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        for group in ("model", "hardware", "policy"):
+            if not isinstance(data.get(group), dict):
+                raise ConfigError(f"config group {group!r} is missing")
+        return cls(**data)
+
+
+@dataclass
+class SimResult:
+    """Events, per-step table and summary of one run."""
+
+    events: pd.DataFrame
+    steps: pd.DataFrame
+    summary: dict[str, Any]
+    timeline_events: int = 50_000
+
+    def write(self, out: str | Path) -> list[Path]:
+        """Write summary.json, steps.parquet, events.parquet and timeline.json into ``out``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        summary = out / "summary.json"
+        summary.write_text(json.dumps(self.summary, indent=2, default=str), encoding="utf-8")
+        return [summary, write_parquet(self.steps, out / "steps.parquet"),
+                write_parquet(self.events, out / "events.parquet"),
+                write_chrome_trace(self.events, out / "timeline.json", self.timeline_events)]
+
+
+def _load_trace(cfg: RunConfig, spec: ModelSpec) -> Trace:
+    trace_cfg = cfg.trace or {}
+    path = trace_cfg.get("path")
+    if path:
+        return Trace.load(path)
+    preset = trace_cfg.get("preset") or spec.name
+    tokens = trace_cfg.get("tokens", 2000)
+    seed = trace_cfg.get("seed", 0)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise ConfigError(f"trace.tokens must be a positive integer, got {tokens!r}")
+    return generate(preset, tokens=tokens, seed=int(seed))
+
+
+def capacity_from(cache: dict[str, Any], spec: ModelSpec) -> int:
+    """Slots of the cache: ``cache.slots`` if set, else ``cache.fraction`` of all experts."""
+    slots = cache.get("slots")
+    if slots is not None:
+        if isinstance(slots, bool) or not isinstance(slots, int):
+            raise ConfigError(f"cache.slots must be an integer, got {slots!r}")
+        return slots
+    fraction = cache.get("fraction", 0.5)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0 < fraction <= 1:
+        raise ConfigError(f"cache.fraction must be in (0, 1], got {fraction!r}")
+    return int(round(fraction * spec.num_expert_keys))
+
+
+def simulate(cfg: RunConfig) -> SimResult:
+    """Run one configuration end to end."""
+    spec = ModelSpec.from_dict(cfg.model)
+    hardware = HardwareProfile.from_dict(cfg.hardware, f"hardware {cfg.hardware.get('name')!r}")
+    policy = build_policy(cfg.policy)
+    trace = _load_trace(cfg, spec)
+    slots = capacity_from(cfg.cache or {}, spec)
+    wall = time.perf_counter()
+    engine = Engine(spec, trace, policy, hardware, slots, cfg.batch,
+                    preload=bool((cfg.cache or {}).get("preload", False)),
+                    prefill=bool(cfg.prefill))
+    result = engine.run()
+    wall_s = time.perf_counter() - wall
+    summary = {
+        "model": spec.name, "hardware": hardware.name, "policy": policy.name,
+        "capacity_slots": slots, "cache_fraction": slots / spec.num_expert_keys,
+        "cache_bytes": slots * spec.expert_bytes,
+        "fits_gpu_memory": bool(slots * spec.expert_bytes + spec.non_expert_bytes
+                                <= hardware.gpu_mem_bytes),
+        "batch": cfg.batch, **summarize(result.events), "events": len(result.events),
+        "sim_wall_s": wall_s,
+    }
+    return SimResult(result.events, step_frame(result.events), summary, cfg.timeline_events)

@@ -1,0 +1,41 @@
+"""Engine invariants over random small traces and many policies."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from sim_testing import HW, check_log, spec
+
+from policies.config import build_policy
+from policies.toy_traces import make_trace
+from sim.engine import Engine
+from sim.metrics import summarize
+from traces.errors import ConfigError
+
+POLICIES = ["lru", "fifo", "lfu", "lru-per-layer", "gate-lookahead", "mixtral-offloading",
+            "fiddler", "oracle-belady", "oracle-prefetch", "prophet", "probe", "moe-infinity"]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), layers=st.integers(2, 4), experts=st.sampled_from([4, 8]),
+       top_k=st.integers(1, 2), tokens=st.integers(5, 40), requests=st.integers(1, 3),
+       batch=st.integers(1, 3), fraction=st.floats(0.0, 1.0),
+       policy=st.sampled_from(POLICIES))
+def test_invariants(seed: int, layers: int, experts: int, top_k: int, tokens: int, requests: int,
+                    batch: int, fraction: float, policy: str) -> None:
+    model = spec(layers, experts, top_k)
+    trace = make_trace(model, tokens, requests=requests, seed=seed, lookahead=(1, 2))
+    slots = top_k + round(fraction * (layers * experts - top_k))
+    engine = Engine(model, trace, build_policy(policy), HW, slots, batch, check=True)
+    try:
+        result = engine.run()
+    except ConfigError:  # a policy that cannot work with this capacity (e.g. partitioned LRU)
+        assume(False)
+        return
+    check_log(result.events, model.expert_bytes)
+    summary = summarize(result.events)
+    assert summary["tokens"] == tokens
+    assert summary["makespan_s"] == result.makespan_s
+    assert summary["h2d_bytes"] >= summary["copies"] * model.expert_bytes
+    assert 0.0 <= summary["hit_rate"] <= 1.0
+    assert len(engine.cache) <= slots

@@ -1,0 +1,55 @@
+"""Static batching, metrics from the event log, and the Chrome timeline."""
+
+from __future__ import annotations
+
+import numpy as np
+from sim_testing import HW, spec
+
+from policies.config import build_policy
+from policies.toy_traces import make_trace
+from sim.engine import Engine
+from sim.eventlog import EventLog
+from sim.metrics import summarize
+from sim.timeline import chrome_trace
+from sim.workload import static_batches
+
+
+def test_static_batches_cover_every_row_once() -> None:
+    model = spec()
+    trace = make_trace(model, 50, requests=5, seed=2)
+    for batch in (1, 2, 5):
+        schedule = static_batches(trace, batch)
+        rows = np.sort(np.concatenate(schedule))
+        assert np.array_equal(rows, np.arange(50))
+        for step in schedule:  # a decode step holds at most one token per request
+            if (trace.phase[step] == 1).all():
+                assert len(step) <= batch
+                assert len(set(trace.request_id[step].tolist())) == len(step)
+    assert sum(len(s) for s in static_batches(trace, 2, prefill=False)) == \
+        int((trace.phase == 1).sum())
+
+
+def test_prefetch_metrics_by_hand() -> None:
+    log = EventLog()
+    log.add("copy", 0.0, 1.0, 0, 1, 3, 100, "link", "prefetch_used")
+    log.add("copy", 1.0, 2.0, 0, 1, 4, 100, "link", "prefetch")
+    log.add("copy", 2.0, 2.5, 0, 1, 5, 50, "link", "cancelled")
+    log.add("copy", 2.5, 3.5, 0, 1, 6, 100, "link", "demand")
+    for how in ("hit", "prefetch_hit", "miss", "hit"):
+        log.add("compute", 3.5, 3.6, 0, 1, 1, 0, "gpu", how, 1)
+    log.add("stall", 2.0, 3.5, 0, 1)
+    log.add("step", 0.0, 4.0, 0, count=1)
+    s = summarize(log.to_frame())
+    assert s["h2d_bytes"] == 350 and s["wasted_prefetch_bytes"] == 150
+    assert s["prefetch_precision"] == 1 / 3 and s["prefetch_recall"] == 1 / 2
+    assert s["hit_rate"] == 3 / 4 and s["stall_s"] == 1.5 and s["tokens_per_s"] == 0.25
+
+
+def test_timeline_tracks_and_cap() -> None:
+    model = spec()
+    trace = make_trace(model, 20, seed=1)
+    events = Engine(model, trace, build_policy("gate-lookahead"), HW, 8).run().events
+    data = chrome_trace(events, max_events=40)
+    spans = [e for e in data["traceEvents"] if e["ph"] == "X"]
+    assert len(spans) == 40 and data["otherData"]["truncated"]
+    assert {e["tid"] for e in spans} >= {1, 2}
