@@ -2,7 +2,9 @@
 
 Arguments are Hydra overrides (``hardware=h100-sxm cache.fraction=0.25 batch=4``). Writes
 ``summary.json``, ``steps.parquet``, ``events.parquet`` and ``timeline.json`` into ``out`` and
-prints a table. User errors print one line on stderr and exit with status 2.
+prints a table. ``moe-sim experiment=compare`` runs the bundled policy comparison instead
+(``conf/experiment/compare.yaml``; writes ``compare.csv``, ``compare.md``, ``summaries.json``).
+User errors print one line on stderr and exit with status 2.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ def compose(overrides: Sequence[str]) -> DictConfig:
 
 def _table(summary: dict[str, Any]) -> str:
     keys = ("model", "hardware", "policy", "capacity_slots", "batch", "tokens", "steps",
-            "makespan_s", "tokens_per_s", "step_latency_ms_mean", "step_latency_ms_p50",
-            "step_latency_ms_p99", "hit_rate", "h2d_bytes", "stall_s", "prefetch_precision",
+            "makespan_s", "tokens_per_s", "tpot_ms_mean", "tpot_ms_p50", "tpot_ms_p99",
+            "ttft_ms_mean", "hit_rate", "h2d_bytes", "stall_s", "prefetch_precision",
             "prefetch_recall", "wasted_prefetch_bytes", "sim_wall_s")
     lines = []
     for key in keys:
@@ -47,6 +49,21 @@ def _table(summary: dict[str, Any]) -> str:
         text = f"{value:.6g}" if isinstance(value, float) else str(value)
         lines.append(f"{key:<24}{text}")
     return "\n".join(lines)
+
+
+def _compare(run_cfg: RunConfig) -> int:
+    from sim.compare import run_comparison, text_table, write_comparison
+
+    out = Path(run_cfg.out) if run_cfg.out else Path("outputs/sim") / (
+        f"compare-{run_cfg.model['name']}-{run_cfg.hardware['name']}-"
+        f"{time.strftime('%Y%m%d-%H%M%S')}")
+    table, summaries = run_comparison(run_cfg)
+    paths = write_comparison(table, summaries, out)
+    print(f"{run_cfg.model['name']} on {run_cfg.hardware['name']}, "
+          f"{summaries[0]['tokens']} tokens, batch {run_cfg.batch}")
+    print(text_table(table))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = compose(args)
         run_cfg = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+        if run_cfg.compare:
+            return _compare(run_cfg)
         out = Path(cfg.out) if cfg.out else Path("outputs/sim") / (
             f"{run_cfg.model['name']}-{run_cfg.hardware['name']}-{run_cfg.policy['name']}-"
             f"{time.strftime('%Y%m%d-%H%M%S')}")

@@ -29,7 +29,7 @@ from sim.compute import ComputeModel
 from sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
 from sim.hardware import HardwareProfile
 from sim.link import Copy, Link
-from sim.workload import static_batches
+from sim.workload import ContinuousBatcher, static_batches
 from traces.errors import ConfigError
 from traces.format import Trace
 from traces.spec import ModelSpec
@@ -53,14 +53,19 @@ class Engine:
     """Simulate ``trace`` under ``policy`` with a ``capacity_slots`` GPU expert cache.
 
     ``batch`` requests run together (static batching, :func:`sim.workload.static_batches`) unless
-    an explicit ``schedule`` (trace rows per step) is given. ``preload`` fills the cache before the
+    an explicit ``schedule`` (trace rows per step) is given, or a ``batcher``
+    (:class:`sim.workload.ContinuousBatcher`) that picks each step's rows at its start (policies
+    then get no schedule in ``reset``). ``preload`` fills the cache before the
     first step (layer-major order, free of charge). ``check`` asserts the engine's invariants at
     every layer (for tests).
     """
 
+    defer_timeouts = True  # skip SimPy timeouts while the link is idle (see _main); tests toggle it
+
     def __init__(self, spec: ModelSpec, trace: Trace, policy: Policy, hardware: HardwareProfile,
                  capacity_slots: int, batch: int = 1, *,
                  schedule: Sequence[np.ndarray] | None = None,
+                 batcher: ContinuousBatcher | None = None,
                  preload: bool = False, prefill: bool = True, check: bool = False) -> None:
         n_keys = spec.num_expert_keys
         if isinstance(capacity_slots, bool) or not isinstance(capacity_slots, (int, np.integer)):
@@ -81,8 +86,12 @@ class Engine:
         self.policy = policy
         self.hardware = hardware
         self.capacity_slots = int(capacity_slots)
-        self.schedule = (list(schedule) if schedule is not None
-                         else static_batches(trace, batch, prefill=prefill))
+        self.batcher = batcher
+        if batcher is not None:  # continuous batching: the schedule grows as the run goes
+            self.schedule: list[np.ndarray] = []
+        else:
+            self.schedule = (list(schedule) if schedule is not None
+                             else static_batches(trace, batch, prefill=prefill))
         self.preload = preload
         self.check = check
         self.compute = ComputeModel(spec, hardware)
@@ -94,7 +103,7 @@ class Engine:
         spec, policy = self.spec, self.policy
         n_layers, n_experts = spec.num_moe_layers, spec.num_experts
         policy.reset(spec, self.capacity_slots, self.compute.cost_model(), trace=self.trace,
-                     schedule=self.schedule)
+                     schedule=None if self.batcher is not None else self.schedule)
         self.cache = SlotCache(self.capacity_slots, n_experts, n_layers, policy.partition_slots)
         self.copies: dict[int, Copy] = {}  # key -> in-flight copy holding a slot
         self.unused_prefetch: dict[int, Copy] = {}  # prefetched keys not accessed yet
@@ -164,7 +173,7 @@ class Engine:
         gpu_memo: dict[int, float] = {}
         cpu_memo: dict[int, float] = {}
         step_memo: dict[int, tuple[float, float]] = {}  # batch size -> (other_s, decision_s)
-        add = log.add_codes
+        add = log.flat.extend  # rows as flat tuples: see EventLog.add_codes for the columns
         k_copy, k_compute, k_stall, k_policy, k_step = (KIND[n] for n in (
             "copy", "compute", "stall", "policy", "step"))
         r_gpu, r_cpu, r_none, r_decision = (RESOURCE["gpu"], RESOURCE["cpu"], RESOURCE["none"],
@@ -175,15 +184,27 @@ class Engine:
             "hit", "prefetch_hit", "inflight", "miss"))
         del k_copy
         # batch-1 schedules: every step's sorted expert lists in one numpy call
-        single = bool(self.schedule) and all(len(r) == 1 for r in self.schedule)
+        single = self.batcher is None and bool(self.schedule) and \
+            all(len(r) == 1 for r in self.schedule)
         if single:
             rows_all = np.concatenate(self.schedule)  # [S]
             sorted_all = np.sort(ids_all[rows_all], axis=2).tolist()  # [S][L][k]
             ones = [[1] * spec.top_k] * n_layers
         ahead: dict[int, np.ndarray] = {}
         resident = cache.resident  # a live set, never replaced
-        for step, rows in enumerate(self.schedule):
-            step_start = env.now
+        # ``clock`` is the GPU stream's time. While nothing can happen on the link before a
+        # layer's end (no copy in flight, or the running one ends later), the main process skips
+        # the layer's timeout and lets ``clock`` run ahead of ``env.now``; it syncs (one timeout)
+        # otherwise, and before cancelling. Copies submitted while behind start at their
+        # ``ready_s``, an absolute time, so timing is unchanged. (Not with a batcher: arrivals
+        # are read against env.now.)
+        defer = self.batcher is None and self.defer_timeouts
+        clock = float(env.now)
+        for step, rows in enumerate(self._steps()):
+            if env.now < self._idle_until:  # continuous batching: wait for the next arrival
+                yield env.timeout(self._idle_until - env.now)
+                clock = env.now
+            step_start = clock
             n_tok = len(rows)
             ids = ids_all[rows]  # [B, L, k]
             gates = gates_all[rows]  # [B, L, k]
@@ -203,8 +224,12 @@ class Engine:
                 memo = step_memo[n_tok] = (compute.layer_other_s(n_tok), decision.seconds(n_tok))
             other_s, decision_s = memo
             # non-expert work of layer 0
-            add(k_compute, env.now, env.now + other_s, step, 0, -1, 0, r_gpu, d_other, n_tok)
-            yield env.timeout(other_s)
+            add((k_compute, clock, clock + other_s, step, 0, -1, 0, r_gpu, d_other, n_tok))
+            clock += other_s
+            if not (defer and (link.running is None and not copies
+                                  or link.running is not None and clock < link.busy_until)):
+                yield env.timeout(clock - env.now)
+                clock = env.now
             for layer in range(n_layers):
                 base = layer * n_experts
                 layer_experts, layer_tokens = experts[layer], tokens[layer]
@@ -271,6 +296,9 @@ class Engine:
                             to_submit.append(copy)
                             wait.append(copy)
                 plan = policy.prefetch(ctx)
+                if plan.cancel and env.now < clock:  # an interrupt acts at env.now: catch up
+                    yield env.timeout(clock - env.now)
+                    clock = env.now
                 for key in plan.cancel:
                     copy = copies.get(key)
                     if copy is None or copy.purpose != "prefetch":
@@ -309,10 +337,10 @@ class Engine:
                         unused[key] = copy
                         to_submit.append(copy)
                 # the decision takes decision_s; copies start when it is made (no extra event)
-                now = env.now
+                now = clock
                 ready = now + decision_s
                 if decision_s > 0:
-                    add(k_policy, now, ready, step, layer, -1, 0, r_decision, d_decision, n_tok)
+                    add((k_policy, now, ready, step, layer, -1, 0, r_decision, d_decision, n_tok))
                 for copy in to_submit:
                     copy.ready_s = ready
                     link.submit(copy)
@@ -325,8 +353,9 @@ class Engine:
                         yield pending[0].waiter
                     else:
                         yield env.all_of([c.waiter for c in pending])
-                    add(k_stall, ready, env.now, step, layer, -1, 0, r_gpu, d_wait, 0)
-                    now = ready = env.now
+                    clock = env.now
+                    add((k_stall, ready, clock, step, layer, -1, 0, r_gpu, d_wait, 0))
+                    now = ready = clock
                 if self.check:
                     self._check_layer(keys, on_cpu, wait)
                 # experts: GPU ones in sequence, CPU ones in parallel on the host
@@ -336,26 +365,49 @@ class Engine:
                         dt = cpu_memo.get(t)
                         if dt is None:
                             dt = cpu_memo[t] = compute.cpu_expert_s(t)
-                        add(k_compute, cpu_t, cpu_t + dt, step, layer, e, 0, r_cpu, d_cpu, t)
+                        add((k_compute, cpu_t, cpu_t + dt, step, layer, e, 0, r_cpu, d_cpu, t))
                         cpu_t += dt
                     else:
                         dt = gpu_memo.get(t)
                         if dt is None:
                             dt = gpu_memo[t] = compute.gpu_expert_s(t)
-                        add(k_compute, gpu_t, gpu_t + dt, step, layer, e, 0, r_gpu, how, t)
+                        add((k_compute, gpu_t, gpu_t + dt, step, layer, e, 0, r_gpu, how, t))
                         gpu_t += dt
                 end = max(gpu_t, cpu_t)
                 if layer + 1 < n_layers:  # the next layer's non-expert work follows at once
-                    add(k_compute, end, end + other_s, step, layer + 1, -1, 0, r_gpu, d_other,
-                        n_tok)
+                    add((k_compute, end, end + other_s, step, layer + 1, -1, 0, r_gpu, d_other,
+                        n_tok))
                     end += other_s
-                yield env.timeout(end - now)
+                clock = end
+                if not (defer and (link.running is None and not copies
+                                  or link.running is not None and clock < link.busy_until)):
+                    yield env.timeout(end - env.now)
+                    clock = env.now
             policy.end_step(ctx)
-            add(k_step, step_start, env.now, step, -1, -1, 0, r_none, d_step, n_tok)
-        self.end_s = float(env.now)
+            add((k_step, step_start, clock, step, -1, -1, 0, r_none, d_step, n_tok))
+        self.end_s = float(clock)
+        if copies and env.now < clock:
+            yield env.timeout(clock - env.now)
         # copies still queued or running when the last step ends are abandoned (logged as such)
         for copy in list(copies.values()):
             link.cancel(copy)
+
+    def _steps(self):  # noqa: ANN202 - generator of each step's rows
+        self._idle_until = 0.0
+        batcher = self.batcher
+        if batcher is None:
+            yield from self.schedule
+            return
+        env = self.env
+        while not batcher.done():
+            now = max(env.now, self._idle_until)
+            rows = batcher.next_step(now)
+            if rows.size:
+                self._idle_until = now
+                self.schedule.append(rows)
+                yield rows
+            else:
+                self._idle_until = max(now, batcher.next_arrival_s())
 
     def _validate_plan(self, keys: list[int]) -> None:
         cache, n_layers, n_experts = self.cache, self.n_layers, self.spec.num_experts

@@ -13,7 +13,10 @@ from collections.abc import Callable
 
 import simpy
 
-from sim.eventlog import EventLog
+from sim.eventlog import DETAIL as _DETAIL
+from sim.eventlog import KIND, RESOURCE, EventLog
+
+_K_COPY, _R_LINK, _D_CANCELLED = KIND["copy"], RESOURCE["link"], _DETAIL["cancelled"]
 
 DEMAND = 0
 PREFETCH = 1
@@ -56,6 +59,7 @@ class Link:
         self._seq = 0
         self._wake: simpy.Event | None = None
         self.running: Copy | None = None
+        self.busy_until = 0.0  # when the running copy finishes (meaningful while running)
         self.process = env.process(self._serve())
 
     def copy_s(self, num_bytes: int) -> float:
@@ -82,8 +86,9 @@ class Link:
         if copy.state == "queued":
             copy.state = "cancelled"
             now = self.env.now
-            copy.row = self.log.add("copy", now, now, copy.step, copy.layer,
-                                    copy.key % self.num_experts, 0, "link", "cancelled")
+            copy.row = self.log.add_codes(_K_COPY, now, now, copy.step, copy.layer,
+                                          copy.key % self.num_experts, 0, _R_LINK,
+                                          _D_CANCELLED, 0)
         elif copy.state == "running":
             self.process.interrupt(copy)
 
@@ -108,15 +113,16 @@ class Link:
             copy.start_s = start = max(env.now, copy.ready_s)
             self.running = copy
             try:  # one timeout: the wait for the decision, then the copy
-                yield env.timeout(start - env.now + self.latency_s
-                                  + copy.num_bytes / self.bytes_per_s)
+                delay = start - env.now + self.latency_s + copy.num_bytes / self.bytes_per_s
+                self.busy_until = env.now + delay  # nothing happens on the link before then
+                yield env.timeout(delay)
             except simpy.Interrupt:
                 copy.state = "cancelled"
                 start = min(start, env.now)
                 moved = max(0.0, (env.now - start - self.latency_s) * self.bytes_per_s)
-                copy.row = log.add("copy", start, env.now, copy.step, copy.layer,
-                                   copy.key % n_experts, int(min(moved, copy.num_bytes)), "link",
-                                   "cancelled")
+                copy.row = log.add_codes(_K_COPY, start, env.now, copy.step, copy.layer,
+                                         copy.key % n_experts, int(min(moved, copy.num_bytes)),
+                                         _R_LINK, _D_CANCELLED, 0)
                 self.running = None
                 continue
             self.running = None
@@ -124,8 +130,9 @@ class Link:
             detail = copy.purpose
             if detail == "prefetch" and copy.used:
                 detail = "prefetch_used"
-            copy.row = log.add("copy", start, env.now, copy.step, copy.layer,
-                               copy.key % n_experts, copy.num_bytes, "link", detail)
+            copy.row = log.add_codes(_K_COPY, start, env.now, copy.step, copy.layer,
+                                     copy.key % n_experts, copy.num_bytes, _R_LINK,
+                                     _DETAIL[detail], 0)
             self.on_done(copy)
             if copy.waiter is not None:
                 copy.waiter.succeed()

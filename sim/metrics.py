@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -71,3 +72,39 @@ def summarize(events: pd.DataFrame) -> dict[str, Any]:
         "prefetch_recall": _ratio(used, n_access - plain_hits),
         "wasted_prefetch_bytes": int(prefetch_bytes.sum()),
     }
+
+
+def _stats_ms(values_s: np.ndarray, name: str) -> dict[str, float | None]:
+    ms = np.asarray(values_s, dtype=np.float64) * 1e3
+    if not len(ms):
+        return {f"{name}_mean": None, f"{name}_p50": None, f"{name}_p99": None}
+    return {f"{name}_mean": float(ms.mean()), f"{name}_p50": float(np.percentile(ms, 50)),
+            f"{name}_p99": float(np.percentile(ms, 99))}
+
+
+def latency_metrics(steps: pd.DataFrame, schedule: Sequence[np.ndarray], request_id: np.ndarray,
+                    phase: np.ndarray, arrival_s: dict[int, float] | None = None
+                    ) -> dict[str, Any]:
+    """Time per output token and time to first token (ms: mean, p50, p99).
+
+    ``tpot_ms_*``: latency of every decode step (a step holding at least one decode token, phase
+    1). ``ttft_ms_*``: per request, the end of the step holding its last prompt token (its first
+    step when it has none) minus its arrival (``arrival_s[request]``; default: the start of its
+    first step). ``steps`` is :func:`step_frame` of the run, in schedule order.
+    """
+    starts = steps["start_s"].to_numpy()  # [S]
+    ends = steps["end_s"].to_numpy()  # [S]
+    latency = ends - starts  # [S]
+    decode = np.array([bool((phase[rows] != 0).any()) for rows in schedule], dtype=bool)  # [S]
+    first_step: dict[int, int] = {}
+    prompt_end: dict[int, int] = {}
+    for s, rows in enumerate(schedule):
+        for r, ph in zip(request_id[rows].tolist(), phase[rows].tolist(), strict=True):
+            first_step.setdefault(r, s)
+            if ph == 0:
+                prompt_end[r] = s
+    ttft = np.array([ends[prompt_end.get(r, s)]
+                     - (arrival_s[r] if arrival_s and r in arrival_s else starts[s])
+                     for r, s in first_step.items()], dtype=np.float64)  # [R]
+    return {**_stats_ms(latency[decode], "tpot_ms"), **_stats_ms(ttft, "ttft_ms"),
+            "decode_steps": int(decode.sum()), "requests": len(first_step)}

@@ -14,8 +14,9 @@ from policies.config import build_policy
 from sim.engine import Engine
 from sim.eventlog import write_parquet
 from sim.hardware import HardwareProfile
-from sim.metrics import step_frame, summarize
+from sim.metrics import latency_metrics, step_frame, summarize
 from sim.timeline import write_chrome_trace
+from sim.workload import ContinuousBatcher
 from traces.errors import ConfigError
 from traces.format import Trace
 from traces.spec import ModelSpec
@@ -28,13 +29,15 @@ class RunConfig:
 
     model: dict[str, Any]
     hardware: dict[str, Any]
-    policy: dict[str, Any]
+    policy: dict[str, Any] | str  # a mapping, or the name of a conf/policy config
     trace: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
     batch: int = 1
     prefill: bool = True
     timeline_events: int = 50_000
     out: str | None = None
+    workload: dict[str, Any] = field(default_factory=dict)
+    compare: dict[str, Any] | None = None  # experiment=compare: see sim.compare
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -96,6 +99,21 @@ def capacity_from(cache: dict[str, Any], spec: ModelSpec) -> int:
     return int(round(fraction * spec.num_expert_keys))
 
 
+def _batcher(cfg: RunConfig, trace: Trace) -> ContinuousBatcher | None:
+    workload = cfg.workload or {}
+    kind = workload.get("kind", "static")
+    if kind == "static":
+        return None
+    if kind != "continuous":
+        raise ConfigError(f"workload.kind must be static or continuous, got {kind!r}")
+    rate = workload.get("rate_per_s")
+    if isinstance(rate, str) and rate.strip().lstrip("+.").lower() in ("inf", "infinity"):
+        rate = float("inf")  # .inf (YAML) / inf
+    return ContinuousBatcher(trace, float("inf") if rate is None else rate,
+                             workload.get("max_batch") or cfg.batch, chunk=workload.get("chunk"),
+                             prefill=bool(cfg.prefill), seed=int(workload.get("seed") or 0))
+
+
 def simulate(cfg: RunConfig) -> SimResult:
     """Run one configuration end to end."""
     spec = ModelSpec.from_dict(cfg.model)
@@ -104,18 +122,23 @@ def simulate(cfg: RunConfig) -> SimResult:
     trace = _load_trace(cfg, spec)
     slots = capacity_from(cfg.cache or {}, spec)
     wall = time.perf_counter()
-    engine = Engine(spec, trace, policy, hardware, slots, cfg.batch,
+    batcher = _batcher(cfg, trace)
+    engine = Engine(spec, trace, policy, hardware, slots, cfg.batch, batcher=batcher,
                     preload=bool((cfg.cache or {}).get("preload", False)),
                     prefill=bool(cfg.prefill))
     result = engine.run()
     wall_s = time.perf_counter() - wall
+    steps = step_frame(result.events)
     summary = {
         "model": spec.name, "hardware": hardware.name, "policy": policy.name,
         "capacity_slots": slots, "cache_fraction": slots / spec.num_expert_keys,
         "cache_bytes": slots * spec.expert_bytes,
         "fits_gpu_memory": bool(slots * spec.expert_bytes + spec.non_expert_bytes
                                 <= hardware.gpu_mem_bytes),
-        "batch": cfg.batch, **summarize(result.events), "events": len(result.events),
-        "sim_wall_s": wall_s,
+        "batch": cfg.batch, **summarize(result.events),
+        "workload": (cfg.workload or {}).get("kind", "static"),
+        **latency_metrics(steps, engine.schedule, trace.request_id, trace.phase,
+                          batcher.arrival_by_id if batcher is not None else None),
+        "events": len(result.events), "sim_wall_s": wall_s,
     }
-    return SimResult(result.events, step_frame(result.events), summary, cfg.timeline_events)
+    return SimResult(result.events, steps, summary, cfg.timeline_events)

@@ -1,12 +1,20 @@
 """Workloads: which trace rows each simulated step runs.
 
-Static batching only (continuous batching with arrivals is not built yet): requests are taken
-``batch`` at a time in trace order; a group runs one prefill step holding every prompt token of
-its requests (when the trace has any), then decode steps, step ``j`` holding the ``j``-th decode
-token of every request of the group that still has one.
+Static batching (:func:`static_batches`): requests are taken ``batch`` at a time in trace order; a
+group runs one prefill step holding every prompt token of its requests (when the trace has any),
+then decode steps, step ``j`` holding the ``j``-th decode token of every request of the group that
+still has one.
+
+Continuous batching (:class:`ContinuousBatcher`): requests arrive as a Poisson process (in trace
+order) and join the running batch at step boundaries once arrived, up to ``max_batch`` running
+requests; each runs its prompt (all of it in one step, or ``chunk`` tokens per step) then one
+decode token per step, and leaves when done. The schedule depends on simulated time, so the
+engine asks for each step when the previous one ends.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -39,3 +47,93 @@ def static_batches(trace: Trace, batch: int, prefill: bool = True) -> list[np.nd
             rows = np.array([d[j] for d in decode_rows if j < len(d)], dtype=np.int64)  # [<=B]
             schedule.append(rows)
     return schedule
+
+
+def _requests(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    request_id = np.asarray(trace.request_id)
+    starts = np.flatnonzero(np.r_[True, request_id[1:] != request_id[:-1]])  # [R]
+    ends = np.r_[starts[1:], len(request_id)]  # [R]
+    return starts, ends
+
+
+class ContinuousBatcher:
+    """Continuous batching with Poisson arrivals over the requests of ``trace`` (trace order).
+
+    ``rate_per_s``: mean arrivals per simulated second (``inf``: all arrive at time 0);
+    ``max_batch``: most requests running at once; ``chunk``: prompt tokens per request per step
+    (``None``: the whole prompt in one step); ``prefill=False`` drops prompt tokens.
+    ``arrival_s[r]`` is the arrival time of the ``r``-th request (keyed by its request id in
+    :attr:`arrival_by_id`).
+    """
+
+    def __init__(self, trace: Trace, rate_per_s: float, max_batch: int, *,
+                 chunk: int | None = None, prefill: bool = True, seed: int = 0) -> None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ConfigError(f"workload.max_batch must be a positive integer, got {max_batch!r}")
+        if isinstance(rate_per_s, bool) or not isinstance(rate_per_s, (int, float)) \
+                or not rate_per_s > 0:
+            raise ConfigError(f"workload.rate_per_s must be > 0, got {rate_per_s!r}")
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)
+                                  or chunk < 1):
+            raise ConfigError(f"workload.chunk must be a positive integer or null, got {chunk!r}")
+        starts, ends = _requests(trace)
+        phase = np.asarray(trace.phase)
+        self.max_batch, self.chunk = max_batch, chunk
+        # per request: its prompt rows then its decode rows, in order
+        self.prompt = [np.arange(a, b)[phase[a:b] == 0] if prefill else np.zeros(0, np.int64)
+                       for a, b in zip(starts, ends, strict=True)]
+        self.decode = [np.arange(a, b)[phase[a:b] != 0] for a, b in zip(starts, ends, strict=True)]
+        n = len(starts)
+        if math.isinf(rate_per_s):
+            self.arrival_s = np.zeros(n)
+        else:
+            gaps = np.random.default_rng(seed).exponential(1.0 / rate_per_s, n)  # [R]
+            self.arrival_s = np.cumsum(gaps) - gaps[0] if n else gaps  # first one at time 0
+        ids = np.asarray(trace.request_id)[starts].tolist()
+        self.arrival_by_id = dict(zip(ids, self.arrival_s.tolist(), strict=True))
+        self._next = 0  # next request to admit
+        self._running: list[list] = []  # [request, prompt done, decode done]
+
+    def done(self) -> bool:
+        """Every request has finished."""
+        return self._next >= len(self.prompt) and not self._running
+
+    def next_arrival_s(self) -> float:
+        """When the next not-yet-admitted request arrives (``inf`` when none is left)."""
+        return float(self.arrival_s[self._next]) if self._next < len(self.prompt) else math.inf
+
+    def next_step(self, now: float) -> np.ndarray:
+        """The rows of the step starting at ``now`` (empty: nothing to run until an arrival)."""
+        while (self._next < len(self.prompt) and len(self._running) < self.max_batch
+               and self.arrival_s[self._next] <= now):
+            self._running.append([self._next, 0, 0])
+            self._next += 1
+        parts: list[np.ndarray] = []
+        still: list[list] = []
+        for state in self._running:
+            r, p_done, d_done = state
+            prompt, decode = self.prompt[r], self.decode[r]
+            if p_done < len(prompt):
+                take = len(prompt) - p_done if self.chunk is None else \
+                    min(self.chunk, len(prompt) - p_done)
+                parts.append(prompt[p_done:p_done + take])
+                state[1] = p_done + take
+            elif d_done < len(decode):
+                parts.append(decode[d_done:d_done + 1])
+                state[2] = d_done + 1
+            if state[1] < len(prompt) or state[2] < len(decode):
+                still.append(state)
+        self._running = still
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def offline_schedule(self, step_s: float = 1.0) -> list[np.ndarray]:
+        """The schedule if every step took ``step_s`` (idle gaps jump to the next arrival)."""
+        schedule, now = [], 0.0
+        while not self.done():
+            rows = self.next_step(now)
+            if rows.size:
+                schedule.append(rows)
+                now += step_s
+            else:
+                now = max(now, self.next_arrival_s())
+        return schedule

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sim_testing import HW, check_log, spec
@@ -39,3 +41,18 @@ def test_invariants(seed: int, layers: int, experts: int, top_k: int, tokens: in
     assert summary["h2d_bytes"] >= summary["copies"] * model.expert_bytes
     assert 0.0 <= summary["hit_rate"] <= 1.0
     assert len(engine.cache) <= slots
+
+
+@pytest.mark.parametrize("name", ["lru", "gate-lookahead", "prescope", "oracle-prefetch"])
+def test_skipped_timeouts_change_nothing(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = spec()
+    trace = make_trace(model, 150, requests=3, seed=4)
+    fast = Engine(model, trace, build_policy(name), HW, 10, batch=2).run().events
+    monkeypatch.setattr(Engine, "defer_timeouts", False)
+    slow = Engine(model, trace, build_policy(name), HW, 10, batch=2).run().events
+    assert len(fast) == len(slow)
+    for col in fast.columns:
+        if col in ("start_s", "end_s"):
+            np.testing.assert_allclose(fast[col], slow[col], rtol=1e-12, atol=1e-12)
+        else:
+            assert (fast[col].to_numpy() == slow[col].to_numpy()).all(), col

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
 from sim_testing import HW, spec
 
 from policies.config import build_policy
 from policies.toy_traces import make_trace
+from sim.cli import compose
 from sim.engine import Engine
 from sim.eventlog import EventLog
-from sim.metrics import summarize
+from sim.metrics import latency_metrics, summarize
+from sim.run import RunConfig, simulate
 from sim.timeline import chrome_trace
 from sim.workload import static_batches
 
@@ -53,3 +58,35 @@ def test_timeline_tracks_and_cap() -> None:
     spans = [e for e in data["traceEvents"] if e["ph"] == "X"]
     assert len(spans) == 40 and data["otherData"]["truncated"]
     assert {e["tid"] for e in spans} >= {1, 2}
+
+
+def test_tpot_ttft_by_hand() -> None:
+    # two requests: 2 prompt + 2 decode tokens each; batch 1 -> 6 steps
+    request_id = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    phase = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    schedule = [np.array([0, 1]), np.array([2]), np.array([3]), np.array([4, 5]),
+                np.array([6]), np.array([7])]
+    bounds = [(0.0, 0.010), (0.010, 0.012), (0.012, 0.016), (0.016, 0.030), (0.030, 0.032),
+              (0.032, 0.034)]
+    steps = pd.DataFrame({"start_s": [b[0] for b in bounds], "end_s": [b[1] for b in bounds]})
+    m = latency_metrics(steps, schedule, request_id, phase)
+    assert m["decode_steps"] == 4 and m["requests"] == 2
+    assert m["tpot_ms_mean"] == pytest.approx((2 + 4 + 2 + 2) / 4)
+    assert m["tpot_ms_p50"] == pytest.approx(2.0)
+    assert m["ttft_ms_mean"] == pytest.approx((10 + 14) / 2)  # request 1 starts at 16 ms
+    m = latency_metrics(steps, schedule, request_id, phase, arrival_s={0: 0.0, 1: 0.0})
+    assert m["ttft_ms_mean"] == pytest.approx((10 + 30) / 2)
+
+
+def test_summary_has_headline_metrics() -> None:
+    cfg = RunConfig.from_dict({"model": {**OmegaConf.to_container(compose([]).model)},
+                               "hardware": OmegaConf.to_container(compose([]).hardware),
+                               "policy": OmegaConf.to_container(compose([]).policy),
+                               "trace": {"tokens": 300}, "batch": 2})
+    summary = simulate(cfg).summary
+    for key in ("tpot_ms_mean", "tpot_ms_p50", "tpot_ms_p99", "ttft_ms_mean", "tokens_per_s",
+                "hit_rate", "h2d_bytes", "stall_s", "prefetch_precision", "prefetch_recall",
+                "wasted_prefetch_bytes", "sim_wall_s", "events"):
+        assert key in summary, key
+    assert summary["tpot_ms_p99"] >= summary["tpot_ms_p50"] > 0
+    assert summary["ttft_ms_mean"] > 0 and summary["tokens"] == 300

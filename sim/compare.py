@@ -1,0 +1,103 @@
+"""The bundled policy comparison (``moe-sim experiment=compare``): the same trace, hardware and
+model under several policies (and cache settings), one table of headline metrics.
+
+Each run is a mapping ``{label, policy, cache?}``: ``policy`` names a config of ``conf/policy``
+and ``cache`` overrides keys of the top-level ``cache`` group (e.g. ``{fraction: 1.0, preload:
+true}`` for the all-resident bound). ``speedup`` is tokens/s over the baseline run's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sim.run import RunConfig, simulate
+from traces.errors import ConfigError
+
+COLUMNS = ("policy", "tpot_ms_mean", "tpot_ms_p99", "tokens_per_s", "hit_rate", "stall_s",
+           "speedup")
+
+
+def _runs(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    runs = spec.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise ConfigError("compare.runs must be a non-empty list of {label, policy, cache}")
+    out = []
+    for i, run in enumerate(runs):
+        if isinstance(run, str):
+            run = {"label": run, "policy": run}
+        if not isinstance(run, dict) or not run.get("policy"):
+            raise ConfigError(f"compare.runs[{i}] needs a policy, got {run!r}")
+        unknown = sorted(set(run) - {"label", "policy", "cache"})
+        if unknown:
+            raise ConfigError(f"compare.runs[{i}]: unknown key(s) {', '.join(unknown)}")
+        out.append({"label": str(run.get("label") or run["policy"]), "policy": run["policy"],
+                    "cache": dict(run.get("cache") or {})})
+    labels = [r["label"] for r in out]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"compare.runs: duplicate labels in {labels}")
+    return out
+
+
+def run_comparison(cfg: RunConfig) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Run every entry of ``cfg.compare['runs']``; returns the table and each run's summary."""
+    spec = cfg.compare or {}
+    runs = _runs(spec)
+    baseline = spec.get("baseline") or runs[0]["label"]
+    if baseline not in {r["label"] for r in runs}:
+        raise ConfigError(f"compare.baseline {baseline!r} is not one of the runs' labels")
+    summaries = []
+    for run in runs:
+        one = replace(cfg, policy=run["policy"], cache={**(cfg.cache or {}), **run["cache"]},
+                      compare=None)
+        summaries.append({"label": run["label"], **simulate(one).summary})
+    base = next(s for s in summaries if s["label"] == baseline)["tokens_per_s"]
+    rows = [{"policy": s["label"], "tpot_ms_mean": s["tpot_ms_mean"],
+             "tpot_ms_p99": s["tpot_ms_p99"], "tokens_per_s": s["tokens_per_s"],
+             "hit_rate": s["hit_rate"], "stall_s": s["stall_s"],
+             "speedup": (s["tokens_per_s"] / base) if base and s["tokens_per_s"] else None}
+            for s in summaries]
+    return pd.DataFrame(rows, columns=list(COLUMNS)), summaries
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The table as GitHub markdown."""
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" if c == "policy" else "---:" for c in table.columns) + "|"
+    body = ["| " + " | ".join(_fmt(v) for v in row) + " |"
+            for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def text_table(table: pd.DataFrame) -> str:
+    """The table for a terminal: aligned columns."""
+    cells = [list(table.columns)] + [[_fmt(v) for v in row]
+                                     for row in table.itertuples(index=False)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(table.columns))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+                     for r in cells)
+
+
+def write_comparison(table: pd.DataFrame, summaries: list[dict[str, Any]],
+                     out: str | Path) -> list[Path]:
+    """Write ``compare.csv``, ``compare.md`` and ``summaries.json`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, md, js = out / "compare.csv", out / "compare.md", out / "summaries.json"
+    table.to_csv(csv, index=False)
+    md.write_text(markdown(table), encoding="utf-8")
+    js.write_text(json.dumps(summaries, indent=2, default=str), encoding="utf-8")
+    return [csv, md, js]
