@@ -193,3 +193,28 @@ class Policy(ABC):
 
     def end_step(self, ctx: LayerContext) -> None:  # noqa: B027 - optional hook
         """The step's last layer has run. Optional; the default does nothing."""
+
+
+class PlacementError(ValueError):
+    """A policy's :meth:`Policy.place` returned something other than "gpu" or "cpu" for a key."""
+
+
+def split_placement(policy: Policy, ctx: LayerContext, missing: Sequence[int]
+                    ) -> tuple[list[int], list[int]]:
+    """Ask ``policy.place`` and split ``missing`` into (fetch to the GPU, compute on the CPU).
+
+    Both engines call this, so a placement that names neither target fails the same way in each.
+    """
+    where = policy.place(ctx, missing)
+    gpu: list[int] = []
+    cpu: list[int] = []
+    for key in missing:
+        target = where.get(key)
+        if target == GPU:
+            gpu.append(key)
+        elif target == CPU:
+            cpu.append(key)
+        else:
+            raise PlacementError(f"{policy.name}: place() gave {target!r} for key {key}; "
+                                 f"expected 'gpu' or 'cpu'")
+    return gpu, cpu

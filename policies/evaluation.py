@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.base import CPU, GPU, Policy
+from policies.base import PlacementError, Policy, split_placement
 from policies.cache import SlotCache
 from policies.context import LayerContext
 from policies.cost import CostModel
@@ -201,17 +201,11 @@ def evaluate(trace: Trace, policy: Policy, capacity_slots: int, *, batch: int = 
                         pending.discard(key)
                         stats.prefetch_used += 1
             if missing:
-                where = policy.place(ctx, missing)
-                gpu = []
-                for key in missing:
-                    target = where.get(key)
-                    if target == GPU:
-                        gpu.append(key)
-                    elif target == CPU:
-                        stats.cpu_computed += 1
-                    else:
-                        raise PolicyViolation(f"{policy.name}: place() gave {target!r} for key "
-                                              f"{key}; expected 'gpu' or 'cpu'")
+                try:
+                    gpu, cpu = split_placement(policy, ctx, missing)
+                except PlacementError as exc:
+                    raise PolicyViolation(str(exc)) from None
+                stats.cpu_computed += len(cpu)
                 admitted = [key for key in gpu if policy.admit(key, ctx)]
                 stats.streamed += len(gpu) - len(admitted)
                 stats.demand_fetches += len(gpu)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from policies.base import CPU, GPU, Policy
+from policies.base import PlacementError, Policy, split_placement
 from policies.cache import SlotCache
 from policies.context import LayerContext
 from policies.evaluation import PolicyViolation
@@ -265,18 +265,11 @@ class Engine:
                 to_submit: list[Copy] = []
                 on_cpu: set[int] = _NO_KEYS
                 if missing:
-                    on_cpu = set()
-                    where = policy.place(ctx, missing)
-                    fetch = []
-                    for key in missing:
-                        target = where.get(key)
-                        if target == GPU:
-                            fetch.append(key)
-                        elif target == CPU:
-                            on_cpu.add(key)
-                        else:
-                            raise PolicyViolation(f"{policy.name}: place() gave {target!r} for "
-                                                  f"key {key}")
+                    try:
+                        fetch, cpu = split_placement(policy, ctx, missing)
+                    except PlacementError as exc:
+                        raise PolicyViolation(str(exc)) from None
+                    on_cpu = set(cpu)
                     keep = [key for key in fetch if policy.admit(key, ctx)]
                     need = len(keep) - cache.free_slots(layer)
                     if need > 0:
