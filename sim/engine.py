@@ -57,7 +57,8 @@ class Engine:
     (:class:`sim.workload.ContinuousBatcher`) that picks each step's rows at its start (policies
     then get no schedule in ``reset``). ``preload`` fills the cache before the
     first step (layer-major order, free of charge). ``check`` asserts the engine's invariants at
-    every layer (for tests).
+    every layer (for tests). ``chunk_mb`` > 0 moves copies in chunks of at most that many MB
+    (1e6 bytes) so a demand copy can overtake a running prefetch (:class:`~sim.link.Link`).
     """
 
     defer_timeouts = True  # skip SimPy timeouts while the link is idle (see _main); tests toggle it
@@ -66,7 +67,8 @@ class Engine:
                  capacity_slots: int, batch: int = 1, *,
                  schedule: Sequence[np.ndarray] | None = None,
                  batcher: ContinuousBatcher | None = None,
-                 preload: bool = False, prefill: bool = True, check: bool = False) -> None:
+                 preload: bool = False, prefill: bool = True, check: bool = False,
+                 chunk_mb: float = 0) -> None:
         n_keys = spec.num_expert_keys
         if isinstance(capacity_slots, bool) or not isinstance(capacity_slots, (int, np.integer)):
             raise ConfigError(f"cache capacity must be an integer number of slots, "
@@ -94,6 +96,13 @@ class Engine:
                              else static_batches(trace, batch, prefill=prefill))
         self.preload = preload
         self.check = check
+        if isinstance(chunk_mb, bool) or not isinstance(chunk_mb, (int, float, np.integer,
+                                                                   np.floating)) or \
+                not 0 <= chunk_mb < float("inf"):
+            raise ConfigError(f"link.chunk_mb must be a finite number >= 0, got {chunk_mb!r}")
+        self.chunk_bytes = int(chunk_mb * 1e6)  # 0: whole copies (no chunking)
+        if chunk_mb > 0 and self.chunk_bytes < 1:
+            raise ConfigError(f"link.chunk_mb of {chunk_mb!r} is under one byte")
         self.compute = ComputeModel(spec, hardware)
         self.log = EventLog()
 
@@ -109,7 +118,7 @@ class Engine:
         self.unused_prefetch: dict[int, Copy] = {}  # prefetched keys not accessed yet
         self.env = simpy.Environment()
         self.link = Link(self.env, self.hardware.link_bytes_per_s, self.hardware.copy_latency_s,
-                         n_experts, self.log, self._copy_done)
+                         n_experts, self.log, self._copy_done, self.chunk_bytes)
         if self.preload:
             for key in range(n_layers * n_experts):
                 if self.cache.free_slots() <= 0:

@@ -4,6 +4,13 @@ Demand copies (priority 0) go before prefetches (priority 1); ties in submission
 takes ``latency + bytes / bandwidth``. A queued copy can be cancelled (dropped lazily) or raised
 to demand priority; a running one can be cancelled (the link stops at once and counts the bytes
 that crossed). One SimPy timeout per copy.
+
+Optional chunking (``chunk_bytes > 0``): a copy crosses in chunks of at most ``chunk_bytes``, each
+costing ``latency + chunk / bandwidth`` (every cudaMemcpyAsync pays the per-copy latency). After
+each chunk the link looks at its queue; if a copy of strictly higher priority (a demand) waits,
+the running one is suspended (it keeps its moved bytes and its sequence number) and goes back into
+the queue. A copy's log row spans its first start to its end and records the bytes that moved.
+One SimPy timeout per chunk.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ class Copy:
     """One host-to-device copy of an expert (``purpose``: demand, stream or prefetch)."""
 
     __slots__ = ("key", "num_bytes", "priority", "purpose", "step", "layer", "seq", "state",
-                 "start_s", "ready_s", "waiter", "used", "row")
+                 "start_s", "ready_s", "waiter", "used", "row", "moved")
 
     def __init__(self, key: int, num_bytes: int, purpose: str, step: int, layer: int) -> None:
         self.key = key
@@ -42,13 +49,17 @@ class Copy:
         self.waiter: simpy.Event | None = None  # made only when the engine waits on it
         self.used = False  # prefetches: accessed before leaving the cache
         self.row = -1  # event-log row once logged
+        self.moved = 0  # bytes moved by finished chunks (chunked links only)
 
 
 class Link:
-    """Serial host-to-device link with priorities and cancellation."""
+    """Serial host-to-device link with priorities, cancellation and optional chunking."""
+
+    record_chunks = False  # tests: keep (start, end, key, bytes) of every chunk in ``chunks``
 
     def __init__(self, env: simpy.Environment, bytes_per_s: float, latency_s: float,
-                 num_experts: int, log: EventLog, on_done: Callable[[Copy], None]) -> None:
+                 num_experts: int, log: EventLog, on_done: Callable[[Copy], None],
+                 chunk_bytes: int = 0) -> None:
         self.env = env
         self.bytes_per_s = bytes_per_s
         self.latency_s = latency_s
@@ -59,8 +70,12 @@ class Link:
         self._seq = 0
         self._wake: simpy.Event | None = None
         self.running: Copy | None = None
-        self.busy_until = 0.0  # when the running copy finishes (meaningful while running)
-        self.process = env.process(self._serve())
+        self.busy_until = 0.0  # when the running copy (chunk) ends (meaningful while running)
+        self.chunk_bytes = int(chunk_bytes)
+        if self.chunk_bytes < 0:
+            raise ValueError(f"chunk_bytes must be >= 0, got {chunk_bytes!r}")
+        self.chunks: list[tuple[float, float, int, int]] = []
+        self.process = env.process(self._serve_chunked() if self.chunk_bytes else self._serve())
 
     def copy_s(self, num_bytes: int) -> float:
         """Seconds one copy of ``num_bytes`` occupies the link."""
@@ -80,14 +95,17 @@ class Link:
         if copy.state == "queued" and copy.priority != DEMAND:
             copy.priority = DEMAND
             heapq.heappush(self._heap, (DEMAND, copy.seq, copy))
+        elif copy.state == "running":  # a chunked link must not suspend it for a demand now
+            copy.priority = DEMAND
 
     def cancel(self, copy: Copy) -> None:
         """Abandon a queued or running copy."""
         if copy.state == "queued":
             copy.state = "cancelled"
             now = self.env.now
-            copy.row = self.log.add_codes(_K_COPY, now, now, copy.step, copy.layer,
-                                          copy.key % self.num_experts, 0, _R_LINK,
+            start = copy.start_s if copy.moved else now  # suspended: it ran from start_s
+            copy.row = self.log.add_codes(_K_COPY, start, now, copy.step, copy.layer,
+                                          copy.key % self.num_experts, copy.moved, _R_LINK,
                                           _D_CANCELLED, 0)
         elif copy.state == "running":
             self.process.interrupt(copy)
@@ -98,6 +116,15 @@ class Link:
             priority, _, copy = heapq.heappop(heap)
             if copy.state == "queued" and copy.priority == priority:
                 return copy
+        return None
+
+    def _peek(self) -> Copy | None:
+        heap = self._heap
+        while heap:
+            priority, _, copy = heap[0]
+            if copy.state == "queued" and copy.priority == priority:
+                return copy
+            heapq.heappop(heap)
         return None
 
     def _serve(self):  # noqa: ANN202 - SimPy generator
@@ -131,6 +158,68 @@ class Link:
             if detail == "prefetch" and copy.used:
                 detail = "prefetch_used"
             copy.row = log.add_codes(_K_COPY, start, env.now, copy.step, copy.layer,
+                                     copy.key % n_experts, copy.num_bytes, _R_LINK,
+                                     _DETAIL[detail], 0)
+            self.on_done(copy)
+            if copy.waiter is not None:
+                copy.waiter.succeed()
+
+    def _serve_chunked(self):  # noqa: ANN202 - SimPy generator
+        env, log, n_experts = self.env, self.log, self.num_experts
+        chunk, bw, latency = self.chunk_bytes, self.bytes_per_s, self.latency_s
+        record = self.chunks if self.record_chunks else None
+        while True:
+            copy = self._pop()
+            if copy is None:
+                self._wake = env.event()
+                yield self._wake
+                self._wake = None
+                continue
+            start = max(env.now, copy.ready_s)
+            if not copy.moved:  # first start (a resumed copy keeps its own)
+                copy.start_s = start
+            copy.state = "running"
+            self.running = copy
+            suspended = False
+            try:
+                while True:  # one timeout per chunk (the first also waits for the decision)
+                    size = min(chunk, copy.num_bytes - copy.moved)
+                    delay = start - env.now + latency + size / bw
+                    self.busy_until = env.now + delay
+                    yield env.timeout(delay)
+                    if record is not None:
+                        record.append((start, env.now, copy.key, size))
+                    copy.moved += size
+                    if copy.moved >= copy.num_bytes:
+                        break
+                    top = self._peek()
+                    if top is not None and top.priority < copy.priority:
+                        suspended = True
+                        break
+                    start = env.now
+            except simpy.Interrupt:
+                copy.state = "cancelled"
+                start = min(start, env.now)
+                part = max(0.0, (env.now - start - latency) * bw)
+                moved = copy.moved + int(min(part, size))
+                if record is not None and env.now > start:
+                    record.append((start, env.now, copy.key, moved - copy.moved))
+                copy.moved = moved
+                copy.row = log.add_codes(_K_COPY, min(copy.start_s, env.now), env.now, copy.step,
+                                         copy.layer, copy.key % n_experts, moved, _R_LINK,
+                                         _D_CANCELLED, 0)
+                self.running = None
+                continue
+            self.running = None
+            if suspended:  # back into the queue with its sequence number; the demand goes first
+                copy.state = "queued"
+                heapq.heappush(self._heap, (copy.priority, copy.seq, copy))
+                continue
+            copy.state = "done"
+            detail = copy.purpose
+            if detail == "prefetch" and copy.used:
+                detail = "prefetch_used"
+            copy.row = log.add_codes(_K_COPY, copy.start_s, env.now, copy.step, copy.layer,
                                      copy.key % n_experts, copy.num_bytes, _R_LINK,
                                      _DETAIL[detail], 0)
             self.on_done(copy)

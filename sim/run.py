@@ -37,6 +37,7 @@ class RunConfig:
     timeline_events: int = 50_000
     out: str | None = None
     workload: dict[str, Any] = field(default_factory=dict)
+    link: dict[str, Any] = field(default_factory=dict)  # {chunk_mb}: see sim.link
     compare: dict[str, Any] | None = None  # experiment=compare: see sim.compare
 
     @classmethod
@@ -114,6 +115,19 @@ def _batcher(cfg: RunConfig, trace: Trace) -> ContinuousBatcher | None:
                              prefill=bool(cfg.prefill), seed=int(workload.get("seed") or 0))
 
 
+def _chunk_mb(cfg: RunConfig) -> float:
+    link = cfg.link or {}
+    if not isinstance(link, dict):
+        raise ConfigError(f"link must be a mapping, got {link!r}")
+    unknown = sorted(set(link) - {"chunk_mb"})
+    if unknown:
+        raise ConfigError(f"unknown link key(s): {', '.join(unknown)}")
+    chunk_mb = link.get("chunk_mb") or 0
+    if isinstance(chunk_mb, bool) or not isinstance(chunk_mb, (int, float)) or chunk_mb < 0:
+        raise ConfigError(f"link.chunk_mb must be a number >= 0, got {chunk_mb!r}")
+    return chunk_mb
+
+
 def simulate(cfg: RunConfig) -> SimResult:
     """Run one configuration end to end."""
     spec = ModelSpec.from_dict(cfg.model)
@@ -125,7 +139,7 @@ def simulate(cfg: RunConfig) -> SimResult:
     batcher = _batcher(cfg, trace)
     engine = Engine(spec, trace, policy, hardware, slots, cfg.batch, batcher=batcher,
                     preload=bool((cfg.cache or {}).get("preload", False)),
-                    prefill=bool(cfg.prefill))
+                    prefill=bool(cfg.prefill), chunk_mb=_chunk_mb(cfg))
     result = engine.run()
     wall_s = time.perf_counter() - wall
     steps = step_frame(result.events)
@@ -135,7 +149,7 @@ def simulate(cfg: RunConfig) -> SimResult:
         "cache_bytes": slots * spec.expert_bytes,
         "fits_gpu_memory": bool(slots * spec.expert_bytes + spec.non_expert_bytes
                                 <= hardware.gpu_mem_bytes),
-        "batch": cfg.batch, **summarize(result.events),
+        "batch": cfg.batch, "chunk_mb": _chunk_mb(cfg), **summarize(result.events),
         "workload": (cfg.workload or {}).get("kind", "static"),
         **latency_metrics(steps, engine.schedule, trace.request_id, trace.phase,
                           batcher.arrival_by_id if batcher is not None else None),
