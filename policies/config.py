@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from traces.catalog import available, load_yaml, read_yaml_file
+from traces.catalog import available, load_named_or_path
 from traces.errors import ConfigError
 
 _COMPONENTS = ("predictor", "planner", "replacement", "placement", "admission")
@@ -118,13 +118,8 @@ def policy_config(data: Mapping[str, Any], where: str = "policy config") -> Poli
 
 def load_policy_config(name_or_path: str | Path) -> PolicyConfig:
     """A bundled config by name (``conf/policy/<name>.yaml``) or any YAML file by path."""
-    text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or "/" in text:
-        path = Path(text)
-        if not path.is_file():
-            raise ConfigError(f"policy config {text}: no such file")
-        return policy_config(read_yaml_file(path), text)
-    return policy_config(load_yaml("policy", text), f"policy {text!r}")
+    data, where = load_named_or_path("policy", name_or_path)
+    return policy_config(data, where)
 
 
 def available_policies() -> list[str]:

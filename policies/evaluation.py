@@ -223,7 +223,7 @@ def evaluate(trace: Trace, policy: Policy, capacity_slots: int, *, batch: int = 
                 if key not in cache.in_flight:
                     raise PolicyViolation(f"{policy.name}: cancelled key {key}, which is not in "
                                           f"flight")
-            _validate_plan(policy.name, plan.keys, cache, n_layers, n_experts)
+            validate_plan(policy.name, plan.keys, cache, n_layers, n_experts)
             _make_room(plan.keys, cache, n_experts, evict, keys)
             for key in plan.keys:
                 if cache.free_slots(key // n_experts) <= 0:
@@ -245,8 +245,9 @@ def evaluate(trace: Trace, policy: Policy, capacity_slots: int, *, batch: int = 
         capacity_slots=capacity_slots, threshold=threshold, cache=stats, prediction=quality)
 
 
-def _validate_plan(name: str, keys: list[int], cache: SlotCache, n_layers: int,
-                   n_experts: int) -> None:
+def validate_plan(name: str, keys: list[int], cache: SlotCache, n_layers: int,
+                  n_experts: int) -> None:
+    """Raise PolicyViolation unless every planned key is valid, absent from the cache and unique."""
     seen = set()
     for key in keys:
         if not is_valid_key(key, n_layers, n_experts):

@@ -22,8 +22,7 @@ import simpy
 from policies.base import PlacementError, Policy, split_placement
 from policies.cache import SlotCache
 from policies.context import LayerContext
-from policies.evaluation import PolicyViolation
-from policies.keys import is_valid_key
+from policies.evaluation import PolicyViolation, validate_plan
 from policies.needs import step_experts
 from sim.compute import ComputeModel
 from sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
@@ -315,7 +314,8 @@ class Engine:
                     cache.remove(key)
                     policy.on_evict(key)
                 if plan.keys:
-                    self._validate_plan(plan.keys)
+                    validate_plan(self.policy.name, plan.keys, self.cache, self.n_layers,
+                                  self.spec.num_experts)
                     if partitioned:
                         per_layer: dict[int, int] = {}
                         for key in plan.keys:
@@ -410,17 +410,6 @@ class Engine:
                 yield rows
             else:
                 self._idle_until = max(now, batcher.next_arrival_s())
-
-    def _validate_plan(self, keys: list[int]) -> None:
-        cache, n_layers, n_experts = self.cache, self.n_layers, self.spec.num_experts
-        seen: set[int] = set()
-        for key in keys:
-            if not is_valid_key(key, n_layers, n_experts):
-                raise PolicyViolation(f"{self.policy.name}: prefetch key {key!r} is not valid")
-            if key in cache.resident or key in cache.in_flight or key in seen:
-                raise PolicyViolation(f"{self.policy.name}: prefetch of key {key}, already "
-                                      f"present or planned twice")
-            seen.add(key)
 
     def _check_layer(self, keys: list[int], on_cpu: set[int], wait: list[Copy]) -> None:
         cache = self.cache

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traces.catalog import available, load_yaml, read_yaml_file
+from traces.catalog import available, load_named_or_path
 from traces.errors import ConfigError
 
 _GIB = 1024**3
@@ -111,13 +111,8 @@ class HardwareProfile:
 
 def load_hardware(name_or_path: str | Path) -> HardwareProfile:
     """A bundled profile by name (``conf/hardware/<name>.yaml``) or a YAML file by path."""
-    text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or "/" in text:
-        path = Path(text)
-        if not path.is_file():
-            raise ConfigError(f"hardware profile {text}: no such file")
-        return HardwareProfile.from_dict(read_yaml_file(path), text)
-    return HardwareProfile.from_dict(load_yaml("hardware", text), f"hardware {text!r}")
+    data, where = load_named_or_path("hardware", name_or_path)
+    return HardwareProfile.from_dict(data, where)
 
 
 def available_hardware() -> list[str]:

@@ -127,15 +127,33 @@ class Link:
             heapq.heappop(heap)
         return None
 
+    def _next_copy(self):  # noqa: ANN202 - SimPy generator
+        """Wait until a copy is queued and return it (``copy = yield from self._next_copy()``)."""
+        while True:
+            copy = self._pop()
+            if copy is not None:
+                return copy
+            self._wake = self.env.event()
+            yield self._wake
+            self._wake = None
+
+    def _complete(self, copy: Copy) -> None:
+        """Log a finished copy (from its first start to now) and wake whoever waits for it."""
+        copy.state = "done"
+        detail = copy.purpose
+        if detail == "prefetch" and copy.used:
+            detail = "prefetch_used"
+        copy.row = self.log.add_codes(_K_COPY, copy.start_s, self.env.now, copy.step, copy.layer,
+                                      copy.key % self.num_experts, copy.num_bytes, _R_LINK,
+                                      _DETAIL[detail], 0)
+        self.on_done(copy)
+        if copy.waiter is not None:
+            copy.waiter.succeed()
+
     def _serve(self):  # noqa: ANN202 - SimPy generator
         env, log, n_experts = self.env, self.log, self.num_experts
         while True:
-            copy = self._pop()
-            if copy is None:
-                self._wake = env.event()
-                yield self._wake
-                self._wake = None
-                continue
+            copy = yield from self._next_copy()
             copy.state = "running"
             copy.start_s = start = max(env.now, copy.ready_s)
             self.running = copy
@@ -153,28 +171,14 @@ class Link:
                 self.running = None
                 continue
             self.running = None
-            copy.state = "done"
-            detail = copy.purpose
-            if detail == "prefetch" and copy.used:
-                detail = "prefetch_used"
-            copy.row = log.add_codes(_K_COPY, start, env.now, copy.step, copy.layer,
-                                     copy.key % n_experts, copy.num_bytes, _R_LINK,
-                                     _DETAIL[detail], 0)
-            self.on_done(copy)
-            if copy.waiter is not None:
-                copy.waiter.succeed()
+            self._complete(copy)
 
     def _serve_chunked(self):  # noqa: ANN202 - SimPy generator
         env, log, n_experts = self.env, self.log, self.num_experts
         chunk, bw, latency = self.chunk_bytes, self.bytes_per_s, self.latency_s
         record = self.chunks if self.record_chunks else None
         while True:
-            copy = self._pop()
-            if copy is None:
-                self._wake = env.event()
-                yield self._wake
-                self._wake = None
-                continue
+            copy = yield from self._next_copy()
             start = max(env.now, copy.ready_s)
             if not copy.moved:  # first start (a resumed copy keeps its own)
                 copy.start_s = start
@@ -215,13 +219,4 @@ class Link:
                 copy.state = "queued"
                 heapq.heappush(self._heap, (copy.priority, copy.seq, copy))
                 continue
-            copy.state = "done"
-            detail = copy.purpose
-            if detail == "prefetch" and copy.used:
-                detail = "prefetch_used"
-            copy.row = log.add_codes(_K_COPY, copy.start_s, env.now, copy.step, copy.layer,
-                                     copy.key % n_experts, copy.num_bytes, _R_LINK,
-                                     _DETAIL[detail], 0)
-            self.on_done(copy)
-            if copy.waiter is not None:
-                copy.waiter.succeed()
+            self._complete(copy)

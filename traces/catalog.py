@@ -52,6 +52,20 @@ def read_yaml_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def load_named_or_path(group: str, name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    """A config of ``group`` by name (``conf/<group>/<name>.yaml``) or any YAML file by path.
+
+    Returns the mapping and a label for error messages.
+    """
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or "/" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(f"{group} config {text}: no such file")
+        return read_yaml_file(path), text
+    return load_yaml(group, text), f"{group} {text!r}"
+
+
 def load_model(name: str, **overrides: Any) -> ModelSpec:
     """The ModelSpec of a bundled model (``mixtral-8x7b``...), optionally with fields overridden."""
     spec = ModelSpec.from_dict(load_yaml("model", name))
