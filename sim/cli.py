@@ -1,10 +1,16 @@
 """``moe-sim``: the simulator's command line, a Hydra app over ``conf/config.yaml``.
 
-Arguments are Hydra overrides (``hardware=h100-sxm cache.fraction=0.25 batch=4``). Writes
-``summary.json``, ``steps.parquet``, ``events.parquet`` and ``timeline.json`` into ``out`` and
-prints a table. ``moe-sim experiment=compare`` runs the bundled policy comparison instead
-(``conf/experiment/compare.yaml``; writes ``compare.csv``, ``compare.md``, ``summaries.json``).
-User errors print one line on stderr and exit with status 2.
+    moe-sim                                    the bundled comparison (experiment=compare)
+    moe-sim policy=gate-lookahead hardware=h100-pcie cache.fraction=0.25 batch=4
+    moe-sim experiment=compare trace.tokens=5000
+    moe-sim --multirun policy=lru,prescope cache.fraction=0.25,0.5     (joblib, in parallel)
+    moe-sim --multirun hydra/launcher=slurm policy=lru,prescope        (SLURM via submitit)
+
+Arguments are Hydra overrides. One run writes summary.json, steps.parquet, events.parquet,
+timeline.json and steps.png into Hydra's run folder (``out=DIR`` chooses it) and prints a table;
+a comparison writes compare.csv, compare.md, compare.png and summaries.json; a sweep writes one
+numbered folder per job plus sweep.csv and sweep.md, and prints the combined table. Every job's
+config is checked before anything runs. User errors print one line on stderr and exit with 2.
 """
 
 from __future__ import annotations
@@ -17,11 +23,21 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sim.run import RunConfig, simulate
+from sim.run import RunConfig, prepare, simulate
 from traces.catalog import conf_dir
 from traces.errors import ConfigError, MoeLabError
 
 PROG = "moe-sim"
+_MULTIRUN = ("-m", "--multirun")
+_TABLE_KEYS = ("model", "hardware", "policy", "capacity_slots", "fits_gpu_memory", "batch",
+               "tokens", "steps", "makespan_s", "tokens_per_s", "tpot_ms_mean", "tpot_ms_p50",
+               "tpot_ms_p99", "ttft_ms_mean", "hit_rate", "h2d_bytes", "stall_s",
+               "prefetch_precision", "prefetch_recall", "wasted_prefetch_bytes", "nvme_reads",
+               "events", "sim_wall_s")
+
+
+class _JobFailed(BaseException):  # noqa: N818 - passes through Hydra's handlers
+    """A job of a single run failed with a user error (already reported)."""
 
 
 def compose(overrides: Sequence[str]) -> DictConfig:
@@ -38,31 +54,163 @@ def compose(overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(str(exc).strip().splitlines()[0]) from None
 
 
+def run_config(cfg: DictConfig) -> RunConfig:
+    """The composed config as a :class:`RunConfig` (``hydra`` node dropped)."""
+    data = OmegaConf.to_container(cfg, resolve=False)
+    data.pop("hydra", None)
+    cfg = OmegaConf.create(data)
+    try:
+        return RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+    except Exception as exc:  # interpolation errors from OmegaConf
+        if isinstance(exc, MoeLabError):
+            raise
+        raise ConfigError(str(exc).strip().splitlines()[0]) from None
+
+
+def check(overrides: Sequence[str]) -> int:
+    """Compose and check every job of these overrides (sweeps expanded); returns the job count."""
+    from sim.sweep import expand
+
+    jobs = expand(overrides)
+    for job in jobs:
+        cfg = run_config(compose(job))
+        where = f" (job {' '.join(job)})" if len(jobs) > 1 else ""
+        try:
+            _check_one(cfg)
+        except MoeLabError as exc:
+            raise type(exc)(f"{exc}{where}") from None
+    return len(jobs)
+
+
+def _check_one(cfg: RunConfig) -> None:
+    if not cfg.compare:
+        prepare(cfg)
+        return
+    from sim.compare import run_configs
+
+    for one in run_configs(cfg).values():
+        prepare(one)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 def _table(summary: dict[str, Any]) -> str:
-    keys = ("model", "hardware", "policy", "capacity_slots", "batch", "tokens", "steps",
-            "makespan_s", "tokens_per_s", "tpot_ms_mean", "tpot_ms_p50", "tpot_ms_p99",
-            "ttft_ms_mean", "hit_rate", "h2d_bytes", "stall_s", "prefetch_precision",
-            "prefetch_recall", "wasted_prefetch_bytes", "sim_wall_s")
-    lines = []
-    for key in keys:
-        value = summary.get(key)
-        text = f"{value:.6g}" if isinstance(value, float) else str(value)
-        lines.append(f"{key:<24}{text}")
-    return "\n".join(lines)
+    return "\n".join(f"{key:<24}{_number(summary.get(key))}" for key in _TABLE_KEYS)
 
 
-def _compare(run_cfg: RunConfig) -> int:
+def _memory_note(summaries: list[dict[str, Any]]) -> str | None:
+    over = [s for s in summaries if not s.get("fits_gpu_memory", True)]
+    if not over:
+        return None
+    worst = max(over, key=lambda s: s["gpu_memory_needed_gb"])
+    return (f"note: {len(over)} of {len(summaries)} runs need more GPU memory than "
+            f"{worst['hardware']} has (up to {worst['gpu_memory_needed_gb']:.1f} GB of weights "
+            f"and cache against {worst['gpu_memory_gb']:.1f} GB); cache.strict_memory=true "
+            f"refuses such runs")
+
+
+def _run_compare(run_cfg: RunConfig, out: Path) -> None:
     from sim.compare import run_comparison, text_table, write_comparison
 
-    out = Path(run_cfg.out) if run_cfg.out else Path("outputs/sim") / (
-        f"compare-{run_cfg.model['name']}-{run_cfg.hardware['name']}-"
-        f"{time.strftime('%Y%m%d-%H%M%S')}")
-    table, summaries = run_comparison(run_cfg)
-    paths = write_comparison(table, summaries, out)
-    print(f"{run_cfg.model['name']} on {run_cfg.hardware['name']}, "
-          f"{summaries[0]['tokens']} tokens, batch {run_cfg.batch}")
+    table, summaries, steps = run_comparison(run_cfg)
+    paths = write_comparison(table, summaries, steps, out)
+    print(f"{run_cfg.model['name']} on {run_cfg.hardware['name']}, {summaries[0]['tokens']} "
+          f"tokens, batch {run_cfg.batch}")
     print(text_table(table))
+    note = _memory_note(summaries)
+    if note:
+        print(note)
     print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def _run_one(run_cfg: RunConfig, out: Path, quiet: bool = False) -> None:
+    result = simulate(run_cfg)
+    paths = result.write(out)
+    if quiet:  # a sweep job: the combined table comes at the end
+        s = result.summary
+        print(f"job {out.name}: {s['policy']}, {s['capacity_slots']} slots: "
+              f"{_number(s['tokens_per_s'])} tokens/s, hit rate {_number(s['hit_rate'])}")
+        return
+    print(_table(result.summary))
+    note = _memory_note([result.summary])
+    if note:
+        print(note)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def _task(cfg: DictConfig) -> None:
+    """The Hydra task: one run or one comparison into Hydra's output folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from sim.sweep import ERROR_FILE
+
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        run_cfg = run_config(cfg)
+        if run_cfg.compare:
+            _run_compare(run_cfg, out)
+        else:
+            _run_one(run_cfg, out, quiet=sweeping)
+    except MoeLabError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        if not sweeping:
+            raise _JobFailed from None
+        (out / ERROR_FILE).write_text(f"{exc}\n", encoding="utf-8")
+
+
+def _run_hydra(args: list[str]) -> None:
+    import hydra
+
+    app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)(_task)
+    saved = sys.argv
+    sys.argv = [PROG, *args]
+    try:
+        app()
+    finally:
+        sys.argv = saved
+
+
+def _hydra_args(args: list[str]) -> tuple[list[str], bool, Path | None]:
+    """Hydra's argv for ``args``: ``out=DIR`` becomes the run or sweep folder; a sweep folder is
+    fixed here so the combined table can be read back after the launcher returns."""
+    multirun = any(a in _MULTIRUN for a in args)
+    out = next((a.split("=", 1)[1] for a in args if a.startswith("out=")), None)
+    args = [a for a in args if not a.startswith("out=")]
+    if multirun:
+        sweep_dir = Path(out) if out else None
+        if sweep_dir is None:
+            given = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.sweep.dir=")),
+                         None)
+            sweep_dir = Path(given) if given else Path("outputs/sweep") / time.strftime(
+                "%Y%m%d-%H%M%S")
+        args = [a for a in args if not a.startswith("hydra.sweep.dir=")]
+        return [*args, f"hydra.sweep.dir={sweep_dir}"], True, sweep_dir
+    if out:
+        args.append(f"hydra.run.dir={out}")
+    return args, False, None
+
+
+def _finish_sweep(sweep_dir: Path) -> int:
+    from sim.compare import text_table
+    from sim.sweep import collect, write
+
+    table = collect(sweep_dir)
+    if table.empty:
+        raise ConfigError(f"the sweep wrote no jobs into {sweep_dir}")
+    paths = write(table, sweep_dir)
+    shown = table.drop(columns=[c for c in ("error",) if not table[c].astype(bool).any()])
+    print(text_table(shown))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    failed = int(table["error"].astype(bool).sum())
+    if failed:
+        print(f"{PROG}: error: {failed} of {len(table)} jobs failed (see {sweep_dir})",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -72,27 +220,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return 0
+    if not args:
+        args = ["experiment=compare"]
     try:
-        cfg = compose(args)
-        run_cfg = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
-        if run_cfg.compare:
-            return _compare(run_cfg)
-        out = Path(cfg.out) if cfg.out else Path("outputs/sim") / (
-            f"{run_cfg.model['name']}-{run_cfg.hardware['name']}-{run_cfg.policy['name']}-"
-            f"{time.strftime('%Y%m%d-%H%M%S')}")
-        result = simulate(run_cfg)
-        paths = result.write(out)
+        hydra_args, multirun, sweep_dir = _hydra_args(args)
+        check([a for a in hydra_args if a not in _MULTIRUN])
+        _run_hydra(hydra_args)
+        if multirun:
+            assert sweep_dir is not None
+            return _finish_sweep(sweep_dir)
+    except _JobFailed:
+        return 2
     except MoeLabError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    print(_table(result.summary))
-    print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
-
-
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The bundled policy comparison (``moe-sim experiment=compare``): the same trace, hardware and
-model under several policies (and cache settings), one table of headline metrics.
+"""The bundled policy comparison (plain ``moe-sim``, or ``moe-sim experiment=compare``): the same
+trace, hardware and model under several policies (and cache settings), one table of headline
+metrics.
 
 Each run is a mapping ``{label, policy, cache?}``: ``policy`` names a config of ``conf/policy``
 and ``cache`` overrides keys of the top-level ``cache`` group (e.g. ``{fraction: 1.0, preload:
@@ -14,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tqdm import tqdm
 
 from sim.run import RunConfig, simulate
+from traces.atomic import atomic_path, write_text
 from traces.errors import ConfigError
 
 COLUMNS = ("policy", "tpot_ms_mean", "tpot_ms_p99", "tokens_per_s", "hit_rate", "stall_s",
@@ -43,25 +46,35 @@ def _runs(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def run_comparison(cfg: RunConfig) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """Run every entry of ``cfg.compare['runs']``; returns the table and each run's summary."""
-    spec = cfg.compare or {}
-    runs = _runs(spec)
-    baseline = spec.get("baseline") or runs[0]["label"]
-    if baseline not in {r["label"] for r in runs}:
+def run_configs(cfg: RunConfig) -> dict[str, RunConfig]:
+    """The config of each run of ``cfg.compare``, by label."""
+    runs = _runs(cfg.compare or {})
+    return {run["label"]: replace(cfg, policy=run["policy"], compare=None,
+                                  cache={**(cfg.cache or {}), **run["cache"]})
+            for run in runs}
+
+
+def run_comparison(cfg: RunConfig
+                   ) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, pd.DataFrame]]:
+    """Run every entry of ``cfg.compare['runs']``; returns the table, each run's summary (with
+    its ``label``) and each run's step frame (by label)."""
+    configs = run_configs(cfg)
+    baseline = (cfg.compare or {}).get("baseline") or next(iter(configs))
+    if baseline not in configs:
         raise ConfigError(f"compare.baseline {baseline!r} is not one of the runs' labels")
-    summaries = []
-    for run in runs:
-        one = replace(cfg, policy=run["policy"], cache={**(cfg.cache or {}), **run["cache"]},
-                      compare=None)
-        summaries.append({"label": run["label"], **simulate(one).summary})
+    summaries, steps = [], {}
+    for label, one in tqdm(configs.items(), desc="compare", unit="run", leave=False,
+                           disable=None):
+        result = simulate(one)
+        summaries.append({"label": label, **result.summary})
+        steps[label] = result.steps
     base = next(s for s in summaries if s["label"] == baseline)["tokens_per_s"]
     rows = [{"policy": s["label"], "tpot_ms_mean": s["tpot_ms_mean"],
              "tpot_ms_p99": s["tpot_ms_p99"], "tokens_per_s": s["tokens_per_s"],
              "hit_rate": s["hit_rate"], "stall_s": s["stall_s"],
              "speedup": (s["tokens_per_s"] / base) if base and s["tokens_per_s"] else None}
             for s in summaries]
-    return pd.DataFrame(rows, columns=list(COLUMNS)), summaries
+    return pd.DataFrame(rows, columns=list(COLUMNS)), summaries, steps
 
 
 def _fmt(value: Any) -> str:
@@ -92,12 +105,17 @@ def text_table(table: pd.DataFrame) -> str:
 
 
 def write_comparison(table: pd.DataFrame, summaries: list[dict[str, Any]],
-                     out: str | Path) -> list[Path]:
-    """Write ``compare.csv``, ``compare.md`` and ``summaries.json`` into ``out``."""
+                     steps: dict[str, pd.DataFrame], out: str | Path) -> list[Path]:
+    """Write ``compare.csv``, ``compare.md``, ``compare.png`` and ``summaries.json`` into
+    ``out``, each atomically."""
+    from sim.plot import plot_comparison
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    csv, md, js = out / "compare.csv", out / "compare.md", out / "summaries.json"
-    table.to_csv(csv, index=False)
-    md.write_text(markdown(table), encoding="utf-8")
-    js.write_text(json.dumps(summaries, indent=2, default=str), encoding="utf-8")
-    return [csv, md, js]
+    with atomic_path(out / "compare.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    first = summaries[0]
+    title = (f"{first['model']} on {first['hardware']}, {first['tokens']} tokens, "
+             f"batch {first['batch']}")
+    return [out / "compare.csv", write_text(out / "compare.md", markdown(table)),
+            plot_comparison(steps, summaries, out / "compare.png", title),
+            write_text(out / "summaries.json", json.dumps(summaries, indent=2, default=str))]

@@ -27,6 +27,7 @@ from policies.needs import step_experts
 from sim.compute import ComputeModel
 from sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
 from sim.hardware import HardwareProfile
+from sim.host import HostTier
 from sim.link import Copy, Link
 from sim.workload import ContinuousBatcher, static_batches
 from traces.errors import ConfigError
@@ -58,6 +59,8 @@ class Engine:
     first step (layer-major order, free of charge). ``check`` asserts the engine's invariants at
     every layer (for tests). ``chunk_mb`` > 0 moves copies in chunks of at most that many MB
     (1e6 bytes) so a demand copy can overtake a running prefetch (:class:`~sim.link.Link`).
+    ``host`` (:class:`sim.host.HostTier`) models host DRAM over NVMe when the experts do not all
+    fit in DRAM: each copy then runs at its source's bandwidth.
     """
 
     defer_timeouts = True  # skip SimPy timeouts while the link is idle (see _main); tests toggle it
@@ -67,7 +70,7 @@ class Engine:
                  schedule: Sequence[np.ndarray] | None = None,
                  batcher: ContinuousBatcher | None = None,
                  preload: bool = False, prefill: bool = True, check: bool = False,
-                 chunk_mb: float = 0) -> None:
+                 chunk_mb: float = 0, host: HostTier | None = None) -> None:
         n_keys = spec.num_expert_keys
         if isinstance(capacity_slots, bool) or not isinstance(capacity_slots, (int, np.integer)):
             raise ConfigError(f"cache capacity must be an integer number of slots, "
@@ -103,6 +106,7 @@ class Engine:
         if chunk_mb > 0 and self.chunk_bytes < 1:
             raise ConfigError(f"link.chunk_mb of {chunk_mb!r} is under one byte")
         self.compute = ComputeModel(spec, hardware)
+        self.host = host
         self.log = EventLog()
 
     # ---- run ------------------------------------------------------------------------------------
@@ -116,7 +120,7 @@ class Engine:
         self.copies: dict[int, Copy] = {}  # key -> in-flight copy holding a slot
         self.unused_prefetch: dict[int, Copy] = {}  # prefetched keys not accessed yet
         self.env = simpy.Environment()
-        self.link = Link(self.env, self.hardware.link_bytes_per_s, self.hardware.copy_latency_s,
+        self.link = Link(self.env, self.compute.link_bytes_per_s, self.compute.link_latency_s,
                          n_experts, self.log, self._copy_done, self.chunk_bytes)
         if self.preload:
             for key in range(n_layers * n_experts):
@@ -176,6 +180,7 @@ class Engine:
         ctx = LayerContext(spec, cache)
         copies, unused = self.copies, self.unused_prefetch
         decision = policy.decision_cost
+        host = self.host
         partitioned = cache.partition_slots is not None
         ids_all, gates_all = trace.expert_ids, trace.gate_weights
         gpu_memo: dict[int, float] = {}
@@ -287,6 +292,8 @@ class Engine:
                         if cache.free_slots(layer) > 0:
                             cache.start_fetch(key)
                             copy = Copy(key, expert_bytes, "demand", step, layer)
+                            if host is not None:
+                                copy.bytes_per_s = host.source_bytes_per_s(key)
                             copies[key] = copy
                             kept.add(key)
                             to_submit.append(copy)
@@ -294,6 +301,8 @@ class Engine:
                     for key in fetch:
                         if key not in kept:  # not admitted, or no slot: a scratch-buffer copy
                             copy = Copy(key, expert_bytes, "stream", step, layer)
+                            if host is not None:
+                                copy.bytes_per_s = host.source_bytes_per_s(key)
                             to_submit.append(copy)
                             wait.append(copy)
                 plan = policy.prefetch(ctx)
@@ -335,6 +344,8 @@ class Engine:
                             break  # the rest of the plan is dropped
                         cache.start_fetch(key)
                         copy = Copy(key, expert_bytes, "prefetch", step, layer)
+                        if host is not None:
+                            copy.bytes_per_s = host.source_bytes_per_s(key)
                         copies[key] = copy
                         unused[key] = copy
                         to_submit.append(copy)

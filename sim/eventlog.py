@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from traces.atomic import atomic_path
+
 COLUMNS = ("kind", "start_s", "end_s", "step", "layer", "expert", "bytes", "resource", "detail",
            "count")
 KINDS = ("copy", "compute", "stall", "policy", "step")
@@ -92,6 +94,6 @@ class EventLog:
 
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write an event (or step) frame as Parquet; returns the path."""
-    path = Path(path)
-    frame.to_parquet(path, index=False)
-    return path
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return Path(path)

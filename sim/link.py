@@ -1,9 +1,10 @@
 """The host-to-device link: one SimPy process serving copies one at a time, by priority.
 
 Demand copies (priority 0) go before prefetches (priority 1); ties in submission order. A copy
-takes ``latency + bytes / bandwidth``. A queued copy can be cancelled (dropped lazily) or raised
-to demand priority; a running one can be cancelled (the link stops at once and counts the bytes
-that crossed). One SimPy timeout per copy.
+takes ``latency + bytes / bandwidth`` (the copy's own, lower, bandwidth when its source is slower
+than the link: an expert read from NVMe, see :mod:`sim.host`). A queued copy can be cancelled
+(dropped lazily) or raised to demand priority; a running one can be cancelled (the link stops at
+once and counts the bytes that crossed). One SimPy timeout per copy.
 
 Optional chunking (``chunk_bytes > 0``): a copy crosses in chunks of at most ``chunk_bytes``, each
 costing ``latency + chunk / bandwidth`` (every cudaMemcpyAsync pays the per-copy latency). After
@@ -33,7 +34,7 @@ class Copy:
     """One host-to-device copy of an expert (``purpose``: demand, stream or prefetch)."""
 
     __slots__ = ("key", "num_bytes", "priority", "purpose", "step", "layer", "seq", "state",
-                 "start_s", "ready_s", "waiter", "used", "row", "moved")
+                 "start_s", "ready_s", "waiter", "used", "row", "moved", "bytes_per_s")
 
     def __init__(self, key: int, num_bytes: int, purpose: str, step: int, layer: int) -> None:
         self.key = key
@@ -50,6 +51,7 @@ class Copy:
         self.used = False  # prefetches: accessed before leaving the cache
         self.row = -1  # event-log row once logged
         self.moved = 0  # bytes moved by finished chunks (chunked links only)
+        self.bytes_per_s = 0.0  # > 0: a slower source than the link (NVMe, see sim.host)
 
 
 class Link:
@@ -157,14 +159,15 @@ class Link:
             copy.state = "running"
             copy.start_s = start = max(env.now, copy.ready_s)
             self.running = copy
+            bw = copy.bytes_per_s or self.bytes_per_s
             try:  # one timeout: the wait for the decision, then the copy
-                delay = start - env.now + self.latency_s + copy.num_bytes / self.bytes_per_s
+                delay = start - env.now + self.latency_s + copy.num_bytes / bw
                 self.busy_until = env.now + delay  # nothing happens on the link before then
                 yield env.timeout(delay)
             except simpy.Interrupt:
                 copy.state = "cancelled"
                 start = min(start, env.now)
-                moved = max(0.0, (env.now - start - self.latency_s) * self.bytes_per_s)
+                moved = max(0.0, (env.now - start - self.latency_s) * bw)
                 copy.row = log.add_codes(_K_COPY, start, env.now, copy.step, copy.layer,
                                          copy.key % n_experts, int(min(moved, copy.num_bytes)),
                                          _R_LINK, _D_CANCELLED, 0)
@@ -175,7 +178,7 @@ class Link:
 
     def _serve_chunked(self):  # noqa: ANN202 - SimPy generator
         env, log, n_experts = self.env, self.log, self.num_experts
-        chunk, bw, latency = self.chunk_bytes, self.bytes_per_s, self.latency_s
+        chunk, latency = self.chunk_bytes, self.latency_s
         record = self.chunks if self.record_chunks else None
         while True:
             copy = yield from self._next_copy()
@@ -184,6 +187,7 @@ class Link:
                 copy.start_s = start
             copy.state = "running"
             self.running = copy
+            bw = copy.bytes_per_s or self.bytes_per_s
             suspended = False
             try:
                 while True:  # one timeout per chunk (the first also waits for the decision)

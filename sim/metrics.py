@@ -12,16 +12,45 @@ _HITS = ("hit", "prefetch_hit")
 _EXPERT_DETAILS = ("hit", "prefetch_hit", "inflight", "miss", "cpu")
 
 
+BREAKDOWN = ("non_expert_s", "gpu_expert_s", "cpu_expert_s", "stall_s", "policy_s")
+
+
 def step_frame(events: pd.DataFrame) -> pd.DataFrame:
-    """One row per step: ``step``, ``start_s``, ``end_s``, ``latency_s``, ``tokens``."""
+    """One row per step: ``step``, ``start_s``, ``end_s``, ``latency_s``, ``tokens``, then where
+    the step's time went (:data:`BREAKDOWN`, seconds): non-expert compute (attention, router...),
+    GPU and CPU expert compute, stalls waiting for copies, and charged policy decisions.
+
+    The parts are sums of intervals: CPU experts and policy work may overlap the GPU stream, so
+    they need not add up to ``latency_s``.
+    """
     steps = events[events["kind"] == "step"]
-    return pd.DataFrame({
-        "step": steps["step"].to_numpy(),
+    step_ids = steps["step"].to_numpy()  # [S]
+    frame = pd.DataFrame({
+        "step": step_ids,
         "start_s": steps["start_s"].to_numpy(),
         "end_s": steps["end_s"].to_numpy(),
         "latency_s": (steps["end_s"] - steps["start_s"]).to_numpy(),
         "tokens": steps["count"].to_numpy(),
     })
+    kind, detail = events["kind"], events["detail"]
+    resource = events["resource"]
+    compute = (kind == "compute").to_numpy()
+    other = (detail == "other").to_numpy()
+    parts = {
+        "non_expert_s": compute & other,
+        "gpu_expert_s": compute & ~other & (resource == "gpu").to_numpy(),
+        "cpu_expert_s": compute & (resource == "cpu").to_numpy(),
+        "stall_s": (kind == "stall").to_numpy(),
+        "policy_s": (kind == "policy").to_numpy(),
+    }
+    step_of = events["step"].to_numpy()  # [N]
+    duration = (events["end_s"] - events["start_s"]).to_numpy()  # [N]
+    size = int(step_ids.max()) + 1 if len(step_ids) else 0
+    for name, mask in parts.items():
+        mask = mask & (step_of >= 0)
+        totals = np.bincount(step_of[mask], weights=duration[mask], minlength=size)  # [max step+1]
+        frame[name] = totals[step_ids] if len(step_ids) else np.zeros(0)
+    return frame
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -71,6 +100,8 @@ def summarize(events: pd.DataFrame) -> dict[str, Any]:
         "prefetch_precision": _ratio(used, prefetches),
         "prefetch_recall": _ratio(used, n_access - plain_hits),
         "wasted_prefetch_bytes": int(prefetch_bytes.sum()),
+        **{f"{name[:-2]}_ms_per_step": float(steps[name].mean() * 1e3) if len(steps) else None
+           for name in BREAKDOWN},
     }
 
 

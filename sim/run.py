@@ -10,17 +10,24 @@ from typing import Any
 
 import pandas as pd
 
+from policies.base import Policy
 from policies.config import build_policy
+from sim.compute import ComputeModel
 from sim.engine import Engine
 from sim.eventlog import write_parquet
 from sim.hardware import HardwareProfile
+from sim.host import HostTier
+from sim.memory import GpuMemory
 from sim.metrics import latency_metrics, step_frame, summarize
 from sim.timeline import write_chrome_trace
-from sim.workload import ContinuousBatcher
+from sim.workload import ContinuousBatcher, static_batches
+from traces.atomic import write_text
 from traces.errors import ConfigError
-from traces.format import Trace
+from traces.format import Trace, read_spec
 from traces.spec import ModelSpec
 from traces.synthetic import generate
+
+HOST_DRAM_USABLE = 0.9  # of the profile's host DRAM, for expert weights (the rest: OS, runtime)
 
 
 @dataclass
@@ -35,10 +42,10 @@ class RunConfig:
     batch: int = 1
     prefill: bool = True
     timeline_events: int = 50_000
-    out: str | None = None
     workload: dict[str, Any] = field(default_factory=dict)
     link: dict[str, Any] = field(default_factory=dict)  # {chunk_mb}: see sim.link
     compare: dict[str, Any] | None = None  # experiment=compare: see sim.compare
+    host: dict[str, Any] = field(default_factory=dict)  # {dram_gib}: see sim.host
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -62,42 +69,63 @@ class SimResult:
     summary: dict[str, Any]
     timeline_events: int = 50_000
 
-    def write(self, out: str | Path) -> list[Path]:
-        """Write summary.json, steps.parquet, events.parquet and timeline.json into ``out``."""
+    def write(self, out: str | Path, figure: bool = True) -> list[Path]:
+        """Write summary.json, steps.parquet, events.parquet, timeline.json and (``figure``)
+        steps.png into ``out``; each file atomically."""
+        from sim.plot import plot_steps
+
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        summary = out / "summary.json"
-        summary.write_text(json.dumps(self.summary, indent=2, default=str), encoding="utf-8")
-        return [summary, write_parquet(self.steps, out / "steps.parquet"),
-                write_parquet(self.events, out / "events.parquet"),
-                write_chrome_trace(self.events, out / "timeline.json", self.timeline_events)]
+        paths = [write_text(out / "summary.json", json.dumps(self.summary, indent=2, default=str)),
+                 write_parquet(self.steps, out / "steps.parquet"),
+                 write_parquet(self.events, out / "events.parquet"),
+                 write_chrome_trace(self.events, out / "timeline.json", self.timeline_events)]
+        if figure:
+            s = self.summary
+            paths.append(plot_steps(self.steps, out / "steps.png",
+                                    f"{s['model']} on {s['hardware']}, {s['policy']}, "
+                                    f"{s['capacity_slots']} slots, batch {s['batch']}"))
+        return paths
+
+
+@dataclass
+class Prepared:
+    """Everything of a run that is checked before the trace is read (see :func:`prepare`)."""
+
+    spec: ModelSpec
+    hardware: HardwareProfile
+    policy: Policy
+    memory: GpuMemory
+    chunk_mb: float
+    host_dram_experts: int
 
 
 def _load_trace(cfg: RunConfig, spec: ModelSpec) -> Trace:
     trace_cfg = cfg.trace or {}
     path = trace_cfg.get("path")
     if path:
-        return Trace.load(path)
-    preset = trace_cfg.get("preset") or spec.name
+        trace = Trace.load(path)
+        where = f"trace {path}"
+    else:
+        preset = trace_cfg.get("preset") or spec.name
+        trace = generate(preset, tokens=_tokens(trace_cfg), seed=int(trace_cfg.get("seed", 0)))
+        where = f"trace preset {preset!r}"
+    _check_trace_spec(trace.spec, spec, where)
+    return trace
+
+
+def _tokens(trace_cfg: dict[str, Any]) -> int:
     tokens = trace_cfg.get("tokens", 2000)
-    seed = trace_cfg.get("seed", 0)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise ConfigError(f"trace.tokens must be a positive integer, got {tokens!r}")
-    return generate(preset, tokens=tokens, seed=int(seed))
+    return tokens
 
 
-def capacity_from(cache: dict[str, Any], spec: ModelSpec) -> int:
-    """Slots of the cache: ``cache.slots`` if set, else ``cache.fraction`` of all experts."""
-    slots = cache.get("slots")
-    if slots is not None:
-        if isinstance(slots, bool) or not isinstance(slots, int):
-            raise ConfigError(f"cache.slots must be an integer, got {slots!r}")
-        return slots
-    fraction = cache.get("fraction", 0.5)
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
-            or not 0 < fraction <= 1:
-        raise ConfigError(f"cache.fraction must be in (0, 1], got {fraction!r}")
-    return int(round(fraction * spec.num_expert_keys))
+def _check_trace_spec(recorded: ModelSpec, spec: ModelSpec, where: str) -> None:
+    wrong = spec.mismatches(recorded)
+    if wrong:
+        raise ConfigError(f"{where} was recorded for {recorded.name!r}, which disagrees with "
+                          f"model {spec.name!r} ({'; '.join(wrong)}); choose model= to match")
 
 
 def _batcher(cfg: RunConfig, trace: Trace) -> ContinuousBatcher | None:
@@ -128,28 +156,74 @@ def _chunk_mb(cfg: RunConfig) -> float:
     return chunk_mb
 
 
-def simulate(cfg: RunConfig) -> SimResult:
-    """Run one configuration end to end."""
+def _host_dram_experts(cfg: RunConfig, spec: ModelSpec, hardware: HardwareProfile) -> int:
+    host = cfg.host or {}
+    unknown = sorted(set(host) - {"dram_gib"})
+    if unknown:
+        raise ConfigError(f"unknown host key(s): {', '.join(unknown)}")
+    dram_gib = host.get("dram_gib")
+    if dram_gib is None:
+        dram_gib = HOST_DRAM_USABLE * hardware.host_dram_gib
+    if isinstance(dram_gib, bool) or not isinstance(dram_gib, (int, float)) or dram_gib < 0:
+        raise ConfigError(f"host.dram_gib must be a number >= 0, got {dram_gib!r}")
+    return min(spec.num_expert_keys, int(dram_gib * 1024**3 // spec.expert_bytes))
+
+
+def _check_batch(cfg: RunConfig) -> None:
+    if isinstance(cfg.batch, bool) or not isinstance(cfg.batch, int) or cfg.batch < 1:
+        raise ConfigError(f"batch must be a positive integer, got {cfg.batch!r}")
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Check a run's config without reading or generating its trace (cheap: ``moe-sim`` calls
+    it for every job of a sweep before any job starts). A trace file is checked for existence
+    and its recorded ModelSpec against the model."""
     spec = ModelSpec.from_dict(cfg.model)
     hardware = HardwareProfile.from_dict(cfg.hardware, f"hardware {cfg.hardware.get('name')!r}")
+    ComputeModel(spec, hardware)  # parses the measured tables
     policy = build_policy(cfg.policy)
+    _check_batch(cfg)
+    memory = GpuMemory.plan(cfg.cache or {}, spec, hardware)
+    path = (cfg.trace or {}).get("path")
+    if path:
+        _check_trace_spec(read_spec(path), spec, f"trace {path}")
+    else:
+        _tokens(cfg.trace or {})
+    return Prepared(spec, hardware, policy, memory, _chunk_mb(cfg),
+                    _host_dram_experts(cfg, spec, hardware))
+
+
+def simulate(cfg: RunConfig) -> SimResult:
+    """Run one configuration end to end."""
+    ready = prepare(cfg)
+    spec, hardware, policy = ready.spec, ready.hardware, ready.policy
     trace = _load_trace(cfg, spec)
-    slots = capacity_from(cfg.cache or {}, spec)
     wall = time.perf_counter()
     batcher = _batcher(cfg, trace)
-    engine = Engine(spec, trace, policy, hardware, slots, cfg.batch, batcher=batcher,
-                    preload=bool((cfg.cache or {}).get("preload", False)),
-                    prefill=bool(cfg.prefill), chunk_mb=_chunk_mb(cfg))
+    schedule = None if batcher is not None else static_batches(trace, cfg.batch, cfg.prefill)
+    if schedule is not None and not schedule:
+        raise ConfigError(f"nothing to simulate: the trace's {trace.num_tokens} tokens are all "
+                          f"prompt tokens and prefill is false")
+    largest_step = max((len(r) for r in schedule), default=1) if schedule else spec.num_experts
+    memory = ready.memory.resolve(spec, largest_step)
+    host = None
+    if ready.host_dram_experts < spec.num_expert_keys:
+        host = HostTier(ready.host_dram_experts, spec.num_expert_keys, hardware.link_bytes_per_s,
+                        hardware.nvme_gb_per_s * 1e9)
+    engine = Engine(spec, trace, policy, hardware, memory.slots, cfg.batch, schedule=schedule,
+                    batcher=batcher, preload=bool((cfg.cache or {}).get("preload", False)),
+                    prefill=bool(cfg.prefill), chunk_mb=ready.chunk_mb, host=host)
     result = engine.run()
     wall_s = time.perf_counter() - wall
     steps = step_frame(result.events)
     summary = {
         "model": spec.name, "hardware": hardware.name, "policy": policy.name,
-        "capacity_slots": slots, "cache_fraction": slots / spec.num_expert_keys,
-        "cache_bytes": slots * spec.expert_bytes,
-        "fits_gpu_memory": bool(slots * spec.expert_bytes + spec.non_expert_bytes
-                                <= hardware.gpu_mem_bytes),
-        "batch": cfg.batch, "chunk_mb": _chunk_mb(cfg), **summarize(result.events),
+        **memory.summary(), "cache_fraction": memory.slots / spec.num_expert_keys,
+        "batch": cfg.batch, "chunk_mb": ready.chunk_mb,
+        "host_dram_experts": ready.host_dram_experts,
+        "nvme_reads": host.nvme_reads if host is not None else 0,
+        "measured_used": engine.compute.measured_used,
+        **summarize(result.events),
         "workload": (cfg.workload or {}).get("kind", "static"),
         **latency_metrics(steps, engine.schedule, trace.request_id, trace.phase,
                           batcher.arrival_by_id if batcher is not None else None),

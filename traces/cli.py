@@ -4,6 +4,8 @@
     moe-trace stats mixtral.parquet [--json]
     moe-trace validate mixtral.parquet
     moe-trace plot mixtral.parquet -o mixtral.png
+    moe-trace import --from vllm routed.npz --model mixtral-8x7b -o imported.parquet
+    moe-trace export --to csv mixtral.parquet -o mixtral.csv
 
 User errors print one line on stderr and exit with status 2.
 """
@@ -81,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check trace files and print a summary of each")
     validate.add_argument("traces", type=Path, nargs="+")
 
+    from traces.importers.cli import add_parsers as add_import_export
+
+    add_import_export(sub)
     plot = sub.add_parser("plot", help="draw the main measures of a trace as a PNG figure")
     plot.add_argument("trace", type=Path)
     plot.add_argument("-o", "--output", required=True, type=Path, help="PNG file to write")
@@ -167,7 +172,10 @@ def _plot(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``moe-trace``; returns the exit status."""
     args = _parser().parse_args(argv)
-    handlers = {"synth": _synth, "stats": _stats, "validate": _validate, "plot": _plot}
+    from traces.importers.cli import HANDLERS as IMPORT_EXPORT
+
+    handlers = {"synth": _synth, "stats": _stats, "validate": _validate, "plot": _plot,
+                **IMPORT_EXPORT}
     try:
         return handlers[args.command](args)
     except MoeLabError as exc:

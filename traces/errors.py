@@ -17,3 +17,9 @@ class ConfigError(MoeLabError):
 
 class TraceError(MoeLabError):
     """A trace file or trace array is unreadable or inconsistent with its ModelSpec."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from traces.errors import ConfigError, TraceError
+from traces.atomic import atomic_path
+from traces.errors import ConfigError, TraceError, first_line
 from traces.spec import ModelSpec
 
 SCHEMA_VERSION = 1
@@ -122,15 +122,8 @@ class Trace:
         path = Path(path)
         self.validate(str(path))
         table = _to_table(self)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             pq.write_table(table, tmp, compression="zstd")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod
@@ -178,7 +171,13 @@ def _to_table(trace: Trace) -> pa.Table:
 
 
 # ---- reading ------------------------------------------------------------------------------------
-def _read(path: Path, with_extras: bool) -> Trace:
+def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
+    """The ModelSpec recorded in a trace file's metadata, without reading its rows."""
+    _, schema = _open(Path(path))
+    return _read_metadata(schema.metadata or {}, str(path))[0]
+
+
+def _open(path: Path) -> tuple[pq.ParquetFile, pa.Schema]:
     where = str(path)
     if not path.exists():
         raise TraceError(f"{where}: no such file")
@@ -186,10 +185,15 @@ def _read(path: Path, with_extras: bool) -> Trace:
         raise TraceError(f"{where}: not a file")
     try:
         parquet = pq.ParquetFile(path)
-        schema = parquet.schema_arrow
+        return parquet, parquet.schema_arrow
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise TraceError(f"{where}: not a readable Parquet file (truncated or not Parquet): "
-                         f"{_first_line(exc)}") from None
+                         f"{first_line(exc)}") from None
+
+
+def _read(path: Path, with_extras: bool) -> Trace:
+    where = str(path)
+    parquet, schema = _open(path)
     spec, provenance = _read_metadata(schema.metadata or {}, where)
     names = set(schema.names)
     if len(names) != len(schema.names):
@@ -219,12 +223,7 @@ class _ColumnSource:
             return self._parquet.read(columns=columns, use_threads=True)
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise TraceError(f"{self._where}: cannot read the table (damaged file?): "
-                             f"{_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+                             f"{first_line(exc)}") from None
 
 
 def _read_metadata(meta: dict[bytes, bytes], where: str) -> tuple[ModelSpec, dict[str, Any]]:

@@ -188,6 +188,15 @@ class ModelSpec:
         except TypeError as exc:  # a wrongly typed value reaching an arithmetic check
             raise ConfigError(f"model spec {data.get('name', '?')!r}: {exc}") from None
 
+    def mismatches(self, other: ModelSpec) -> list[str]:
+        """Fields on which a trace of ``other`` cannot stand for this model: the routing shape
+        (MoE layers, experts, top-k, shared experts) and the expert shape. Names, quantisation
+        and non-expert sizes may differ. Each entry reads ``field: mine != other``."""
+        fields = ("num_moe_layers", "num_experts", "top_k", "num_shared_experts",
+                  "hidden_size", "expert_intermediate_size", "expert_matrices")
+        return [f"{f}: {getattr(self, f)} != {getattr(other, f)}" for f in fields
+                if getattr(self, f) != getattr(other, f)]
+
     def with_overrides(self, **changes: Any) -> ModelSpec:
         """Copy with some fields changed, for example ``expert_bytes_per_param=0.5`` for 4-bit."""
         return ModelSpec.from_dict({**self.to_dict(), **changes})

@@ -257,8 +257,10 @@ def test_total_bytes_equal_fetched_bytes(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def _mixtral(policy: str, chunk_mb: float) -> dict:
+    # host.dram_gib large: every expert in host DRAM, so the link alone sets copy times
     cfg = OmegaConf.to_container(compose([f"policy={policy}", "trace.tokens=300",
-                                          "prefill=false", f"link.chunk_mb={chunk_mb}"]),
+                                          "prefill=false", f"link.chunk_mb={chunk_mb}",
+                                          "host.dram_gib=1000"]),
                                  resolve=True)
     return simulate(RunConfig.from_dict(cfg)).summary
 

@@ -38,6 +38,7 @@ def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (["hardware.link_gb_per_s=0"], "link_gb_per_s"),
     (["batch=0"], "batch"),
     (["trace.tokens=0"], "tokens"),
+    (["trace.tokens=20", "prefill=false"], "nothing to simulate"),
 ])
 def test_errors_are_one_line(overrides: list[str], message: str, tmp_path: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,7 +53,7 @@ def test_compare_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     out = tmp_path / "cmp"
     assert main(["experiment=compare", "trace.tokens=300", f"out={out}"]) == 0
     printed = capsys.readouterr().out
-    labels = ["on-demand", "gate-lookahead", "prescope", "oracle-prefetch", "all-resident"]
+    labels = ["on-demand", "lru", "gate-lookahead", "cost-aware", "oracle", "all-resident"]
     for label in labels:
         assert label in printed
     table = pd.read_csv(out / "compare.csv")
@@ -68,10 +69,66 @@ def test_compare_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     summaries = json.loads((out / "summaries.json").read_text())
     assert [s["label"] for s in summaries] == labels
     assert all(s["tokens"] == 300 and s["hardware"] == "rtx4090" for s in summaries)
-    assert summaries[-1]["capacity_slots"] == 256 and summaries[0]["capacity_slots"] == 128
+    slots = {s["label"]: s["capacity_slots"] for s in summaries}
+    # no cache: room for one layer (top-2 of one token, no prefill step larger than 8 experts)
+    assert slots == {"on-demand": 8, "lru": 128, "gate-lookahead": 128, "cost-aware": 128,
+                     "oracle": 128, "all-resident": 256}
+    assert row.loc["on-demand", "hit_rate"] < row.loc["lru", "hit_rate"]
+    assert row.loc["oracle", "tokens_per_s"] >= row.loc["lru", "tokens_per_s"]
+    assert (out / "compare.png").stat().st_size > 10_000
 
 
 def test_compare_bad_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["experiment=compare", "trace.tokens=50", "compare.baseline=nope",
                  f"out={tmp_path}"]) == 2
     assert "baseline" in capsys.readouterr().err
+
+
+def test_no_arguments_runs_the_bundled_comparison(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0
+    printed = capsys.readouterr().out
+    assert "mixtral-8x7b on rtx4090, 2000 tokens" in printed
+    for label in ("on-demand", "lru", "gate-lookahead", "cost-aware", "oracle", "all-resident"):
+        assert label in printed
+    assert "need more GPU memory" in printed  # bf16 Mixtral at half the cache: 48 GB > 24 GB
+    (run,) = (tmp_path / "outputs" / "compare").iterdir()
+    summaries = json.loads((run / "summaries.json").read_text())
+    assert all(s["cache_fraction"] == 0.5 for s in summaries[1:-1])
+    assert (run / ".hydra" / "config.yaml").is_file()  # Hydra's record of the composed config
+
+
+def test_single_run_writes_a_figure_and_hydra_record(tmp_path: Path) -> None:
+    out = tmp_path / "one"
+    assert main(["trace.tokens=200", f"out={out}", "policy=fiddler"]) == 0
+    assert (out / "steps.png").stat().st_size > 10_000
+    assert "policy=fiddler" in (out / ".hydra" / "overrides.yaml").read_text()
+    steps = pd.read_parquet(out / "steps.parquet")
+    for part in ("non_expert_s", "gpu_expert_s", "cpu_expert_s", "stall_s", "policy_s"):
+        assert (steps[part] >= 0).all()
+    # GPU work, stalls and non-expert work happen in sequence on the GPU stream
+    serial = steps["non_expert_s"] + steps["gpu_expert_s"] + steps["stall_s"]
+    assert (serial <= steps["latency_s"] + 1e-9).all()
+
+
+def test_trace_for_another_model_is_refused(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from traces.synthetic import generate
+
+    path = generate("olmoe-1b-7b", tokens=64, seed=0).save(tmp_path / "olmoe.parquet")
+    assert main([f"trace.path={path}", f"out={tmp_path / 'x'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "disagrees with model 'mixtral-8x7b'" in err and "num_experts: 8 != 64" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()  # checked before Hydra makes the run folder
+
+
+def test_strict_memory_and_budget_errors(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cache.strict_memory=true", f"out={tmp_path}"]) == 2
+    assert "do not fit in rtx4090" in capsys.readouterr().err
+    assert main(["cache.gpu_memory_gb=3.5", f"out={tmp_path}"]) == 2
+    assert "holds 0 experts of mixtral-8x7b" in capsys.readouterr().err
+    assert main(["cache.gpu_memory_gb=99", f"out={tmp_path}"]) == 2
+    assert "exceeds rtx4090" in capsys.readouterr().err

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from traces.atomic import atomic_path
 from traces.errors import ConfigError
 
 _SCHEMA = "moe-trace-stats/1"
@@ -162,13 +162,6 @@ def plot_stats(stats: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         fig.suptitle(f"{info['model']}: {info['tokens']:,} tokens, {info['requests']:,} requests, "
                      f"L={info['moe_layers']}, E={info['experts']}, k={info['top_k']} "
                      f"(log2 E = {math.log2(info['experts']):.3g} bits)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     return path

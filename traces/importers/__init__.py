@@ -1,0 +1,61 @@
+"""Importers and exporters between routing traces and other tools' capture formats.
+
+=============  ======================================  ==========================================
+format         import (``moe-trace import --from``)    export (``moe-trace export --to``)
+=============  ======================================  ==========================================
+vllm           routed-experts ``.npy``/``.npz``        ``.npz`` (``routed_experts`` + lengths)
+megatron       Megatron-Core router trace ``.jsonl``   ``.jsonl`` (+ probs and request fields)
+moe-infinity   expert activation matrices ``.npy``     ``.npy`` [requests, L, E] counts
+csv            long CSV                                long CSV
+npy            plain ``.npz`` arrays                   plain ``.npz`` arrays
+=============  ======================================  ==========================================
+
+``import_trace(fmt, path, model, **options)`` and ``export_trace(fmt, trace, path, **options)``
+dispatch by format name; ``traces/importers/README.md`` documents each layout and what it loses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from traces.errors import ConfigError
+from traces.format import Trace
+from traces.importers.megatron import export_megatron, import_megatron
+from traces.importers.moe_infinity import export_moe_infinity, import_moe_infinity
+from traces.importers.plain import export_csv, export_npz, import_csv, import_npz
+from traces.importers.vllm import export_vllm, import_vllm
+from traces.spec import ModelSpec
+
+IMPORTERS: dict[str, Callable[..., Trace]] = {
+    "vllm": import_vllm,
+    "megatron": import_megatron,
+    "moe-infinity": import_moe_infinity,
+    "csv": import_csv,
+    "npy": import_npz,
+}
+EXPORTERS: dict[str, Callable[..., Path]] = {
+    "csv": export_csv,
+    "npy": export_npz,
+    "vllm": export_vllm,
+    "megatron": export_megatron,
+    "moe-infinity": export_moe_infinity,
+}
+
+
+def import_trace(fmt: str, path: str | Path, model: str | ModelSpec, **options: Any) -> Trace:
+    """Read ``path`` in format ``fmt`` as a validated trace of ``model`` (name, YAML or spec)."""
+    if fmt not in IMPORTERS:
+        raise ConfigError(f"unknown import format {fmt!r}; known: {', '.join(IMPORTERS)}")
+    return IMPORTERS[fmt](path, model, **options)
+
+
+def export_trace(fmt: str, trace: Trace, path: str | Path, **options: Any) -> Path:
+    """Write ``trace`` to ``path`` in format ``fmt`` (atomically); returns the path."""
+    if fmt not in EXPORTERS:
+        raise ConfigError(f"unknown export format {fmt!r}; known: {', '.join(EXPORTERS)}")
+    return EXPORTERS[fmt](trace, path, **options)
+
+
+__all__ = ["EXPORTERS", "IMPORTERS", "export_trace", "import_trace"]
