@@ -1,8 +1,14 @@
 """The SimPy discrete-event model of offloaded MoE inference (``moe-sim``).
 
-Modules: :mod:`sim.hardware` (profiles from ``conf/hardware``), :mod:`sim.compute` (roofline
-times), :mod:`sim.link` (the prioritized host-to-device link), :mod:`sim.workload` (static
-batches), :mod:`sim.engine` (the engine following the policy contract of :mod:`policies.base`),
-:mod:`sim.eventlog`, :mod:`sim.metrics` and :mod:`sim.timeline` (outputs), :mod:`sim.run` and
-:mod:`sim.cli` (the Hydra command line).
+Modules, one job each:
+
+- inputs: :mod:`sim.hardware` (profiles from ``conf/hardware``), :mod:`sim.measured` (calibrated
+  tables in a profile), :mod:`sim.compute` (roofline or measured times), :mod:`sim.memory` (GPU
+  memory: slots, budget, fit), :mod:`sim.workload` (static and continuous batching);
+- the model: :mod:`sim.link` (the prioritized host-to-device link), :mod:`sim.host` (host DRAM
+  over NVMe), :mod:`sim.engine` (the engine following the policy contract of
+  :mod:`policies.base`);
+- outputs: :mod:`sim.eventlog`, :mod:`sim.metrics`, :mod:`sim.timeline`, :mod:`sim.plot`;
+- running: :mod:`sim.run` (one run), :mod:`sim.compare` (the bundled comparison),
+  :mod:`sim.sweep` (``--multirun`` tables) and :mod:`sim.cli` (the Hydra command line).
 """

@@ -18,8 +18,8 @@ _GIB = 1024**3
 class HardwareProfile:
     """One GPU plus its host, in the units of the YAML files (GB/s are 1e9 bytes per second).
 
-    ``measured`` is reserved for calibrated tables from the executor (hw/); the simulator's
-    roofline ignores it for now.
+    ``measured`` holds calibrated tables from the executor (``moe-hw calibrate``); they replace
+    the roofline for what they measured (:mod:`sim.measured` gives the layout).
     """
 
     name: str
