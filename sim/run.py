@@ -100,9 +100,20 @@ class Prepared:
     host_dram_experts: int
 
 
+def _trace_path(trace_cfg: dict[str, Any]) -> str | None:
+    """The trace file of a run: ``trace.path``, else the bundled trace ``trace.bundled``."""
+    if trace_cfg.get("path"):
+        return str(trace_cfg["path"])
+    if trace_cfg.get("bundled"):
+        from traces.bundled import path as bundled_path
+
+        return str(bundled_path(str(trace_cfg["bundled"])))
+    return None
+
+
 def _load_trace(cfg: RunConfig, spec: ModelSpec) -> Trace:
     trace_cfg = cfg.trace or {}
-    path = trace_cfg.get("path")
+    path = _trace_path(trace_cfg)
     if path:
         trace = Trace.load(path)
         where = f"trace {path}"
@@ -184,7 +195,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     policy = build_policy(cfg.policy)
     _check_batch(cfg)
     memory = GpuMemory.plan(cfg.cache or {}, spec, hardware)
-    path = (cfg.trace or {}).get("path")
+    path = _trace_path(cfg.trace or {})
     if path:
         _check_trace_spec(read_spec(path), spec, f"trace {path}")
     else:

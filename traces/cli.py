@@ -4,6 +4,7 @@
     moe-trace stats mixtral.parquet [--json]
     moe-trace validate mixtral.parquet
     moe-trace plot mixtral.parquet -o mixtral.png
+    moe-trace record --config tiny-mixtral --prompts prompts.txt --lookahead 2 -o rec.parquet
     moe-trace import --from vllm routed.npz --model mixtral-8x7b -o imported.parquet
     moe-trace export --to csv mixtral.parquet -o mixtral.csv
 
@@ -84,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("traces", type=Path, nargs="+")
 
     from traces.importers.cli import add_parsers as add_import_export
+    from traces.record.cli import add_parser as add_record
 
+    add_record(sub)
     add_import_export(sub)
     plot = sub.add_parser("plot", help="draw the main measures of a trace as a PNG figure")
     plot.add_argument("trace", type=Path)
@@ -169,13 +172,19 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record(args: argparse.Namespace) -> int:
+    from traces.record.cli import run
+
+    return run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``moe-trace``; returns the exit status."""
     args = _parser().parse_args(argv)
     from traces.importers.cli import HANDLERS as IMPORT_EXPORT
 
     handlers = {"synth": _synth, "stats": _stats, "validate": _validate, "plot": _plot,
-                **IMPORT_EXPORT}
+                "record": _record, **IMPORT_EXPORT}
     try:
         return handlers[args.command](args)
     except MoeLabError as exc:

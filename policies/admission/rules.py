@@ -1,4 +1,4 @@
-"""Admission rules: admit everything, or only experts seen often enough."""
+"""Admission rules: admit everything, nothing, or only experts seen often enough."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ class AlwaysAdmit(Admission):
     def admit(self, key: int, ctx: LayerContext) -> bool:
         """Always True."""
         return True
+
+
+@register("never")
+class NeverAdmit(Admission):
+    """Nothing is cached: every fetched expert is streamed through a scratch buffer and dropped
+    after its layer (the on-demand bound, as in plain layer-by-layer offloading)."""
+
+    def admit(self, key: int, ctx: LayerContext) -> bool:
+        """Always False."""
+        return False
 
 
 @register("min-count")

@@ -132,3 +132,14 @@ def test_strict_memory_and_budget_errors(tmp_path: Path,
     assert "holds 0 experts of mixtral-8x7b" in capsys.readouterr().err
     assert main(["cache.gpu_memory_gb=99", f"out={tmp_path}"]) == 2
     assert "exceeds rtx4090" in capsys.readouterr().err
+
+
+def test_bundled_real_trace_runs(tmp_path: Path) -> None:
+    from traces.bundled import load
+
+    out = tmp_path / "real"
+    assert main(["model=tiny-moe-stdlib", "trace.bundled=tiny-moe-stdlib", "policy=on-demand",
+                 "cache.slots=0", f"out={out}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tokens"] == load(columns="routing").num_tokens
+    assert summary["hit_rate"] == 0.0  # on-demand streams every expert, caches nothing

@@ -248,6 +248,7 @@ def cases(draw) -> Case:
             width = draw(st.integers(1, 4))
             fresh = rng.integers(0, experts, (tokens, width))
             col.values = fresh.astype(col.values.dtype)
+            col.null_at = col.null_row = None  # fresh values: earlier null markers are gone
         elif fault == "null" and col is not None and col.values.size:
             if col.is_list and draw(st.booleans()):
                 col.null_row = draw(st.integers(0, len(col.values) - 1))

@@ -49,7 +49,10 @@ def as_printed(value: float, printed: str) -> str:
 
 # ---- the catalog against the reference table ----------------------------------------------------
 def test_every_bundled_model_is_in_the_table() -> None:
-    assert sorted(row[0] for row in MODELS_MD) == available("model")
+    from traces.bundled import BUNDLED  # models trained here for the bundled real traces
+
+    assert sorted(row[0] for row in MODELS_MD) == [m for m in available("model")
+                                                   if m not in BUNDLED]
     assert len(MODELS_MD) == 14  # 13 table rows, Switch-Base split in two configs
 
 
