@@ -23,7 +23,7 @@ import yaml
 
 from policies.config import available_policies, build_policy, load_policy_config
 from policies.evaluation import EvalResult, evaluate
-from traces.errors import ConfigError, MoeLabError
+from traces.errors import ConfigError, run_command
 from traces.format import Trace
 
 DEFAULT_CACHE_FRACTION = 0.25
@@ -62,20 +62,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``moe-policy``."""
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "list":
-            return _list(args)
-        if args.command == "show":
-            print(yaml.safe_dump(load_policy_config(args.policy).to_dict(), sort_keys=False),
-                  end="")
-            return 0
-        return _eval(args)
-    except MoeLabError as exc:
-        print(f"moe-policy: error: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into head and the like
-        sys.stderr.close()
+    return run_command("moe-policy", lambda: _dispatch(args))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "list":
+        return _list(args)
+    if args.command == "show":
+        print(yaml.safe_dump(load_policy_config(args.policy).to_dict(), sort_keys=False), end="")
         return 0
+    return _eval(args)
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sim.run import RunConfig, prepare, simulate
 from traces.catalog import conf_dir
-from traces.errors import ConfigError, MoeLabError
+from traces.errors import ConfigError, MoeLabError, run_command
 
 PROG = "moe-sim"
 _MULTIRUN = ("-m", "--multirun")
@@ -220,24 +220,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return 0
-    if not args:
-        args = ["experiment=compare"]
+    return run_command(PROG, lambda: _main(args or ["experiment=compare"]))
+
+
+def _main(args: list[str]) -> int:
+    hydra_args, multirun, sweep_dir = _hydra_args(args)
+    check([a for a in hydra_args if a not in _MULTIRUN])
     try:
-        hydra_args, multirun, sweep_dir = _hydra_args(args)
-        check([a for a in hydra_args if a not in _MULTIRUN])
         _run_hydra(hydra_args)
-        if multirun:
-            assert sweep_dir is not None
-            return _finish_sweep(sweep_dir)
     except _JobFailed:
         return 2
-    except MoeLabError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return _finish_sweep(sweep_dir) if multirun and sweep_dir is not None else 0
 
 
 if __name__ == "__main__":

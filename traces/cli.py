@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from traces.errors import ConfigError, MoeLabError
+from traces.errors import ConfigError, run_command
 
 PROG = "moe-trace"
 
@@ -185,14 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handlers = {"synth": _synth, "stats": _stats, "validate": _validate, "plot": _plot,
                 "record": _record, **IMPORT_EXPORT}
-    try:
-        return handlers[args.command](args)
-    except MoeLabError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(PROG, lambda: handlers[args.command](args))
 
 
 if __name__ == "__main__":

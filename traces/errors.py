@@ -3,8 +3,13 @@
 Every mistake a user can make (a broken trace, an unknown model name, a config that cannot work)
 raises a subclass of :class:`MoeLabError` with a one-line message. Command-line entry points catch
 exactly this class, print the message and exit with status 2; anything else is a bug and keeps its
-traceback.
+traceback (:func:`run_command` does this for every tool).
 """
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class MoeLabError(Exception):
@@ -23,3 +28,21 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def run_command(prog: str, command: Callable[[], int]) -> int:
+    """Run one command-line action and return its exit status, reporting the way every tool of
+    the project does: a user error (:class:`MoeLabError`) prints ``prog: error: <one line>`` on
+    stderr and returns 2; Ctrl-C prints ``prog: interrupted`` and returns 130; output piped into
+    a closed reader (``| head``) returns 0 quietly."""
+    try:
+        return command()
+    except MoeLabError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from traces.errors import ConfigError, MoeLabError
+from traces.errors import ConfigError, run_command
 
 PROG = "moe-trace"
 FORMATS = ("vllm", "megatron", "moe-infinity", "csv", "npy")
@@ -106,14 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except MoeLabError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(PROG, lambda: args.handler(args))
 
 
 if __name__ == "__main__":

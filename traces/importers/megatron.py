@@ -64,22 +64,13 @@ def import_megatron(path: str | Path, model: str | ModelSpec) -> Trace:
             raise TraceError(f"{where}: step {step} has layers with different num_tokens")
         ids.append(np.stack([r["ids"] for r in records], axis=1))  # [n, L, k]
         step_gates = [r.get("probs") for r in records]
-        has = all(g is not None for g in step_gates)
-        if have_gates is None:
-            have_gates = has
-        if has != have_gates or any(g is not None for g in step_gates) != has:
-            raise TraceError(f"{where}: top_probs must be given for every record or for none "
-                             f"(step {step})")
-        if has:
+        have_gates = _all_or_none(step_gates, have_gates, "top_probs", f"{where}: step {step}")
+        if have_gates:
             gates.append(np.stack(step_gates, axis=1))
         tokens = [r.get("tokens") for r in records]
-        has_t = all(t is not None for t in tokens)
-        if have_tokens is None:
-            have_tokens = has_t
-        if has_t != have_tokens or any(t is not None for t in tokens) != has_t:
-            raise TraceError(f"{where}: request_id/position/phase must be given for every record "
-                             f"or for none (step {step})")
-        if has_t:
+        have_tokens = _all_or_none(tokens, have_tokens, "request_id/position/phase",
+                                   f"{where}: step {step}")
+        if have_tokens:
             first = tokens[0]
             if any(any(not np.array_equal(t[f], first[f]) for f in _TOKEN_FIELDS)
                    for t in tokens[1:]):
@@ -236,3 +227,15 @@ def export_megatron(trace: Trace, path: str | Path) -> Path:
                 handle.write((json.dumps(record) + "\n").encode())
 
     return c.atomic_write(path, write)
+
+
+def _all_or_none(values: list[Any], before: bool | None, what: str, where: str) -> bool:
+    """Whether the optional field ``what`` is present: in every record of every step, or in none.
+
+    ``values`` are one step's per-layer values (None where absent); ``before`` is the answer for
+    the earlier steps (None for the first step)."""
+    present = [v is not None for v in values]
+    has = all(present)
+    if any(present) != has or (before is not None and has != before):
+        raise TraceError(f"{where}: {what} must be given for every record or for none")
+    return has

@@ -111,17 +111,13 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m traces.record.cli``), until ``moe-trace`` wires it."""
-    from traces.errors import MoeLabError
+    """Stand-alone entry point (``python -m traces.record.cli``); same as ``moe-trace record``."""
+    from traces.errors import run_command
 
     parser = argparse.ArgumentParser(prog="moe-trace")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except MoeLabError as exc:
-        print(f"moe-trace: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command("moe-trace", lambda: run(args))
 
 
 if __name__ == "__main__":
