@@ -1,0 +1,240 @@
+"""moe-tune: shared storages, interruption and resume, export, Pareto fronts, bad inputs.
+
+Real Optuna storages (SQLite, journal file), real Hydra composition, tiny traces.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from sim.cli import compose, run_config
+from sim.run import simulate
+from sim.tune.cli import main
+from sim.tune.export import export_trial, pick_trial, split_overrides
+from sim.tune.space import check_space, load_space, parse_space
+from sim.tune.storage import open_storage
+from sim.tune.study import finished, open_study, run_parallel, run_worker
+from traces.errors import ConfigError
+
+SPACE = {
+    "objective": "tpot_ms_mean",
+    "base": ["trace.tokens=400"],
+    "prune": {"prefix": 0.75, "startup_trials": 2},
+    "params": {
+        "policy": {"type": "categorical", "choices": ["lru", "probe", "gate-lookahead"]},
+        "policy.planner.min_confidence": {"type": "float", "low": 0.0, "high": 0.9,
+                                          "when": {"policy": ["probe", "gate-lookahead"]}},
+        "policy.planner.budget_experts": {"type": "int", "low": 1, "high": 6,
+                                          "when": {"policy": ["probe"]}},
+    },
+}
+PARETO = {
+    "objective": ["tpot_ms_mean", "cache_bytes"],
+    "base": ["trace.tokens=400"],
+    "prune": {"prefix": None},
+    "params": {
+        "cache.fraction": {"type": "float", "low": 0.25, "high": 1.0, "step": 0.25},
+        "policy": {"type": "categorical", "choices": ["lru", "probe"]},
+    },
+}
+
+
+def _space(tmp_path: Path, data: dict, name: str = "tiny"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return load_space(path)
+
+
+def _finished(study) -> list:
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def test_two_worker_processes_share_a_journal(tmp_path: Path) -> None:
+    space = _space(tmp_path, SPACE)
+    spec = f"journal:{tmp_path / 'study.log'}"
+    assert run_parallel(space, "shared", spec, 8, workers=2, seed=1)
+    trials = open_study(spec, "shared").get_trials()
+    numbers = [t.number for t in trials]
+    assert numbers == list(range(len(trials)))  # each trial recorded exactly once
+    assert 8 <= len(trials) <= 9  # both may start a last trial at once
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    assert any(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t._trial_id for t in trials}) == len(trials)
+
+
+def test_interrupted_study_resumes_without_losing_trials(tmp_path: Path) -> None:
+    space = _space(tmp_path, SPACE)
+    spec = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def interrupt(study, trial) -> None:
+        if trial.number == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(space, "resume", spec, 6, callbacks=[interrupt])
+    first = {t.number: t.values for t in _finished(open_study(spec, "resume"))}
+    assert sorted(first) == [0, 1, 2]
+    assert run_worker(space, "resume", spec, 6)
+    study = open_study(spec, "resume")
+    assert finished(study) == 6
+    again = {t.number: t.values for t in _finished(study)}
+    assert all(again[n] == v for n, v in first.items())
+
+
+def test_ctrl_c_stops_after_the_running_trial(tmp_path: Path) -> None:
+    space = _space(tmp_path, SPACE)
+    spec = f"journal:{tmp_path / 'study.log'}"
+
+    def ctrl_c(study, trial) -> None:
+        if trial.number == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    assert not run_worker(space, "stop", spec, 10, callbacks=[ctrl_c])
+    study = open_study(spec, "stop")
+    assert finished(study) in (2, 3) and len(study.get_trials()) == finished(study)
+    assert run_worker(space, "stop", spec, 5)
+    assert finished(open_study(spec, "stop")) == 5
+
+
+def test_exported_config_reproduces_the_best_value(tmp_path: Path) -> None:
+    space = _space(tmp_path, SPACE)
+    spec = f"sqlite:///{tmp_path / 'study.db'}"
+    run_worker(space, "exp", spec, 6, seed=3)
+    study = open_study(spec, "exp")
+    best = pick_trial(study)
+    policy_dir = tmp_path / "conf" / "policy"
+    path, command = export_trial(study, best, "tuned-exp", policy_dir)
+    assert path == policy_dir / "tuned-exp.yaml" and "policy=tuned-exp" in command
+    _, _, rest = split_overrides(best.user_attrs["overrides"])
+    cfg = run_config(compose(rest))
+    cfg.policy = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert simulate(cfg).summary["tpot_ms_mean"] == pytest.approx(best.value, rel=1e-12)
+    searchpath = f"hydra.searchpath=[file://{policy_dir.parent.as_posix()}]"
+    cfg = run_config(compose(["policy=tuned-exp", *rest, searchpath]))
+    assert simulate(cfg).summary["tpot_ms_mean"] == pytest.approx(best.value, rel=1e-12)
+    with pytest.raises(ConfigError, match="exists"):
+        export_trial(study, best, "tuned-exp", policy_dir)
+    export_trial(study, best, "tuned-exp", policy_dir, force=True)
+    assert not [p for p in policy_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_multi_objective_returns_a_non_dominated_front(tmp_path: Path) -> None:
+    space = _space(tmp_path, PARETO, "pareto")
+    spec = f"journal:{tmp_path / 'study.log'}"
+    run_worker(space, "front", spec, 8, seed=0)
+    study = open_study(spec, "front")
+    front = study.best_trials
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert front
+
+    def dominates(a, b) -> bool:
+        pairs = zip(a.values, b.values, strict=True)
+        return all(x <= y for x, y in pairs) and a.values != b.values
+
+    assert not any(dominates(a, b) for a in front for b in front)
+    front_numbers = {t.number for t in front}
+    for t in complete:
+        if t.number not in front_numbers:
+            assert any(dominates(f, t) or f.values == t.values for f in front)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"params": {"policy.planner.bogus": {"type": "float", "low": 0, "high": 1}}},
+     "bogus"),
+    ({"params": {"cachee.fraction": {"type": "float", "low": 0.1, "high": 1}}}, "cachee"),
+    ({"params": {"policy": {"type": "categorical", "choices": ["lru", "no-such-policy"]}}},
+     "unknown policy 'no-such-policy'"),
+    ({"params": {"policy": {"type": "categorical", "choices": ["lru", "probe"]},
+                 "policy.planner.budget_experts": {"type": "int", "low": 1, "high": 4}}},
+     "when"),
+])
+def test_bad_parameters_raise_one_config_error(tmp_path: Path, change: dict, match: str) -> None:
+    space = _space(tmp_path, {**SPACE, **change})
+    with pytest.raises(ConfigError, match=match) as info:
+        check_space(space)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    ({"params": {}}, "no parameters"),
+    ({}, "no parameters"),
+    ({**SPACE, "objective": "hit_rate"}, "unknown objective"),
+    ({**SPACE, "params": {"x": {"type": "float", "low": 2, "high": 1}}}, "above high"),
+])
+def test_bad_spaces(data: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_space(data, "bad")
+
+
+@pytest.mark.parametrize("spec", ["nonsense", "foo://x/y", "postgresql+nodriver://u@h/db"])
+def test_bad_storage_urls(spec: str) -> None:
+    with pytest.raises(ConfigError, match="--storage"):
+        open_storage(spec)
+
+
+def test_cli_user_errors_are_one_line_and_write_nothing(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**SPACE, "params": {}}), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--trials", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moe-tune: error:") and err.count("\n") == 1
+    assert not out.exists()
+    assert main(["run", str(path), "--storage", "bogus", "--out", str(out)]) == 2
+    assert main(["show", "--study", "none", "--storage", f"journal:{tmp_path / 'j.log'}"]) == 2
+    assert "no study 'none'" in capsys.readouterr().err
+
+
+def test_cli_run_show_best_export(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(SPACE), encoding="utf-8")
+    out = tmp_path / "out"
+    common = ["--study", "c", "--out", str(out)]
+    assert main(["run", str(path), "--trials", "3", "--no-progress", *common]) == 0
+    assert (out / "c" / "study.db").is_file()
+    assert main(["run", str(path), "--trials", "4", "--no-progress", *common]) == 0
+    assert main(["show", *common]) == 0
+    assert main(["best", *common]) == 0
+    assert main(["export", *common, "--dir", str(tmp_path / "policy")]) == 0
+    text = capsys.readouterr().out
+    assert "4 finished trials" in text and "moe-sim policy=tuned-c" in text
+    assert (tmp_path / "policy" / "tuned-c.yaml").is_file()
+    assert main(["run", str(path), "--trials", "4", "--objective", "tpot_ms_p99",
+                 *common]) == 2  # another objective: another study
+
+
+def test_killed_worker_process_resumes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(SPACE), encoding="utf-8")
+    spec = f"journal:{tmp_path / 'study.log'}"
+    cmd = [sys.executable, "-m", "sim.tune.cli", "run", str(path), "--study", "k", "--storage",
+           spec, "--no-progress"]
+    proc = subprocess.Popen([*cmd, "--trials", "200"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            if (tmp_path / "study.log").exists() and finished(open_study(spec, "k")) >= 2:
+                break
+        proc.kill()  # no chance to clean up: the running trial stays RUNNING
+    finally:
+        proc.wait()
+    before = {t.number: t.values for t in _finished(open_study(spec, "k"))}
+    assert len(before) >= 2
+    target = len(before) + 2
+    subprocess.run([*cmd, "--trials", str(target)], check=True, capture_output=True)
+    after = {t.number: t.values for t in _finished(open_study(spec, "k"))}
+    assert len(after) == target
+    assert all(after[n] == v for n, v in before.items())
