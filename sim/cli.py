@@ -40,8 +40,9 @@ class _JobFailed(BaseException):  # noqa: N818 - passes through Hydra's handlers
     """A job of a single run failed with a user error (already reported)."""
 
 
-def compose(overrides: Sequence[str]) -> DictConfig:
-    """The composed config for these overrides (Hydra compose API; errors -> ConfigError)."""
+def compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
+    """The composed config for these overrides (Hydra compose API; errors -> ConfigError).
+    ``with_hydra`` keeps the ``hydra`` node (and accepts Hydra's own overrides)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -49,7 +50,8 @@ def compose(overrides: Sequence[str]) -> DictConfig:
 
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            return hydra_compose(config_name="config", overrides=list(overrides))
+            return hydra_compose(config_name="config", overrides=list(overrides),
+                                 return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(str(exc).strip().splitlines()[0]) from None
 
@@ -72,6 +74,9 @@ def check(overrides: Sequence[str]) -> int:
     from sim.sweep import expand
 
     jobs = expand(overrides)
+    hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith("hydra")]
+    if hydra_overrides:  # Hydra's own choices (launcher...): composing once checks them
+        compose([*jobs[0], *hydra_overrides], with_hydra=True)
     for job in jobs:
         cfg = run_config(compose(job))
         where = f" (job {' '.join(job)})" if len(jobs) > 1 else ""

@@ -66,6 +66,13 @@ def test_a_bad_sweep_value_stops_before_any_job(tmp_path: Path,
     assert not out.exists()
 
 
+def test_a_bad_launcher_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-m", "hydra/launcher=nope", "policy=lru,fifo", f"out={tmp_path / 'x'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "hydra/launcher" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
 def test_collect_reports_failed_jobs(tmp_path: Path) -> None:
     for job, overrides in ((0, "- policy=lru\n"), (1, "- policy=fifo\n")):
         (tmp_path / str(job) / ".hydra").mkdir(parents=True)
