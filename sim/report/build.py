@@ -1,0 +1,128 @@
+"""Assemble a report: every applicable figure, its table, and ``report.md``, written at once.
+
+The report is built in a hidden temporary folder beside the destination and renamed into place
+only when every figure and table is written, so a failure leaves no partial report (and an
+earlier report, if any, stays until the new one replaces it).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from sim.report.figures import (
+    breakdown_section,
+    hit_ratio_section,
+    latency_section,
+    pareto_section,
+    speedup_section,
+)
+from sim.report.sources import REPORT_DIR, Source, load_folder, load_study
+from sim.report.style import Section, markdown_table, save
+from sim.report.timeline import timeline_section
+from sim.report.tuning import history_section, policy_section, study_pareto_section
+from traces.errors import ConfigError
+
+Builder = Callable[[Source], "Section | str"]
+RUN_FIGURES: tuple[Builder, ...] = (speedup_section, hit_ratio_section, latency_section,
+                                    breakdown_section, pareto_section, timeline_section)
+STUDY_FIGURES: tuple[Builder, ...] = (study_pareto_section, history_section, policy_section,
+                                      hit_ratio_section)
+
+
+def build_sections(source: Source, timeline_steps: int = 2) -> tuple[list[Section], list[str]]:
+    """Every figure that applies to ``source``, and why the others were left out."""
+    builders = STUDY_FIGURES if source.kind == "study" else RUN_FIGURES
+    sections, skipped = [], []
+    for builder in builders:
+        if builder is timeline_section:
+            result = timeline_section(source, timeline_steps)
+        else:
+            result = builder(source)
+        name = builder.__name__.removesuffix("_section").replace("_", " ")
+        if isinstance(result, str):
+            skipped.append(f"{name}: {result}")
+        else:
+            sections.append(result)
+    return sections, skipped
+
+
+def render_markdown(source: Source, sections: list[Section], skipped: list[str]) -> str:
+    """``report.md``: a heading per figure with its image, explanation and table."""
+    lines = [f"# Report: {source.title}", "",
+             f"{len(source.runs)} {'complete trials' if source.kind == 'study' else 'runs'}; "
+             f"figures: {', '.join(s.title.lower() for s in sections)}.", ""]
+    if source.notes:
+        lines += [*(f"- {note}" for note in source.notes), ""]
+    for section in sections:
+        lines += [f"## {section.title}", "", f"![{section.title}]({section.name}.png)", "",
+                  section.text, "", markdown_table(section.table),
+                  f"Table: [{section.name}.csv]({section.name}.csv)", ""]
+    if skipped:
+        lines += ["## Not drawn", "", *(f"- {reason}" for reason in skipped), ""]
+    return "\n".join(lines)
+
+
+def _write_into(folder: Path, source: Source, sections: list[Section],
+                skipped: list[str]) -> None:
+    for section in sections:
+        save(section.figure, folder / f"{section.name}.png")
+        section.table.to_csv(folder / f"{section.name}.csv", index=False)
+    (folder / "report.md").write_text(render_markdown(source, sections, skipped),
+                                      encoding="utf-8")
+
+
+def _replace(new: Path, out: Path) -> None:
+    """Move the finished folder ``new`` to ``out``, replacing an earlier report."""
+    old = None
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"{out}: exists and is not a folder")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.replace(old / out.name)
+    new.replace(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_report(folder: str | Path | None = None, out: str | Path | None = None, *,
+                 storage: str | None = None, study: str | None = None,
+                 timeline_steps: int = 2) -> Path:
+    """Write the report of ``folder`` (or of ``study`` in ``storage``) into ``out`` (default
+    ``<folder>/report``); returns the path of ``report.md``. Raises ConfigError on bad input,
+    before anything is written."""
+    if storage or study:
+        if not (storage and study):
+            raise ConfigError("--storage and --study go together")
+        source = load_study(storage, study)
+        if out is None:
+            base = Path(folder) if folder else Path("outputs/tune") / study
+            out = base / REPORT_DIR
+    elif folder is None:
+        raise ConfigError("give a folder, or --storage URL --study NAME")
+    else:
+        source = load_folder(folder)
+        out = Path(folder) / REPORT_DIR if out is None else out
+    return report_source(source, out, timeline_steps)
+
+
+def report_source(source: Source, out: str | Path, timeline_steps: int = 2) -> Path:
+    """Write the report of an already loaded :class:`Source` into ``out``; returns the path of
+    ``report.md``."""
+    if not isinstance(timeline_steps, int) or timeline_steps < 1:
+        raise ConfigError(f"--timeline-steps must be a positive integer, got {timeline_steps!r}")
+    sections, skipped = build_sections(source, timeline_steps)
+    if not sections:
+        raise ConfigError(f"{source.where}: nothing to draw ({'; '.join(skipped)})")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        _write_into(tmp, source, sections, skipped)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "report.md"

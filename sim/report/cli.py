@@ -1,0 +1,62 @@
+"""``moe-report``: figures and a markdown summary of a simulator or tuning output folder.
+
+    moe-report outputs/sweep/20250101-120000       a moe-sim --multirun sweep
+    moe-report outputs/compare/...                  a comparison (compare.csv, summaries.json)
+    moe-report outputs/sim/...                      a single run
+    moe-report outputs/tune/pareto                  a moe-tune study folder (study.db)
+    moe-report --storage journal:out/tune.log --study s1 -o out/s1-report
+
+Writes PNG figures, their tables as CSV and ``report.md`` into ``<folder>/report/`` (``-o``
+chooses another folder), all at once: on an error nothing is written. User errors (a missing
+folder, nothing recognisable, an empty sweep) print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from traces.errors import ConfigError, run_command
+
+PROG = "moe-report"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", nargs="?", help="a sweep, comparison, run or study folder")
+    parser.add_argument("-o", "--out", help="report folder (default: <folder>/report)")
+    parser.add_argument("--storage", help="Optuna storage of a study (journal:PATH or RDB URL)")
+    parser.add_argument("--study", help="study name in --storage")
+    parser.add_argument("--timeline-steps", type=int, default=2,
+                        help="steps in the timeline excerpt (default 2)")
+    return parser
+
+
+def _run(args: list[str]) -> int:
+    from sim.report.build import write_report
+
+    ns = _parser().parse_args(args)
+    path = write_report(ns.folder, ns.out, storage=ns.storage, study=ns.study,
+                        timeline_steps=ns.timeline_steps)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``moe-report``; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    return run_command(PROG, lambda: _run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
