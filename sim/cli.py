@@ -8,9 +8,10 @@
 
 Arguments are Hydra overrides. One run writes summary.json, steps.parquet, events.parquet,
 timeline.json and steps.png into Hydra's run folder (``out=DIR`` chooses it) and prints a table;
-a comparison writes compare.csv, compare.md, compare.png and summaries.json; a sweep writes one
-numbered folder per job plus sweep.csv and sweep.md, and prints the combined table. Every job's
-config is checked before anything runs. User errors print one line on stderr and exit with 2.
+a comparison writes compare.csv, compare.md, compare.png, summaries.json and each run's files in
+runs/<label>/; a sweep writes one numbered folder per job plus sweep.csv and sweep.md, and prints
+the combined table. Every job's config is checked before anything runs. User errors print one
+line on stderr and exit with 2.
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ def _memory_note(summaries: list[dict[str, Any]]) -> str | None:
 def _run_compare(run_cfg: RunConfig, out: Path) -> None:
     from sim.compare import run_comparison, text_table, write_comparison
 
-    table, summaries, steps = run_comparison(run_cfg)
-    paths = write_comparison(table, summaries, steps, out)
+    table, summaries, results = run_comparison(run_cfg)
+    paths = write_comparison(table, summaries, results, out)
     print(f"{run_cfg.model['name']} on {run_cfg.hardware['name']}, {summaries[0]['tokens']} "
           f"tokens, batch {run_cfg.batch}")
     print(text_table(table))

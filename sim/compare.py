@@ -17,10 +17,11 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from sim.run import RunConfig, simulate
+from sim.run import RunConfig, SimResult, simulate
 from traces.atomic import atomic_path, write_text
 from traces.errors import ConfigError
 
+RUNS_DIR = "runs"
 COLUMNS = ("policy", "tpot_ms_mean", "tpot_ms_p99", "tokens_per_s", "hit_rate", "stall_s",
            "speedup")
 
@@ -55,26 +56,32 @@ def run_configs(cfg: RunConfig) -> dict[str, RunConfig]:
 
 
 def run_comparison(cfg: RunConfig
-                   ) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, pd.DataFrame]]:
+                   ) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, SimResult]]:
     """Run every entry of ``cfg.compare['runs']``; returns the table, each run's summary (with
-    its ``label``) and each run's step frame (by label)."""
+    its ``label``) and each run's result (by label)."""
     configs = run_configs(cfg)
     baseline = (cfg.compare or {}).get("baseline") or next(iter(configs))
     if baseline not in configs:
         raise ConfigError(f"compare.baseline {baseline!r} is not one of the runs' labels")
-    summaries, steps = [], {}
+    summaries, results = [], {}
     for label, one in tqdm(configs.items(), desc="compare", unit="run", leave=False,
                            disable=None):
         result = simulate(one)
         summaries.append({"label": label, **result.summary})
-        steps[label] = result.steps
+        results[label] = result
     base = next(s for s in summaries if s["label"] == baseline)["tokens_per_s"]
     rows = [{"policy": s["label"], "tpot_ms_mean": s["tpot_ms_mean"],
              "tpot_ms_p99": s["tpot_ms_p99"], "tokens_per_s": s["tokens_per_s"],
              "hit_rate": s["hit_rate"], "stall_s": s["stall_s"],
              "speedup": (s["tokens_per_s"] / base) if base and s["tokens_per_s"] else None}
             for s in summaries]
-    return pd.DataFrame(rows, columns=list(COLUMNS)), summaries, steps
+    return pd.DataFrame(rows, columns=list(COLUMNS)), summaries, results
+
+
+def run_folder(label: str) -> str:
+    """The folder name of a run's files under ``runs/`` (its label, made file-safe)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    return safe.strip(".") or "run"
 
 
 def _fmt(value: Any) -> str:
@@ -105,12 +112,17 @@ def text_table(table: pd.DataFrame) -> str:
 
 
 def write_comparison(table: pd.DataFrame, summaries: list[dict[str, Any]],
-                     steps: dict[str, pd.DataFrame], out: str | Path) -> list[Path]:
+                     results: dict[str, SimResult], out: str | Path) -> list[Path]:
     """Write ``compare.csv``, ``compare.md``, ``compare.png`` and ``summaries.json`` into
-    ``out``, each atomically."""
+    ``out``, and each run's ``summary.json``, ``steps.parquet`` and ``events.parquet`` into
+    ``out/runs/<label>/`` (what ``moe-report`` reads for distributions and timelines); every
+    file atomically."""
     from sim.plot import plot_comparison
 
     out = Path(out)
+    for label, result in results.items():
+        result.write(out / RUNS_DIR / run_folder(label), figure=False, timeline=False)
+    steps = {label: result.steps for label, result in results.items()}
     with atomic_path(out / "compare.csv") as tmp:
         table.to_csv(tmp, index=False)
     first = summaries[0]

@@ -69,17 +69,19 @@ class SimResult:
     summary: dict[str, Any]
     timeline_events: int = 50_000
 
-    def write(self, out: str | Path, figure: bool = True) -> list[Path]:
-        """Write summary.json, steps.parquet, events.parquet, timeline.json and (``figure``)
-        steps.png into ``out``; each file atomically."""
+    def write(self, out: str | Path, figure: bool = True, timeline: bool = True) -> list[Path]:
+        """Write summary.json, steps.parquet, events.parquet, and (unless turned off)
+        timeline.json and steps.png into ``out``; each file atomically."""
         from sim.plot import plot_steps
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         paths = [write_text(out / "summary.json", json.dumps(self.summary, indent=2, default=str)),
                  write_parquet(self.steps, out / "steps.parquet"),
-                 write_parquet(self.events, out / "events.parquet"),
-                 write_chrome_trace(self.events, out / "timeline.json", self.timeline_events)]
+                 write_parquet(self.events, out / "events.parquet")]
+        if timeline:
+            paths.append(write_chrome_trace(self.events, out / "timeline.json",
+                                            self.timeline_events))
         if figure:
             s = self.summary
             paths.append(plot_steps(self.steps, out / "steps.png",

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from sim.compare import RUNS_DIR, run_folder
 from traces.errors import ConfigError
 
 REPORT_DIR = "report"
@@ -124,11 +125,15 @@ def load_comparison(folder: Path) -> Source:
         summaries = _read_json(folder / "summaries.json")
         if not isinstance(summaries, list) or not summaries:
             raise ConfigError(f"{folder / 'summaries.json'}: no runs in it")
-        rows = [{**s, "label": str(s.get("label") or s.get("policy")),
-                 "series": str(s.get("label") or s.get("policy")), "group": "", "dir": None}
-                for s in summaries]
-        notes = ["a comparison keeps no per-step or event files: the latency figure shows "
-                 "summary percentiles and there is no timeline"]
+        rows = []
+        for s in summaries:
+            label = str(s.get("label") or s.get("policy"))
+            run_dir = folder / RUNS_DIR / run_folder(label)  # per-run files, when written
+            rows.append({**s, "label": label, "series": label, "group": "",
+                         "dir": str(run_dir) if (run_dir / "steps.parquet").is_file() else None})
+        notes = [] if all(r["dir"] for r in rows) else [
+            "some runs of this comparison have no per-step or event files: the latency figure "
+            "shows summary percentiles and the timeline is limited"]
         return Source("comparison", str(folder), _finish(rows), notes)
     try:
         table = pd.read_csv(folder / "compare.csv")

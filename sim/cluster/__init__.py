@@ -1,0 +1,23 @@
+"""Multi-GPU expert parallelism: all-to-all, load imbalance and replica balancing (SimPy).
+
+Modules, one job each:
+
+- inputs: :mod:`sim.cluster.config` (``conf/cluster``: GPUs, nodes, NVLink, InfiniBand, R),
+  :mod:`sim.cluster.workloads` (synthetic and volatile traces), :mod:`sim.cluster.loads`
+  (per-step routing counts with numpy);
+- the model: :mod:`sim.cluster.alltoall` (dispatch and combine), :mod:`sim.cluster.rank_compute`
+  (per-rank expert time), :mod:`sim.cluster.transfers` (replica copies on per-rank links),
+  :mod:`sim.cluster.engine` (the SimPy loop over steps and layers);
+- outputs: :mod:`sim.cluster.metrics`, :mod:`sim.cluster.timeline`, :mod:`sim.cluster.result`;
+- running: :mod:`sim.cluster.simulate` (:func:`simulate_cluster`) and :mod:`sim.cluster.cli`.
+
+Balance policies live in :mod:`policies.balancing` (``conf/balance``).
+"""
+
+from sim.cluster.config import ClusterSpec, available_clusters, load_cluster
+from sim.cluster.result import ClusterResult
+from sim.cluster.simulate import simulate_cluster
+from sim.cluster.workloads import build_trace, volatile_trace
+
+__all__ = ["ClusterResult", "ClusterSpec", "available_clusters", "build_trace", "load_cluster",
+           "simulate_cluster", "volatile_trace"]
