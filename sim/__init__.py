@@ -10,5 +10,7 @@ Modules, one job each:
   :mod:`policies.base`);
 - outputs: :mod:`sim.eventlog`, :mod:`sim.metrics`, :mod:`sim.timeline`, :mod:`sim.plot`;
 - running: :mod:`sim.run` (one run), :mod:`sim.compare` (the bundled comparison),
-  :mod:`sim.sweep` (``--multirun`` tables) and :mod:`sim.cli` (the Hydra command line).
+  :mod:`sim.sweep` (``--multirun`` tables) and :mod:`sim.cli` (the Hydra command line);
+- subpackages: :mod:`sim.cluster` (expert parallelism over N GPUs), :mod:`sim.tune`
+  (``moe-tune``), :mod:`sim.report` (``moe-report``).
 """

@@ -5,6 +5,7 @@
     moe-sim experiment=compare trace.tokens=5000
     moe-sim --multirun policy=lru,prescope cache.fraction=0.25,0.5     (joblib, in parallel)
     moe-sim --multirun hydra/launcher=slurm policy=lru,prescope        (SLURM via submitit)
+    moe-sim cluster=h100x8-nvswitch balance=probe model=deepseek-v3 batch=32   (expert parallel)
 
 Arguments are Hydra overrides. One run writes summary.json, steps.parquet, events.parquet,
 timeline.json and steps.png into Hydra's run folder (``out=DIR`` chooses it) and prints a table;
@@ -89,6 +90,11 @@ def check(overrides: Sequence[str]) -> int:
 
 
 def _check_one(cfg: RunConfig) -> None:
+    if cfg.cluster:
+        from sim.cluster.hydra_run import check_cluster
+
+        check_cluster(cfg)
+        return
     if not cfg.compare:
         prepare(cfg)
         return
@@ -146,6 +152,16 @@ def _run_one(run_cfg: RunConfig, out: Path, quiet: bool = False) -> None:
     print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
+def _run_cluster(run_cfg: RunConfig, out: Path) -> None:
+    from sim.cluster.hydra_run import simulate_cluster_run
+
+    result = simulate_cluster_run(run_cfg)
+    paths = result.write(out)
+    print("\n".join(f"{key:<32}{_number(value)}" for key, value in result.summary.items()
+                    if not isinstance(value, (dict, list))))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
 def _task(cfg: DictConfig) -> None:
     """The Hydra task: one run or one comparison into Hydra's output folder."""
     from hydra.core.hydra_config import HydraConfig
@@ -158,7 +174,9 @@ def _task(cfg: DictConfig) -> None:
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         run_cfg = run_config(cfg)
-        if run_cfg.compare:
+        if run_cfg.cluster:
+            _run_cluster(run_cfg, out)
+        elif run_cfg.compare:
             _run_compare(run_cfg, out)
         else:
             _run_one(run_cfg, out, quiet=sweeping)

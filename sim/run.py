@@ -46,6 +46,8 @@ class RunConfig:
     link: dict[str, Any] = field(default_factory=dict)  # {chunk_mb}: see sim.link
     compare: dict[str, Any] | None = None  # experiment=compare: see sim.compare
     host: dict[str, Any] = field(default_factory=dict)  # {dram_gib}: see sim.host
+    cluster: dict[str, Any] | None = None  # cluster=<name>: expert parallelism (sim.cluster)
+    balance: dict[str, Any] | None = None  # its balancing policy (conf/balance)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -115,6 +117,8 @@ def _trace_path(trace_cfg: dict[str, Any]) -> str | None:
 
 def _load_trace(cfg: RunConfig, spec: ModelSpec) -> Trace:
     trace_cfg = cfg.trace or {}
+    if trace_cfg.get("volatile") and not cfg.cluster:
+        raise ConfigError("trace.volatile applies to expert-parallel runs (cluster=...) only")
     path = _trace_path(trace_cfg)
     if path:
         trace = Trace.load(path)

@@ -27,6 +27,8 @@ ERROR_FILE = "error.txt"
 METRICS = ("tpot_ms_mean", "tpot_ms_p50", "tpot_ms_p99", "ttft_ms_mean", "tokens_per_s",
            "hit_rate", "h2d_bytes", "stall_s", "prefetch_precision", "prefetch_recall",
            "wasted_prefetch_bytes", "sim_wall_s")
+CLUSTER_METRICS = ("imbalance_before_mean", "imbalance_after_mean", "prefill_latency_ms_mean",
+                   "decode_tokens_per_s", "replica_bytes")  # expert-parallel runs (sim.cluster)
 
 
 def expand(overrides: Sequence[str]) -> list[list[str]]:
@@ -86,7 +88,8 @@ def _job_number(path: Path) -> int:
 
 def collect(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per job (per run for comparison jobs): the swept overrides, then the headline
-    metrics, then ``error`` (empty when the job succeeded). Jobs in job-number order."""
+    metrics (offloading or expert-parallel, whichever the jobs report), then ``error`` (empty
+    when the job succeeded). Jobs in job-number order."""
     sweep_dir = Path(sweep_dir)
     jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=_job_number)
     rows, keys = [], []
@@ -94,15 +97,15 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
         overrides = _job_overrides(job)
         keys += [k for k in overrides if k not in keys]
         for row in _job_rows(job):
-            values = {k: row.get(k) for k in ("run", "policy", *METRICS)}
+            values = {k: row.get(k) for k in ("run", "policy", *METRICS, *CLUSTER_METRICS)}
             rows.append({"job": _job_number(job), **overrides,
                          **{k: v for k, v in values.items() if v is not None or k not in overrides},
                          "error": row.get("error", "")})
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    if frame["run"].isna().all():
-        frame = frame.drop(columns="run")
+    frame = frame.drop(columns=[c for c in ("run", "policy", *METRICS, *CLUSTER_METRICS)
+                                if c in frame and frame[c].isna().all()])
     lead = ["job", *keys]
     return frame[lead + [c for c in frame.columns if c not in lead]]
 

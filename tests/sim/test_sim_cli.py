@@ -143,3 +143,23 @@ def test_bundled_real_trace_runs(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tokens"] == load(columns="routing").num_tokens
     assert summary["hit_rate"] == 0.0  # on-demand streams every expert, caches nothing
+
+
+def test_expert_parallel_runs_through_moe_sim(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ep"
+    assert main(["cluster=h100x8-nvswitch", "balance=eplb", "model=deepseek-v2-lite",
+                 "trace.tokens=400", "batch=8", f"out={out}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cluster"] == "h100x8-nvswitch" and summary["balance"] == "eplb"
+    assert summary["ranks"] == 8 and summary["trace_tokens"] == 400
+    assert summary["imbalance_after_mean"] <= summary["imbalance_before_mean"] + 1e-9
+    assert (out / "timeline.json").is_file() and (out / "layers.parquet").is_file()
+    capsys.readouterr()
+    assert main(["cluster=no-such-cluster", f"out={tmp_path / 'x'}"]) == 2
+    assert "cluster" in capsys.readouterr().err
+    assert main(["cluster=h100x8-nvswitch", "balance=nope", f"out={tmp_path / 'x'}"]) == 2
+    assert "balance" in capsys.readouterr().err
+    assert main(["cluster=h100x8-nvswitch", "workload=continuous", f"out={tmp_path / 'x'}"]) == 2
+    assert "static batches" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
