@@ -32,9 +32,9 @@ from policies import (  # noqa: E402
     CostModel,
     LayerContext,
     SlotCache,
-    available_policies,
     load_policy,
 )
+from policies.config import shape_free_policies  # noqa: E402
 from policies.needs import consecutive_batches, step_experts  # noqa: E402
 from policies.toy_traces import make_trace  # noqa: E402
 from traces import MoeLabError, load_model  # noqa: E402
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", choices=("synthetic", "toy"), default="synthetic",
                         help="trace generator (default: the model's traces.synthetic preset)")
     args = parser.parse_args(argv)
-    names = [p for p in args.policies.split(",") if p] or available_policies()
+    names = [p for p in args.policies.split(",") if p] or shape_free_policies()
     batches = [int(b) for b in args.batches.split(",")]
     models = [load_model("mixtral-8x7b"), load_model("qwen3-30b-a3b")]
     works = {}

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from policies.config import available_policies, load_policy_config
+from policies.config import load_policy_config, shape_free_policies
 from sim.tune.space import check_space, load_space
 from sim.tune.study import open_study, run_worker
 from sim.tune.trial import evaluate
@@ -53,7 +53,7 @@ def main() -> None:
           f"{' '.join(best.user_attrs['overrides'][len(space.base):])})")
 
     rows = []
-    for name in available_policies():
+    for name in shape_free_policies():
         if _is_oracle(name) or name.startswith("tuned-"):
             continue
         (value,), _ = evaluate([*space.base, f"policy={name}"], space.objectives)

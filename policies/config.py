@@ -48,6 +48,12 @@ class PolicyConfig:
     admission: Mapping[str, Any] = field(default_factory=lambda: {"name": "always"})
     decision_cost: Mapping[str, Any] | None = None
 
+    @property
+    def model_bound(self) -> bool:
+        """Whether the policy only fits the model shape its trained predictor was trained on
+        (a ``learned`` checkpoint); shape-free policies run on any model."""
+        return self.predictor.get("name") == "learned"
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML- and JSON-safe)."""
         out = dataclasses.asdict(self)
@@ -125,6 +131,11 @@ def load_policy_config(name_or_path: str | Path) -> PolicyConfig:
 def available_policies() -> list[str]:
     """Names of the bundled policy configs."""
     return available("policy")
+
+
+def shape_free_policies() -> list[str]:
+    """Names of the bundled policies that run on any model shape (not :attr:`model_bound`)."""
+    return [n for n in available_policies() if not load_policy_config(n).model_bound]
 
 
 def build_policy(config: PolicyConfig | Mapping[str, Any] | str | Path):  # noqa: ANN201

@@ -366,8 +366,10 @@ class Engine:
                         yield pending[0].waiter
                     else:
                         yield env.all_of([c.waiter for c in pending])
-                    clock = env.now
-                    add((k_stall, ready, clock, step, layer, -1, 0, r_gpu, d_wait, 0))
+                    # the copies may land before the policy's decision ends: no stall then
+                    clock = max(env.now, ready)
+                    if clock > ready:
+                        add((k_stall, ready, clock, step, layer, -1, 0, r_gpu, d_wait, 0))
                     now = ready = clock
                 if self.check:
                     self._check_layer(keys, on_cpu, wait)

@@ -56,3 +56,22 @@ def test_skipped_timeouts_change_nothing(name: str, monkeypatch: pytest.MonkeyPa
             np.testing.assert_allclose(fast[col], slow[col], rtol=1e-12, atol=1e-12)
         else:
             assert (fast[col].to_numpy() == slow[col].to_numpy()).all(), col
+
+
+def test_slow_decisions_never_make_negative_stalls() -> None:
+    # a policy decision far longer than a copy: a prefetch issued at the previous layer lands
+    # while the current layer's decision is still running, so there is nothing to stall for
+    from policies.config import load_policy_config
+
+    model = spec()
+    trace = make_trace(model, 30, seed=4)
+    config = load_policy_config("gate-lookahead").to_dict()
+    policy = build_policy({**config, "decision_cost": {"where": "cpu", "fixed_s": 0.05}})
+    events = Engine(model, trace, policy, HW, 8, check=True).run().events
+    check_log(events, model.expert_bytes)
+    stalls = events[events["kind"] == "stall"]
+    assert (stalls["end_s"] > stalls["start_s"]).all()
+    decisions = events[events["kind"] == "policy"].set_index(["step", "layer"])["end_s"]
+    experts = events[(events["kind"] == "compute") & (events["expert"] >= 0)]
+    for row in experts.itertuples(index=False):  # experts start once the decision is made
+        assert row.start_s >= decisions[(row.step, row.layer)] - 1e-12

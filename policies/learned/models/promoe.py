@@ -1,0 +1,40 @@
+"""ProMoE-style predictor: per source layer, a two-layer MLP on that layer's hidden state
+(the trace's features) predicting the experts of the following layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from policies.learned.features import FeatureEncoder
+from policies.learned.models.base import LearnedModel, Shape, register_model
+
+
+@register_model
+class ProMoEMLP(LearnedModel):
+    """``linear - ReLU - linear`` per source layer."""
+
+    kind = "promoe"
+    inputs = "features"
+    hyper = {"hidden": 64, "pca_dim": 0}
+
+    def __init__(self, shape: Shape, **hp: object) -> None:
+        super().__init__(shape, **hp)
+        self.encoder = FeatureEncoder(shape.num_layers, shape.feature_dim, int(self.hp["pca_dim"]))
+        width = int(self.hp["hidden"])
+        self.nets = nn.ModuleList(
+            nn.Sequential(nn.Linear(self.encoder.out_dim, width), nn.ReLU(),
+                          nn.Linear(width, self.out_width()))
+            for _ in range(shape.num_layers))
+
+    def fit_data(self, layer: np.ndarray, history: np.ndarray, features: np.ndarray | None,
+                 targets: np.ndarray, mask: np.ndarray) -> None:
+        assert features is not None
+        self.encoder.fit(features, layer)
+
+    def forward(self, layer: int, history: torch.Tensor,
+                features: torch.Tensor | None) -> torch.Tensor:
+        assert features is not None
+        x = self.encoder(features, layer)  # [B, P]
+        return self.nets[layer](x).view(-1, self.shape.horizon, self.shape.num_experts)

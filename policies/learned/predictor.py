@@ -1,0 +1,147 @@
+"""The ``learned`` predictor: a ``moe-train`` checkpoint behind the Predictor interface.
+
+``{name: learned, checkpoint: PATH}`` (relative paths: the working directory, then the project
+root). At each layer it builds the model's input for the batch - the tokens' experts at the last
+``c`` layers (kept from :meth:`observe` during the step) or ``trace.features[ctx.rows, layer]``
+from the trace given in ``reset`` - runs the model (torch, inference mode) and fills the
+Prediction with every expert scoring at least ``min_score``, best first, per distance. The batch
+needs an expert with ``1 - prod(1 - p_token)`` (``union: noisy-or``) or ``max p_token``.
+Distances whose target lies in the next step (wrap-around) or beyond the model's horizon
+predict nothing.
+
+Its :attr:`decision_cost` is the one measured when the checkpoint was written (``cost`` in the
+metadata, see :mod:`policies.learned.timing`): ``where: cpu`` uses the CPU figures; ``where: gpu``
+the CUDA figures when the checkpoint has them, else the CPU figures (an assumption, stated in the
+metadata-less case by the policy's description). This module loads torch only when a learned
+predictor is built, so the policy registry stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from policies.context import LayerContext
+from policies.cost import DecisionCost
+from policies.prediction import Prediction
+from policies.predictors.base import Predictor, register
+from policies.registry import require
+from traces.errors import ConfigError
+from traces.format import Trace
+from traces.spec import ModelSpec
+
+
+def cost_from_meta(meta: dict[str, Any], where: str = "") -> DecisionCost:
+    """The DecisionCost declared by checkpoint metadata (zero when it has no measurement)."""
+    cost = meta.get("cost") or {}
+    where = where or cost.get("where", "cpu")
+    figures = cost.get("cuda") if where == "gpu" and cost.get("cuda") else cost.get("cpu")
+    if not figures:
+        return DecisionCost(where, 0.0, 0.0)
+    return DecisionCost(where, float(figures["fixed_s"]), float(figures["per_token_s"]))
+
+
+@register("learned")
+class LearnedPredictor(Predictor):
+    """A trained predictor network (see module docstring)."""
+
+    @dataclass(frozen=True)
+    class Params:
+        """``checkpoint``: a ``moe-train`` ``.pt`` file (its ``.json`` beside it); ``where``:
+        cpu | gpu ('' = as measured); ``union``: noisy-or | max; ``min_score``: drop experts
+        below it; ``max_candidates``: keep at most this many per distance (0: all);
+        ``device``: cpu | cuda; ``threads``: torch intra-op threads (0: leave as is)."""
+
+        checkpoint: str = ""
+        where: str = ""
+        union: str = "noisy-or"
+        min_score: float = 0.01
+        max_candidates: int = 0
+        device: str = "cpu"
+        threads: int = 0
+
+        def __post_init__(self) -> None:
+            require(self.where in ("", "cpu", "gpu"), "where must be cpu or gpu")
+            require(self.union in ("noisy-or", "max"), "union must be noisy-or or max")
+            require(0.0 <= self.min_score <= 1.0, "min_score must lie in [0, 1]")
+            require(self.max_candidates >= 0, "max_candidates must not be negative")
+            require(self.threads >= 0, "threads must not be negative")
+
+    def __init__(self, params: object = None, model: Any = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        super().__init__(params)
+        from policies.learned.runner import Runner
+
+        p = self.params
+        if model is None:
+            if not p.checkpoint:
+                raise ConfigError("predictor 'learned' needs checkpoint: PATH (a moe-train .pt)")
+            from policies.learned.checkpoint import load
+
+            model, meta = load(p.checkpoint)
+        self.meta = meta or {}
+        self.runner = Runner(model, p.device, p.union, p.min_score, p.max_candidates)
+        self.model = model
+        self.learns = not model.uses_features
+        self.decision_cost = cost_from_meta(self.meta, p.where)
+
+    def reset(self, spec: ModelSpec, horizon: int, trace: Trace | None = None,
+              schedule: object = None, seed: int = 0) -> None:
+        """Check the model fits ``spec`` (and the trace's features); clear the history."""
+        super().reset(spec, horizon, trace, schedule, seed)
+        s = self.model.shape
+        if (spec.num_moe_layers, spec.num_experts, spec.top_k) != \
+                (s.num_layers, s.num_experts, s.top_k):
+            raise ConfigError(f"learned predictor {self.model.kind!r} was trained for "
+                              f"{s.num_layers} MoE layers x {s.num_experts} experts top-"
+                              f"{s.top_k}, not {spec.name} ({spec.num_moe_layers} x "
+                              f"{spec.num_experts} top-{spec.top_k})")
+        if self.params.threads:
+            import torch
+
+            torch.set_num_threads(self.params.threads)
+        self._features: np.ndarray | None = None
+        if self.model.uses_features:
+            if trace is None or trace.features is None:
+                raise ConfigError(f"learned predictor {self.model.kind!r} reads hidden-state "
+                                  f"features: it needs a replayed trace with features")
+            if trace.features.shape[2] != s.feature_dim:
+                raise ConfigError(f"learned predictor {self.model.kind!r} expects "
+                                  f"{s.feature_dim} features per layer, the trace has "
+                                  f"{trace.features.shape[2]}")
+            self._features = trace.features
+        c, k = s.context, spec.top_k
+        self._pad = c - 1
+        # rows 0..c-2: padding (E); row c-1+l: the batch's experts at layer l this step
+        self._hist = np.full((c - 1 + spec.num_moe_layers, 1, k), spec.num_experts,
+                             dtype=np.int64)  # [c-1+L, B, k]
+
+    def observe(self, ctx: LayerContext) -> None:
+        """Keep the batch's routing at ``ctx.layer`` for the history input."""
+        routing = ctx.routing
+        if routing is None:
+            return
+        batch = routing.shape[0]
+        if self._hist.shape[1] < batch:
+            grown = np.full((self._hist.shape[0], batch, self._hist.shape[2]), self.num_experts,
+                            dtype=np.int64)
+            self._hist = grown
+        self._hist[self._pad + ctx.layer, :batch] = routing
+
+    def predict(self, ctx: LayerContext) -> Prediction:
+        """Run the model on the batch's inputs at ``ctx.layer``."""
+        pred = self.prediction
+        pred.begin(ctx.step, ctx.layer)
+        layer, batch = ctx.layer, ctx.num_tokens
+        if batch == 0:
+            return pred
+        if self._features is not None:
+            if ctx.rows is None:
+                return pred
+            return self.runner.predict(pred, layer, None, self._features[ctx.rows, layer],
+                                       self.horizon)
+        c = self.model.shape.context
+        window = self._hist[layer:layer + c, :batch].transpose(1, 0, 2)  # [B, c, k]
+        return self.runner.predict(pred, layer, np.ascontiguousarray(window), None, self.horizon)

@@ -1,0 +1,159 @@
+"""The ``learned`` predictor: Predictor contract, batch union, and end-to-end simulator runs
+with its measured decision cost in the event log."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from policies.cache import SlotCache
+from policies.config import build_policy
+from policies.context import LayerContext
+from policies.learned import checkpoint
+from policies.learned.data import build_examples
+from policies.learned.runner import Runner
+from policies.registry import PREDICTORS
+from traces.errors import ConfigError
+
+NAMES = ["history-transformer", "llapor", "probe", "promoe", "logreg-history",
+         "logreg-features", "mlp-history", "mlp-features"]
+CKPT = "policies/learned/checkpoints/{}.pt"
+
+
+def _drive(pred, trace, rows, batch):
+    """Run the predictor over ``rows`` in batches; yields (step rows, layer, prediction)."""
+    spec = trace.spec
+    ctx = LayerContext(spec, SlotCache(spec.top_k, spec.num_experts, spec.num_moe_layers))
+    for step, start in enumerate(range(0, len(rows), batch)):
+        r = rows[start:start + batch]
+        ctx.begin_step(step, trace.request_id[r], trace.phase[r], r)
+        pred.begin_step(ctx)
+        for layer in range(spec.num_moe_layers):
+            routing = trace.expert_ids[r, layer].astype(np.int64)
+            experts, counts = np.unique(routing, return_counts=True)
+            ctx.set_layer(layer, experts, counts, routing=routing)
+            if pred.learns:
+                pred.observe(ctx)
+            yield r, layer, pred.predict(ctx)
+
+
+@pytest.mark.parametrize("name", ["history-transformer", "promoe"])
+def test_predictor_matches_the_model_at_batch_one_and_unions_batches(name) -> None:
+    import traces.bundled
+
+    trace = traces.bundled.load()
+    pred = PREDICTORS.build({"name": "learned", "checkpoint": CKPT.format(name),
+                             "min_score": 0.0})
+    pred.reset(trace.spec, 3, trace)
+    rows = np.arange(6)
+    model, _ = checkpoint.load(CKPT.format(name))
+    ex = build_examples(trace, rows, model.shape.context, 3)
+    runner = Runner(model)
+    for r, layer, prediction in _drive(pred, trace, rows, 1):
+        i = int(r[0]) * 4 + layer
+        want = runner.probs(layer, ex.history[i:i + 1], ex.features[i:i + 1]).numpy()[0]
+        got = prediction.dense()
+        n_dist = min(3, 3 - layer)
+        assert np.allclose(got[:n_dist], want[:n_dist], atol=1e-6)
+        assert not got[n_dist:].any()  # wrap-around targets: nothing
+        assert prediction.targets[:n_dist] == [layer + d for d in range(1, n_dist + 1)]
+    single = {}
+    for r, layer, prediction in _drive(pred, trace, rows, 1):
+        single[(int(r[0]), layer)] = prediction.dense().copy()
+    for _, layer, prediction in _drive(pred, trace, rows, 6):
+        union = 1 - np.prod([1 - single[(t, layer)] for t in rows.tolist()], axis=0)
+        assert np.allclose(prediction.dense(), union, atol=1e-5)
+        ranked = prediction.ranked[0]
+        conf = prediction.confidence[0]
+        assert list(conf) == sorted(conf, reverse=True) and len(ranked) == len(conf)
+
+
+def test_decision_cost_comes_from_the_checkpoint() -> None:
+    meta = checkpoint.read_meta(CKPT.format("probe"))
+    pred = PREDICTORS.build({"name": "learned", "checkpoint": CKPT.format("probe")})
+    cpu = meta["cost"]["cpu"]
+    assert pred.decision_cost.where == "cpu"
+    assert pred.decision_cost.fixed_s == pytest.approx(cpu["fixed_s"])
+    assert pred.decision_cost.per_token_s == pytest.approx(cpu["per_token_s"])
+    assert pred.decision_cost.seconds(1) > 1e-6
+    gpu = PREDICTORS.build({"name": "learned", "checkpoint": CKPT.format("probe"),
+                            "where": "gpu"})
+    assert gpu.decision_cost.where == "gpu"
+
+
+def test_bad_predictor_inputs_are_one_line_errors(tmp_path) -> None:
+    from traces.synthetic import generate
+
+    with pytest.raises(ConfigError, match="needs checkpoint"):
+        PREDICTORS.build({"name": "learned"})
+    with pytest.raises(ConfigError, match="checkpoint not found"):
+        PREDICTORS.build({"name": "learned", "checkpoint": str(tmp_path / "none.pt")})
+    with pytest.raises(ConfigError, match="union"):
+        PREDICTORS.build({"name": "learned", "checkpoint": CKPT.format("probe"), "union": "x"})
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA present")
+        PREDICTORS.build({"name": "learned", "checkpoint": CKPT.format("probe"),
+                          "device": "cuda"})
+    synth = generate("switch-base-8", tokens=50, seed=0)
+    pred = PREDICTORS.build({"name": "learned", "checkpoint": CKPT.format("mlp-history")})
+    with pytest.raises(ConfigError, match="was trained for 4 MoE layers"):
+        pred.reset(synth.spec, 3, synth)
+    import traces.bundled
+
+    trace = traces.bundled.load()
+    no_features = trace.select(np.arange(10))
+    no_features.features = None
+    pred = PREDICTORS.build({"name": "learned", "checkpoint": CKPT.format("llapor")})
+    with pytest.raises(ConfigError, match="needs a replayed trace with features"):
+        pred.reset(trace.spec, 3, no_features)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_runs_in_the_simulator_and_charges_its_cost(name) -> None:
+    from sim.cli import compose
+    from sim.run import RunConfig, simulate
+
+    cfg = OmegaConf.to_container(compose(["model=tiny-moe-stdlib",
+                                          "trace.bundled=tiny-moe-stdlib", "batch=16"]),
+                                 resolve=True)
+    cfg["policy"] = {"name": f"test-learned-{name}", "horizon": 3, "seed": 0,
+                     "predictor": {"name": "learned", "checkpoint": CKPT.format(name)},
+                     "planner": {"name": "cost-aware", "min_confidence": 0.05},
+                     "replacement": {"name": "lru"}, "placement": {"name": "gpu"},
+                     "admission": {"name": "always"}}
+    result = simulate(RunConfig.from_dict(cfg))
+    policy = build_policy(cfg["policy"])
+    cost = policy.decision_cost
+    predictor_cost = checkpoint.read_meta(CKPT.format(name))["cost"]["cpu"]
+    assert cost.fixed_s >= predictor_cost["fixed_s"] > 0
+    events = result.events
+    rows = events[events["kind"].astype(str) == "policy"]
+    assert len(rows) == result.summary["steps"] * 4
+    assert (rows["resource"].astype(str) == "cpu").all()
+    seconds = rows["end_s"] - rows["start_s"]
+    expected = cost.fixed_s + rows["count"] * cost.per_token_s
+    assert np.allclose(seconds, expected, rtol=1e-6, atol=1e-12)
+    assert result.summary["tokens"] == 10_648
+    assert result.summary["prefetch_recall"] > 0
+
+
+@pytest.mark.parametrize("name", ["history-transformer", "llapor", "probe", "promoe"])
+def test_bundled_policy_configs_keep_the_contract(name) -> None:
+    """The contract checks of tests/policies/test_policy_contract.py, on the one model shape
+    the shipped checkpoints fit (that test's random shapes cannot run a trained model)."""
+    from policy_testing import delayed_replay
+
+    import traces.bundled
+    from policies import load_policy
+    from policies.evaluation import evaluate
+
+    trace = traces.bundled.load()
+    trace = trace.select(np.isin(trace.request_id, [0, 1, 2]))
+    delayed_replay(load_policy(f"learned-{name}"), trace, 16, batch=4, seed=0)
+    first = evaluate(trace, load_policy(f"learned-{name}"), 16, batch=4).to_dict()
+    again = evaluate(trace, load_policy(f"learned-{name}"), 16, batch=4).to_dict()
+    assert first == again
