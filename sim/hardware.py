@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traces.catalog import available, load_named_or_path
+from traces.catalog import available, check_fields, load_named_or_path
 from traces.errors import ConfigError
 
 _GIB = 1024**3
@@ -89,23 +89,13 @@ class HardwareProfile:
 
     def with_overrides(self, **changes: Any) -> HardwareProfile:
         """A copy with some fields replaced (validated again)."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ConfigError(f"hardware {self.name!r}: unknown field(s) {', '.join(unknown)}")
+        check_fields(type(self), changes, f"hardware {self.name!r}", required=())
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "hardware") -> HardwareProfile:
         """Build from a mapping, rejecting unknown fields with a one-line ConfigError."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
-        missing = [n for n in ("name", "gpu_mem_gib", "gpu_tflops", "hbm_gb_per_s",
-                               "link_gb_per_s") if n not in data]
-        if missing:
-            raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
+        check_fields(cls, data, where)
         return cls(**data)
 
 

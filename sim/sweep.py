@@ -59,13 +59,15 @@ def expand(overrides: Sequence[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*choices)]
 
 
-def _job_overrides(job_dir: Path) -> dict[str, str]:
+def job_overrides(job_dir: Path) -> dict[str, str]:
+    """A sweep job's overrides from Hydra's ``.hydra/overrides.yaml`` (``+``/``~`` stripped,
+    Hydra's own left out); empty when the file is missing."""
     path = job_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return {}
     items = yaml.safe_load(path.read_text(encoding="utf-8")) or []
     pairs = (str(item).split("=", 1) for item in items if "=" in str(item))
-    return {key.lstrip("+~"): value for key, value in pairs if not key.startswith("hydra")}
+    return {k.lstrip("+~"): v for k, v in pairs if not k.lstrip("+~").startswith("hydra")}
 
 
 def _job_rows(job_dir: Path) -> list[dict[str, Any]]:
@@ -94,7 +96,7 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=_job_number)
     rows, keys = [], []
     for job in jobs:
-        overrides = _job_overrides(job)
+        overrides = job_overrides(job)
         keys += [k for k in overrides if k not in keys]
         for row in _job_rows(job):
             values = {k: row.get(k) for k in ("run", "policy", *METRICS, *CLUSTER_METRICS)}

@@ -7,7 +7,9 @@ somewhere else when a user keeps their own catalog.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +72,19 @@ def load_model(name: str, **overrides: Any) -> ModelSpec:
     """The ModelSpec of a bundled model (``mixtral-8x7b``...), optionally with fields overridden."""
     spec = ModelSpec.from_dict(load_yaml("model", name))
     return spec.with_overrides(**overrides) if overrides else spec
+
+
+def check_fields(cls: type, data: Mapping[str, Any], where: str,
+                 required: Sequence[str] | None = None) -> None:
+    """Reject a mapping meant for dataclass ``cls`` with one line when it names unknown fields or
+    lacks a ``required`` one (default: every field without a default)."""
+    fields = dataclasses.fields(cls)
+    unknown = sorted(set(data) - {f.name for f in fields})
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    if required is None:
+        required = [f.name for f in fields if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")

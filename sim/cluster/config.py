@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.hardware import HardwareProfile, load_hardware
-from traces.catalog import available, load_named_or_path
+from traces.catalog import available, check_fields, load_named_or_path
 from traces.errors import ConfigError
 
 
@@ -85,24 +85,13 @@ class ClusterSpec:
 
     def with_overrides(self, **changes: Any) -> ClusterSpec:
         """A copy with some fields replaced (validated again)."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ConfigError(f"cluster {self.name!r}: unknown field(s) {', '.join(unknown)}")
+        check_fields(type(self), changes, f"cluster {self.name!r}", required=())
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "cluster") -> ClusterSpec:
         """Build from a mapping, rejecting unknown or missing fields with one line."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
-        required = [f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING]
-        missing = [n for n in required if n not in data]
-        if missing:
-            raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
+        check_fields(cls, data, where)
         return cls(**dict(data))
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from sim.compare import RUNS_DIR, run_folder
+from sim.sweep import job_overrides
 from traces.errors import ConfigError
 
 REPORT_DIR = "report"
@@ -57,15 +57,6 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"{path}: unreadable ({exc})") from None
 
 
-def _overrides(job: Path) -> dict[str, str]:
-    path = job / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return {}
-    items = yaml.safe_load(path.read_text(encoding="utf-8")) or []
-    pairs = (str(item).split("=", 1) for item in items if "=" in str(item))
-    return {k.lstrip("+~"): v for k, v in pairs if not k.lstrip("+~").startswith("hydra")}
-
-
 def _jobs(folder: Path) -> list[Path]:
     jobs = [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()
             and ((p / ".hydra").is_dir() or (p / "summary.json").is_file())]
@@ -89,7 +80,7 @@ def _finish(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def load_sweep(folder: Path) -> Source:
     """The finished jobs of a sweep folder (failed jobs are listed in ``notes``)."""
     jobs = _jobs(folder)
-    found = [(job, _overrides(job)) for job in jobs]
+    found = [(job, job_overrides(job)) for job in jobs]
     keys = sorted({k for _, o in found for k in o})
     varying = [k for k in keys if len({o.get(k) for _, o in found}) > 1]
     rows, notes = [], []

@@ -108,3 +108,22 @@ def multi_hot(history: torch.Tensor, num_experts: int) -> torch.Tensor:
     """[B, c, k] ids (``E`` pads) -> [B, c * E] float multi-hot."""
     hot = nn.functional.one_hot(history, num_experts + 1)[..., :num_experts].sum(2)  # [B, c, E]
     return hot.flatten(1).float()
+
+
+class PerLayerFeatureModel(LearnedModel):
+    """A model with one network per source layer (``self.nets``) over the layer's encoded
+    hidden-state features (``self.encoder``, a :class:`~policies.learned.features.FeatureEncoder`
+    fitted on the training features). Subclasses build both in ``__init__``."""
+
+    def fit_data(self, layer: np.ndarray, history: np.ndarray, features: np.ndarray | None,
+                 targets: np.ndarray, mask: np.ndarray) -> None:
+        """Fit the feature encoder (standardisation, PCA) on the training features."""
+        assert features is not None
+        self.encoder.fit(features, layer)
+
+    def forward(self, layer: int, history: torch.Tensor,
+                features: torch.Tensor | None) -> torch.Tensor:
+        """Scores [B, h, E] of source layer ``layer`` from its features [B, F]."""
+        assert features is not None
+        x = self.encoder(features, layer)  # [B, P]
+        return self.nets[layer](x).view(-1, self.shape.horizon, self.shape.num_experts)

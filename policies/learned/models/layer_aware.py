@@ -8,12 +8,11 @@ layers, whose routing is the hardest to predict, get ``middle_blocks`` gated res
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from policies.learned.features import FeatureEncoder
-from policies.learned.models.base import LearnedModel, Shape, register_model
+from policies.learned.models.base import PerLayerFeatureModel, Shape, register_model
 
 
 class GatedResidual(nn.Module):
@@ -31,7 +30,7 @@ class GatedResidual(nn.Module):
 
 
 @register_model
-class LayerAwareMLP(LearnedModel):
+class LayerAwareMLP(PerLayerFeatureModel):
     """One network per source layer, deeper in the middle of the model."""
 
     kind = "llapor"
@@ -55,13 +54,3 @@ class LayerAwareMLP(LearnedModel):
         """Gated residual blocks of the network of ``layer``."""
         return sum(isinstance(m, GatedResidual) for m in self.nets[layer])
 
-    def fit_data(self, layer: np.ndarray, history: np.ndarray, features: np.ndarray | None,
-                 targets: np.ndarray, mask: np.ndarray) -> None:
-        assert features is not None
-        self.encoder.fit(features, layer)
-
-    def forward(self, layer: int, history: torch.Tensor,
-                features: torch.Tensor | None) -> torch.Tensor:
-        assert features is not None
-        x = self.encoder(features, layer)  # [B, P]
-        return self.nets[layer](x).view(-1, self.shape.horizon, self.shape.num_experts)

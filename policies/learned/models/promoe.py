@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 from torch import nn
 
 from policies.learned.features import FeatureEncoder
-from policies.learned.models.base import LearnedModel, Shape, register_model
+from policies.learned.models.base import PerLayerFeatureModel, Shape, register_model
 
 
 @register_model
-class ProMoEMLP(LearnedModel):
+class ProMoEMLP(PerLayerFeatureModel):
     """``linear - ReLU - linear`` per source layer."""
 
     kind = "promoe"
@@ -28,13 +26,3 @@ class ProMoEMLP(LearnedModel):
                           nn.Linear(width, self.out_width()))
             for _ in range(shape.num_layers))
 
-    def fit_data(self, layer: np.ndarray, history: np.ndarray, features: np.ndarray | None,
-                 targets: np.ndarray, mask: np.ndarray) -> None:
-        assert features is not None
-        self.encoder.fit(features, layer)
-
-    def forward(self, layer: int, history: torch.Tensor,
-                features: torch.Tensor | None) -> torch.Tensor:
-        assert features is not None
-        x = self.encoder(features, layer)  # [B, P]
-        return self.nets[layer](x).view(-1, self.shape.horizon, self.shape.num_experts)
