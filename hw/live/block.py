@@ -1,0 +1,62 @@
+"""The offloading MoE block that replaces each MoE block of a live model.
+
+Its forward does what the original block does, with the routed experts handed to the executor:
+
+1. the original router module runs on the block input (flattened ``[T, H]``) and gives
+   ``(logits, weights [T, k], indices [T, k])``;
+2. the shared experts (resident) run, and with them the lookahead routers (later MoE layers'
+   routers applied to this input, the ``ctx.lookahead`` columns prefetching policies read);
+   everything since the previous MoE layer is logged as the layer's *other* compute;
+3. :meth:`hw.executor.OffloadExecutor.moe_layer` computes the gate-weighted routed sum;
+4. the shared term is added as the original block adds it, and the output gets the original
+   shape (GPT-OSS also returns its router scores).
+
+The original block is kept outside the module tree (not moved by ``model.to``), so its expert
+weights stay on the host, and :meth:`hw.live.runner.LiveRunner.remove` can put it back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from hw.live.adapters import GPT_OSS, LiveArch, shared_output
+
+
+class OffloadMoeBlock(torch.nn.Module):
+    """Stands in for MoE block number ``layer`` (MoE layer index, not decoder block number)."""
+
+    def __init__(self, runner: Any, arch: LiveArch, layer: int) -> None:
+        super().__init__()
+        original = arch.modules[layer]
+        self.layer = layer
+        self.router = arch.routers[layer]
+        for name in ("shared_expert", "shared_expert_gate", "shared_experts"):
+            if hasattr(original, name):  # resident: registered, so model.to moves them
+                self.add_module(name, getattr(original, name))
+        self.__dict__["_runner"] = runner  # plain attributes: not submodules
+        self.__dict__["_arch"] = arch
+        self.__dict__["_original"] = original
+
+    def forward(self, hidden_states: torch.Tensor) -> Any:
+        runner, arch = self._runner, self._arch
+        shape = hidden_states.shape  # [B, S, H]
+        flat = hidden_states.reshape(-1, shape[-1])  # [T, H]
+        runner.enter_layer(self.layer, shape)
+        output = self.router(flat)
+        weights, indices = arch.adapter.read_output(output)  # [T, k], [T, k]
+        shared = shared_output(arch, self._original, hidden_states, flat)
+        lookahead = runner.lookahead(self.layer, flat)  # {d: [T, k]}
+        ids = indices.detach().to("cpu").numpy()  # [T, k] the host reads the routing
+        gates = weights.detach().to("cpu", torch.float32).numpy()  # [T, k]
+        routed = runner.moe_layer(self.layer, flat, ids, np.asarray(gates), lookahead)  # [T, H]
+        if shared is not None and arch.model_type == "qwen2_moe":
+            routed = routed + shared  # [T, H]: as Qwen2MoeSparseMoeBlock
+        out = routed.reshape(shape)  # [B, S, H]
+        if shared is not None and arch.model_type != "qwen2_moe":
+            out = out + shared  # as DeepSeek's MoE: routed.view(shape) + shared(residuals)
+        if arch.model_type == GPT_OSS:
+            return out, weights  # GptOssMLP returns (hidden, router_scores)
+        return out

@@ -1,0 +1,97 @@
+"""Live mode framing: policy call order per forward call, event log, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from live_testing import CAPACITY, NEW_TOKENS, CallLog, model, prompt
+
+from hw.live import LiveRunner, greedy_generate, run_live
+from policies.config import build_policy
+from traces.errors import ConfigError
+from traces.format import DECODE, PREFILL
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # noqa: ANN202 - tiny tensors: one intra-op thread
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_one_step_per_forward_call_in_replay_order() -> None:
+    """begin_step before the first MoE layer, on_layer per MoE layer in order, end_step after."""
+    policy = CallLog(build_policy("lru"))
+    m = model("deepseek-v2")  # block 0 is dense: MoE layers 0..2 are blocks 1..3
+    runner = LiveRunner(m, policy, capacity_slots=CAPACITY)
+    greedy_generate(m, prompt(), NEW_TOKENS)
+    events = runner.finish()
+    runner.remove()
+    n_layers = runner.spec.num_moe_layers
+    expected = []
+    for step in range(NEW_TOKENS):
+        tokens, phase = (10, PREFILL) if step == 0 else (2, DECODE)
+        expected.append(("begin_step", step, tokens, (phase,) * tokens))
+        expected += [("on_layer", step, layer) for layer in range(n_layers)]
+        expected.append(("end_step", step))
+    assert policy.calls == expected
+    kinds = set(events["kind"].astype(str))
+    assert {"copy", "compute", "policy", "step"} <= kinds
+    other = events[(events["kind"] == "compute") & (events["detail"] == "other")]
+    assert len(other) == NEW_TOKENS * n_layers
+
+
+def test_summary_and_log_counts() -> None:
+    result = run_live("tiny-olmoe", prompt(), "lru", capacity_slots=CAPACITY)
+    summary = result.summary
+    assert summary["model"] == "tiny-olmoe" and summary["policy"] == "lru"
+    assert summary["capacity_slots"] == CAPACITY and summary["requests"] == 2
+    copies = result.events[result.events["kind"] == "copy"]
+    assert len(copies) == result.stats["fetches"] + result.stats["streams"]
+    assert result.tokens.shape == (2, NEW_TOKENS)
+    assert result.logits[0].shape == (2, 5, 256)
+
+
+@pytest.mark.parametrize(("source", "kwargs", "message"), [
+    ("no/such/model/folder", {"capacity_slots": 4}, "does not exist"),
+    ("tiny-mixtral", {"capacity_slots": 1}, "top-k"),
+    ("tiny-mixtral", {"gpu_memory_gb": 1e-6}, "one layer needs"),
+    ("tiny-mixtral", {"capacity_slots": 999}, "exceeds"),
+    ("tiny-mixtral", {}, "exactly one"),
+    ("tiny-phimoe", {"capacity_slots": 4}, "live mode does not support"),
+])
+def test_bad_input_is_one_config_error(source: str, kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run_live(source, prompt(), "lru", **kwargs)
+
+
+def test_non_moe_model_is_a_config_error() -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("llama", vocab_size=256, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2,
+                                  intermediate_size=48)
+    with pytest.raises(ConfigError, match="not a supported MoE architecture"):
+        run_live(config, prompt(), "lru", capacity_slots=4)
+
+
+@pytest.mark.parametrize(("policy", "inputs", "message"), [
+    ("oracle-prefetch", None, "oracle"),
+    ("no-such-policy", None, "no-such-policy"),
+    ("lru", [[1, 2, 3], [4, 5]], "equal"),
+    ("lru", [[1, 2, 999]], r"\[0, 256\)"),
+])
+def test_bad_policy_or_inputs(policy: str, inputs: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run_live("tiny-mixtral", prompt() if inputs is None else inputs, policy,
+                 capacity_slots=4)
+
+
+def test_checkpoint_folder(tmp_path) -> None:  # noqa: ANN001 - pytest fixture
+    """A local checkpoint folder loads (float32) and matches the original model."""
+    model("olmoe").save_pretrained(tmp_path)
+    result = run_live(str(tmp_path), prompt(), "lru", capacity_slots=CAPACITY)
+    tokens, logits = greedy_generate(model("olmoe"), prompt(), NEW_TOKENS)
+    assert torch.equal(result.tokens, tokens)
+    assert all(torch.equal(a, b) for a, b in zip(result.logits, logits, strict=True))
