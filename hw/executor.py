@@ -39,7 +39,12 @@ from hw.store import ExpertStore, expert_ffn
 from policies.base import PlacementError, Policy, split_placement
 from policies.context import LayerContext
 from policies.cost import CostModel
-from policies.evaluation import PolicyViolation, validate_plan
+from policies.evaluation import (
+    PolicyViolation,
+    make_plan_room,
+    plan_keys_with_room,
+    validate_plan,
+)
 from sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
 from traces.format import Trace
 from traces.spec import ModelSpec
@@ -369,24 +374,9 @@ class OffloadExecutor:
         if not plan.keys:
             return
         validate_plan(policy.name, plan.keys, cache, self.n_layers, n_experts)
-        partitioned = cache.partition_slots is not None
-        if partitioned:
-            per_layer: dict[int, int] = {}
-            for key in plan.keys:
-                per_layer[key // n_experts] = per_layer.get(key // n_experts, 0) + 1
-            for target, count in per_layer.items():
-                need = count - cache.free_slots(target)
-                if need > 0:
-                    self._evict(need, target, protected)
-        else:
-            need = len(plan.keys) - cache.free_slots()
-            if need > 0:
-                self._evict(need, -1, protected)
-        for key in list(plan.keys):
-            if cache.free_slots(key // n_experts) <= 0:
-                if partitioned:
-                    continue
-                break  # the rest of the plan is dropped
+        make_plan_room(plan.keys, cache, n_experts,
+                       lambda need, target, keep=protected: self._evict(need, target, keep))
+        for key in plan_keys_with_room(list(plan.keys), cache, n_experts):
             self.unused[key] = self._issue(key, "prefetch", layer)
 
     # ---- end of run -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ Every decision is checked; a policy breaking the contract raises :class:`PolicyV
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,10 +225,9 @@ def evaluate(trace: Trace, policy: Policy, capacity_slots: int, *, batch: int = 
                     raise PolicyViolation(f"{policy.name}: cancelled key {key}, which is not in "
                                           f"flight")
             validate_plan(policy.name, plan.keys, cache, n_layers, n_experts)
-            _make_room(plan.keys, cache, n_experts, evict, keys)
-            for key in plan.keys:
-                if cache.free_slots(key // n_experts) <= 0:
-                    continue  # the policy found nothing to evict for it: dropped
+            make_plan_room(plan.keys, cache, n_experts,
+                           lambda need, layer, keep=keys: evict(need, layer, keep))
+            for key in plan_keys_with_room(plan.keys, cache, n_experts):
                 cache.insert(key)
                 policy.on_fetch_done(key)
                 pending.add(key)
@@ -258,15 +258,17 @@ def validate_plan(name: str, keys: list[int], cache: SlotCache, n_layers: int,
         seen.add(key)
 
 
-def _make_room(keys: list[int], cache: SlotCache, n_experts: int, evict: Any,
-               protected: list[int]) -> None:
-    """One eviction call for the whole plan (one per partition when partitioned)."""
+def make_plan_room(keys: Sequence[int], cache: SlotCache, n_experts: int,
+                   evict: Callable[[int, int], None]) -> None:
+    """Step 5 of the contract, shared by every engine: free slots for a prefetch plan with one
+    ``evict(need, layer)`` call for the whole plan (``layer`` -1), or one per partition (the
+    keys' layer) when the cache is partitioned."""
     if not keys:
         return
     if cache.partition_slots is None:
         need = len(keys) - cache.free_slots()
         if need > 0:
-            evict(need, -1, protected)
+            evict(need, -1)
         return
     per_layer: dict[int, int] = {}
     for key in keys:
@@ -274,7 +276,21 @@ def _make_room(keys: list[int], cache: SlotCache, n_experts: int, evict: Any,
     for layer, count in per_layer.items():
         need = count - cache.free_slots(layer)
         if need > 0:
-            evict(need, layer, protected)
+            evict(need, layer)
+
+
+def plan_keys_with_room(keys: Sequence[int], cache: SlotCache, n_experts: int
+                        ) -> Iterator[int]:
+    """The plan's keys in order while a slot is free for each (checked lazily: the engine starts
+    each fetch before asking for the next key). Unpartitioned, the rest of the plan is dropped
+    at the first key without room; partitioned, only the keys whose partition is full."""
+    partitioned = cache.partition_slots is not None
+    for key in keys:
+        if cache.free_slots(key // n_experts) <= 0:
+            if partitioned:
+                continue
+            return
+        yield key
 
 
 def _score(pred: Any, needed_sets: list[set[int]], threshold: float,

@@ -22,7 +22,12 @@ import simpy
 from policies.base import PlacementError, Policy, split_placement
 from policies.cache import SlotCache
 from policies.context import LayerContext
-from policies.evaluation import PolicyViolation, validate_plan
+from policies.evaluation import (
+    PolicyViolation,
+    make_plan_room,
+    plan_keys_with_room,
+    validate_plan,
+)
 from policies.needs import step_experts
 from sim.compute import ComputeModel
 from sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
@@ -181,7 +186,6 @@ class Engine:
         copies, unused = self.copies, self.unused_prefetch
         decision = policy.decision_cost
         host = self.host
-        partitioned = cache.partition_slots is not None
         ids_all, gates_all = trace.expert_ids, trace.gate_weights
         gpu_memo: dict[int, float] = {}
         cpu_memo: dict[int, float] = {}
@@ -325,23 +329,10 @@ class Engine:
                 if plan.keys:
                     validate_plan(self.policy.name, plan.keys, self.cache, self.n_layers,
                                   self.spec.num_experts)
-                    if partitioned:
-                        per_layer: dict[int, int] = {}
-                        for key in plan.keys:
-                            per_layer[key // n_experts] = per_layer.get(key // n_experts, 0) + 1
-                        for target, count in per_layer.items():
-                            need = count - cache.free_slots(target)
-                            if need > 0:
-                                self._evict(need, target, protected)
-                    else:
-                        need = len(plan.keys) - cache.free_slots()
-                        if need > 0:
-                            self._evict(need, -1, protected)
-                    for key in plan.keys:
-                        if cache.free_slots(key // n_experts) <= 0:
-                            if partitioned:
-                                continue
-                            break  # the rest of the plan is dropped
+                    make_plan_room(plan.keys, cache, n_experts,
+                                   lambda need, target, keep=protected:
+                                   self._evict(need, target, keep))
+                    for key in plan_keys_with_room(plan.keys, cache, n_experts):
                         cache.start_fetch(key)
                         copy = Copy(key, expert_bytes, "prefetch", step, layer)
                         if host is not None:
