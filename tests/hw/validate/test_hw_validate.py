@@ -59,8 +59,11 @@ def test_pipeline_with_standin_executor(tmp_path):
     result = validate(cfg, measure=_standin)
     table, summary, text = _check_outputs(tmp_path, 4 * 3 * 2)
     assert summary["cpu_twin"] is True and "CPU twin" in text
-    # same policy decisions on both sides: the stand-in differs only in timing
-    assert (table["hw_h2d_bytes"] == table["sim_h2d_bytes"]).all()
+    # same decisions on both sides for the on-demand policies (the stand-in differs only in
+    # timing); gate-lookahead's prefetches and cancellations depend on timing, so its bytes may not
+    on_demand = table[table["policy"].isin(["lru", "lfu", "fifo"])]
+    assert len(on_demand) == 18
+    assert (on_demand["hw_h2d_bytes"] == on_demand["sim_h2d_bytes"]).all()
     assert (table["rel_err_step_ms_mean"] != 0).any()
     assert result.profile.measured["model"] == "tiny-moe-stdlib"
     assert (tmp_path / "profile.yaml").is_file()
