@@ -28,6 +28,7 @@ FIGURES = {
                           "cache-sweep/report/timeline.png", "cache-sweep/report/pareto.png"],
     "tuning_study": ["tuning-report/pareto/pareto.png", "tuning-report/single/history.png",
                      "tuning-report/single/policies.png"],
+    "sim_vs_hardware": ["figures/sim_vs_hw.png", "validation/validation.png"],
 }
 
 
