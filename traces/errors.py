@@ -9,7 +9,7 @@ traceback (:func:`run_command` does this for every tool).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 
 class MoeLabError(Exception):
@@ -46,3 +46,14 @@ def run_command(prog: str, command: Callable[[], int]) -> int:
     except BrokenPipeError:
         sys.stderr.close()
         return 0
+
+
+def run_cli(prog: str, doc: str, argv: Sequence[str] | None,
+            run: Callable[[list[str]], int]) -> int:
+    """A whole entry point: ``-h``/``--help`` prints ``doc``; otherwise ``run(args)`` (``argv``,
+    or the process's arguments) through :func:`run_command`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(doc)
+        return 0
+    return run_command(prog, lambda: run(args))

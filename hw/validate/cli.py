@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from traces.errors import run_command
+from traces.errors import run_cli
 
 PROG = "moe-hw validate"
 
@@ -43,11 +43,7 @@ def _run(args: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``moe-hw validate``; returns the exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    return run_command(PROG, lambda: _run(args))
+    return run_cli(PROG, __doc__, argv, _run)
 
 
 if __name__ == "__main__":
