@@ -36,12 +36,13 @@ import torch
 from hw.device import CopyHandle, Device
 from hw.slots import ScratchPool, SlotPool
 from hw.store import ExpertStore, expert_ffn
-from policies.base import PlacementError, Policy, split_placement
+from policies.base import Policy
 from policies.context import LayerContext
 from policies.cost import CostModel
 from policies.evaluation import (
     PolicyViolation,
     make_plan_room,
+    place_and_admit,
     plan_keys_with_room,
     validate_plan,
 )
@@ -238,16 +239,10 @@ class OffloadExecutor:
                     missing.append(key)
                     outcome.append("miss")
             if missing:
-                try:
-                    fetch, on_cpu = split_placement(policy, self.ctx, missing)
-                except PlacementError as exc:
-                    raise PolicyViolation(str(exc)) from None
+                fetch, on_cpu, keep = place_and_admit(policy, self.ctx, missing, cache, layer,
+                                                      self._evict, keys)
                 for key in on_cpu:
                     where[key] = "cpu"
-                keep = [key for key in fetch if policy.admit(key, self.ctx)]
-                need = len(keep) - cache.free_slots(layer)
-                if need > 0:
-                    self._evict(need, layer, keys)
                 kept = set()
                 for key in keep:
                     if cache.free_slots(layer) > 0:
@@ -374,8 +369,7 @@ class OffloadExecutor:
         if not plan.keys:
             return
         validate_plan(policy.name, plan.keys, cache, self.n_layers, n_experts)
-        make_plan_room(plan.keys, cache, n_experts,
-                       lambda need, target, keep=protected: self._evict(need, target, keep))
+        make_plan_room(plan.keys, cache, n_experts, self._evict, protected)
         for key in plan_keys_with_room(list(plan.keys), cache, n_experts):
             self.unused[key] = self._issue(key, "prefetch", layer)
 

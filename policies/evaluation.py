@@ -202,17 +202,11 @@ def evaluate(trace: Trace, policy: Policy, capacity_slots: int, *, batch: int = 
                         pending.discard(key)
                         stats.prefetch_used += 1
             if missing:
-                try:
-                    gpu, cpu = split_placement(policy, ctx, missing)
-                except PlacementError as exc:
-                    raise PolicyViolation(str(exc)) from None
+                gpu, cpu, admitted = place_and_admit(policy, ctx, missing, cache, layer,
+                                                     evict, keys)
                 stats.cpu_computed += len(cpu)
-                admitted = [key for key in gpu if policy.admit(key, ctx)]
                 stats.streamed += len(gpu) - len(admitted)
                 stats.demand_fetches += len(gpu)
-                need = len(admitted) - cache.free_slots(layer)
-                if need > 0:
-                    evict(need, layer, keys)
                 for key in admitted:
                     if cache.free_slots(layer) > 0:
                         cache.insert(key)
@@ -225,8 +219,7 @@ def evaluate(trace: Trace, policy: Policy, capacity_slots: int, *, batch: int = 
                     raise PolicyViolation(f"{policy.name}: cancelled key {key}, which is not in "
                                           f"flight")
             validate_plan(policy.name, plan.keys, cache, n_layers, n_experts)
-            make_plan_room(plan.keys, cache, n_experts,
-                           lambda need, layer, keep=keys: evict(need, layer, keep))
+            make_plan_room(plan.keys, cache, n_experts, evict, keys)
             for key in plan_keys_with_room(plan.keys, cache, n_experts):
                 cache.insert(key)
                 policy.on_fetch_done(key)
@@ -258,17 +251,38 @@ def validate_plan(name: str, keys: list[int], cache: SlotCache, n_layers: int,
         seen.add(key)
 
 
+def place_and_admit(policy: Policy, ctx: LayerContext, missing: Sequence[int],
+                    cache: SlotCache, layer: int,
+                    evict: Callable[[int, int, Sequence[int]], None], protected: Sequence[int]
+                    ) -> tuple[list[int], list[int], list[int]]:
+    """Steps 2 to 4 of the contract, shared by every engine: place the missing keys, admit the
+    GPU ones, and free slots in ``layer``'s pool for the admitted ones with one
+    ``evict(need, layer, protected)`` call (``protected``: the keys the layer needs). Returns
+    ``(fetch, cpu, admitted)``: keys to copy (admitted or streamed), keys computed on the host,
+    and the admitted subset of ``fetch``. A bad placement raises :class:`PolicyViolation`."""
+    try:
+        fetch, cpu = split_placement(policy, ctx, missing)
+    except PlacementError as exc:
+        raise PolicyViolation(str(exc)) from None
+    admitted = [key for key in fetch if policy.admit(key, ctx)]
+    need = len(admitted) - cache.free_slots(layer)
+    if need > 0:
+        evict(need, layer, protected)
+    return fetch, cpu, admitted
+
+
 def make_plan_room(keys: Sequence[int], cache: SlotCache, n_experts: int,
-                   evict: Callable[[int, int], None]) -> None:
+                   evict: Callable[[int, int, Sequence[int]], None],
+                   protected: Sequence[int]) -> None:
     """Step 5 of the contract, shared by every engine: free slots for a prefetch plan with one
-    ``evict(need, layer)`` call for the whole plan (``layer`` -1), or one per partition (the
-    keys' layer) when the cache is partitioned."""
+    ``evict(need, layer, protected)`` call for the whole plan (``layer`` -1), or one per
+    partition (the keys' layer) when the cache is partitioned."""
     if not keys:
         return
     if cache.partition_slots is None:
         need = len(keys) - cache.free_slots()
         if need > 0:
-            evict(need, -1)
+            evict(need, -1, protected)
         return
     per_layer: dict[int, int] = {}
     for key in keys:
@@ -276,7 +290,7 @@ def make_plan_room(keys: Sequence[int], cache: SlotCache, n_experts: int,
     for layer, count in per_layer.items():
         need = count - cache.free_slots(layer)
         if need > 0:
-            evict(need, layer)
+            evict(need, layer, protected)
 
 
 def plan_keys_with_room(keys: Sequence[int], cache: SlotCache, n_experts: int

@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from policies.base import PlacementError, Policy, split_placement
+from policies.base import Policy
 from policies.cache import SlotCache
 from policies.context import LayerContext
 from policies.evaluation import (
     PolicyViolation,
     make_plan_room,
+    place_and_admit,
     plan_keys_with_room,
     validate_plan,
 )
@@ -282,15 +283,9 @@ class Engine:
                 to_submit: list[Copy] = []
                 on_cpu: set[int] = _NO_KEYS
                 if missing:
-                    try:
-                        fetch, cpu = split_placement(policy, ctx, missing)
-                    except PlacementError as exc:
-                        raise PolicyViolation(str(exc)) from None
+                    fetch, cpu, keep = place_and_admit(policy, ctx, missing, cache, layer,
+                                                       self._evict, protected)
                     on_cpu = set(cpu)
-                    keep = [key for key in fetch if policy.admit(key, ctx)]
-                    need = len(keep) - cache.free_slots(layer)
-                    if need > 0:
-                        self._evict(need, layer, protected)
                     kept = set()
                     for key in keep:
                         if cache.free_slots(layer) > 0:
@@ -329,9 +324,7 @@ class Engine:
                 if plan.keys:
                     validate_plan(self.policy.name, plan.keys, self.cache, self.n_layers,
                                   self.spec.num_experts)
-                    make_plan_room(plan.keys, cache, n_experts,
-                                   lambda need, target, keep=protected:
-                                   self._evict(need, target, keep))
+                    make_plan_room(plan.keys, cache, n_experts, self._evict, protected)
                     for key in plan_keys_with_room(plan.keys, cache, n_experts):
                         cache.start_fetch(key)
                         copy = Copy(key, expert_bytes, "prefetch", step, layer)

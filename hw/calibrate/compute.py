@@ -10,16 +10,23 @@ from hw.calibrate.layers import ExpertFFN, NonExpertLayer, Router
 from traces.spec import ModelSpec
 
 
+def _per_token_count(module: torch.nn.Module, spec: ModelSpec, tokens: list[int],
+                     device: torch.device, dtype: torch.dtype, repeats: int,
+                     warmup: int) -> list[float]:
+    """Median seconds of ``module`` on random [T, H] inputs, one per token count T."""
+    out = []
+    for n in tokens:
+        x = torch.randn(n, spec.hidden_size, dtype=dtype, device=device)  # [T, H]
+        out.append(median_s(lambda x=x: module(x), device, repeats, warmup))
+    return out
+
+
 @torch.no_grad()
 def expert_seconds(spec: ModelSpec, tokens: list[int], device: torch.device, dtype: torch.dtype,
                    repeats: int, warmup: int = 1) -> list[float]:
     """Median seconds of one routed expert's FFN over each token count."""
-    expert = ExpertFFN(spec, dtype, device)
-    out = []
-    for n in tokens:
-        x = torch.randn(n, spec.hidden_size, dtype=dtype, device=device)  # [T, H]
-        out.append(median_s(lambda x=x: expert(x), device, repeats, warmup))
-    return out
+    return _per_token_count(ExpertFFN(spec, dtype, device), spec, tokens, device, dtype,
+                            repeats, warmup)
 
 
 @torch.no_grad()
@@ -44,12 +51,8 @@ def non_expert_seconds(spec: ModelSpec, batches: list[int], contexts: list[int],
 def router_seconds(spec: ModelSpec, tokens: list[int], device: torch.device, dtype: torch.dtype,
                    repeats: int, warmup: int = 1) -> list[float]:
     """Median seconds of the router (logits, softmax, top-k) over each token count."""
-    router = Router(spec, dtype, device)
-    out = []
-    for n in tokens:
-        x = torch.randn(n, spec.hidden_size, dtype=dtype, device=device)  # [T, H]
-        out.append(median_s(lambda x=x: router(x), device, repeats, warmup))
-    return out
+    return _per_token_count(Router(spec, dtype, device), spec, tokens, device, dtype,
+                            repeats, warmup)
 
 
 @torch.no_grad()

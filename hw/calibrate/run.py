@@ -26,7 +26,7 @@ from hw.calibrate.devices import (
 from hw.calibrate.policy_cost import decision_seconds, policy_trace
 from hw.calibrate.profile import base_fields, check_loads, sidecar_path, write_profile
 from sim.hardware import HardwareProfile, load_hardware
-from traces.catalog import conf_dir, load_model
+from traces.catalog import check_fields, conf_dir, load_model
 from traces.errors import ConfigError
 from traces.spec import ModelSpec
 
@@ -62,9 +62,7 @@ class CalibrationConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CalibrationConfig:
         """From a composed mapping; unknown keys and wrong types are one-line errors."""
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"unknown calibrate key(s): {', '.join(unknown)}")
+        check_fields(cls, data, "calibrate", required=())
         cfg = cls(**data)
         cfg.check()
         return cfg

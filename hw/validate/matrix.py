@@ -8,7 +8,7 @@ from typing import Any
 
 from sim.hardware import HardwareProfile
 from sim.memory import GpuMemory
-from traces.catalog import available, load_model
+from traces.catalog import available, check_fields, load_model
 from traces.errors import ConfigError
 from traces.format import Trace
 from traces.spec import ModelSpec
@@ -41,9 +41,7 @@ class ValidationConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ValidationConfig:
         """From a composed mapping; unknown keys are a one-line error."""
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"unknown validate key(s): {', '.join(unknown)}")
+        check_fields(cls, data, "validate", required=())
         cfg = cls(**data)
         cfg.check()
         return cfg
