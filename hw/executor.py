@@ -41,10 +41,8 @@ from policies.context import LayerContext
 from policies.cost import CostModel
 from policies.evaluation import (
     PolicyViolation,
-    make_plan_room,
     place_and_admit,
-    plan_keys_with_room,
-    validate_plan,
+    plan_with_room,
 )
 from sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
 from traces.format import Trace
@@ -368,9 +366,8 @@ class OffloadExecutor:
             policy.on_evict(key)
         if not plan.keys:
             return
-        validate_plan(policy.name, plan.keys, cache, self.n_layers, n_experts)
-        make_plan_room(plan.keys, cache, n_experts, self._evict, protected)
-        for key in plan_keys_with_room(list(plan.keys), cache, n_experts):
+        for key in plan_with_room(policy.name, plan.keys, cache, self.n_layers, n_experts,
+                                  self._evict, protected):
             self.unused[key] = self._issue(key, "prefetch", layer)
 
     # ---- end of run -----------------------------------------------------------------------------

@@ -103,6 +103,9 @@ class Policy(ABC):
     #: Per-layer slot quotas the cache must enforce, or None for one shared pool. Valid after
     #: :meth:`reset`.
     partition_slots: list[int] | None = None
+    #: The ``ctx.lookahead`` distances the policy reads, or None (the default) for every distance
+    #: the trace carries. Read by engines after :meth:`reset`; they skip building the others.
+    lookahead_distances: tuple[int, ...] | None = None
 
     @property
     @abstractmethod

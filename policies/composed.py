@@ -87,6 +87,8 @@ class ComposedPolicy(Policy):
         if self.replacement.uses_prediction:
             self.replacement.bind_prediction(self.predictor.prediction)
         self.partition_slots = self.replacement.partition_slots()
+        self.lookahead_distances = (tuple(range(1, self.horizon + 1))
+                                    if self.predictor.reads_lookahead else ())
         self._needs_prediction = bool(self.planner.uses_prediction
                                       or self.replacement.uses_prediction)
         self._observe = self.predictor.observe if self.predictor.learns else None
@@ -124,9 +126,12 @@ class ComposedPolicy(Policy):
                 self.admit = self._admission_admit  # type: ignore[method-assign]
             elif admit_all:
                 self.admit = self._rule_admit  # type: ignore[method-assign]
-        if cls.prefetch is ComposedPolicy.prefetch and not self._needs_prediction:
-            plan = self._plan
-            self.prefetch = lambda ctx: plan(ctx, None)  # type: ignore[method-assign]
+        if cls.prefetch is ComposedPolicy.prefetch:
+            plan, predict = self._plan, self._predict
+            if self._needs_prediction:
+                self.prefetch = lambda ctx: plan(ctx, predict(ctx))  # type: ignore[method-assign]
+            else:
+                self.prefetch = lambda ctx: plan(ctx, None)  # type: ignore[method-assign]
         if cls.on_fetch_done is ComposedPolicy.on_fetch_done:
             self.on_fetch_done = self.replacement.on_insert  # type: ignore[method-assign]
         if cls.on_evict is ComposedPolicy.on_evict:

@@ -13,7 +13,8 @@ Fields (``B`` tokens in the step's batch, ``k`` = top_k):
 - ``request_ids`` [B], ``phase`` [B] (0 prefill, 1 decode), ``num_tokens`` = B;
 - ``experts``: the distinct experts routed at this layer, ascending, as plain ints;
   ``tokens_per_expert`` aligned with it; ``keys`` the matching keys ``layer * E + expert``;
-- ``routing`` [B, k] int and ``gates`` [B, k] float: per-token top-k ids and gate weights;
+- ``routing`` [B, k] int and ``gates`` [B, k] float: per-token top-k ids and gate weights (views
+  of the step's [B, L, k] arrays, made when read, when the engine gave them to ``begin_step``);
 - ``lookahead``: ``{d: [B, k] int}`` the experts layer ``layer + d``'s router would pick from this
   layer's hidden state (``-1`` where ``layer + d >= L``); empty when the trace has no lookahead
   columns. In the executor the live router fills the same field;
@@ -37,7 +38,7 @@ class LayerContext:
 
     __slots__ = ("spec", "num_layers", "num_experts", "top_k", "view", "step", "layer", "rows",
                  "request_ids", "phase", "num_tokens", "experts", "tokens_per_expert", "keys",
-                 "routing", "gates", "lookahead")
+                 "_routing", "_gates", "_step_routing", "_step_gates", "lookahead")
 
     def __init__(self, spec: ModelSpec, view: CacheView) -> None:
         self.spec = spec
@@ -54,19 +55,49 @@ class LayerContext:
         self.experts: Sequence[int] = ()
         self.tokens_per_expert: Sequence[int] = ()
         self.keys: Sequence[int] = ()
-        self.routing: np.ndarray | None = None
-        self.gates: np.ndarray | None = None
+        self._routing: np.ndarray | None = None  # [B, k] given per layer
+        self._gates: np.ndarray | None = None
+        self._step_routing: np.ndarray | None = None  # [B, L, k] given per step
+        self._step_gates: np.ndarray | None = None
         self.lookahead: dict[int, np.ndarray] = {}
 
     def begin_step(self, step: int, request_ids: np.ndarray, phase: np.ndarray,
-                   rows: np.ndarray | None = None) -> None:
-        """Start a step: the batch's token rows, request ids and phases (arrays of length B)."""
+                   rows: np.ndarray | None = None, routing: np.ndarray | None = None,
+                   gates: np.ndarray | None = None) -> None:
+        """Start a step: the batch's token rows, request ids and phases (arrays of length B).
+
+        ``routing`` and ``gates`` [B, L, k], when given, are the whole step's: every layer's
+        ``routing``/``gates`` is then a view of them, made only if a policy reads it (engines
+        skip building L views per step nobody reads). Otherwise :meth:`set_layer` gives them.
+        """
         self.step = step
         self.rows = rows
         self.request_ids = request_ids
         self.phase = phase
         self.num_tokens = len(request_ids)
         self.layer = -1
+        self._step_routing, self._step_gates = routing, gates
+        self._routing = self._gates = None
+
+    @property
+    def routing(self) -> np.ndarray | None:
+        """[B, k] int: the per-token top-k experts of ``layer``."""
+        step_routing = self._step_routing
+        return step_routing[:, self.layer] if step_routing is not None else self._routing
+
+    @routing.setter
+    def routing(self, value: np.ndarray | None) -> None:
+        self._routing, self._step_routing = value, None
+
+    @property
+    def gates(self) -> np.ndarray | None:
+        """[B, k] float: the gate weights of :attr:`routing`."""
+        step_gates = self._step_gates
+        return step_gates[:, self.layer] if step_gates is not None else self._gates
+
+    @gates.setter
+    def gates(self, value: np.ndarray | None) -> None:
+        self._gates, self._step_gates = value, None
 
     def set_layer(self, layer: int, experts: Sequence[int], tokens_per_expert: Sequence[int],
                   keys: Sequence[int] | None = None, routing: np.ndarray | None = None,
@@ -92,7 +123,9 @@ class LayerContext:
             base = layer * self.num_experts
             keys = [base + e for e in experts]
         self.keys = keys
-        self.routing = routing
-        self.gates = gates
+        if routing is not None or self._step_routing is None:
+            self.routing = routing
+        if gates is not None or self._step_gates is None:
+            self.gates = gates
         if lookahead is not None:
             self.lookahead = lookahead

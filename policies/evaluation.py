@@ -16,7 +16,7 @@ Every decision is checked; a policy breaking the contract raises :class:`PolicyV
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,6 @@ from policies.base import PlacementError, Policy, split_placement
 from policies.cache import SlotCache
 from policies.context import LayerContext
 from policies.cost import CostModel
-from policies.keys import is_valid_key
 from policies.needs import consecutive_batches, step_experts
 from traces.format import Trace
 
@@ -218,9 +217,8 @@ def evaluate(trace: Trace, policy: Policy, capacity_slots: int, *, batch: int = 
                 if key not in cache.in_flight:
                     raise PolicyViolation(f"{policy.name}: cancelled key {key}, which is not in "
                                           f"flight")
-            validate_plan(policy.name, plan.keys, cache, n_layers, n_experts)
-            make_plan_room(plan.keys, cache, n_experts, evict, keys)
-            for key in plan_keys_with_room(plan.keys, cache, n_experts):
+            for key in plan_with_room(policy.name, plan.keys, cache, n_layers, n_experts, evict,
+                                      keys):
                 cache.insert(key)
                 policy.on_fetch_done(key)
                 pending.add(key)
@@ -241,14 +239,16 @@ def evaluate(trace: Trace, policy: Policy, capacity_slots: int, *, batch: int = 
 def validate_plan(name: str, keys: list[int], cache: SlotCache, n_layers: int,
                   n_experts: int) -> None:
     """Raise PolicyViolation unless every planned key is valid, absent from the cache and unique."""
-    seen = set()
-    for key in keys:
-        if not is_valid_key(key, n_layers, n_experts):
+    n_keys = n_layers * n_experts
+    resident, in_flight = cache.resident, cache.in_flight
+    for key in keys:  # is_valid_key, inlined: this runs at every layer
+        if type(key) is not int or not 0 <= key < n_keys:
             raise PolicyViolation(f"{name}: prefetch key {key!r} is not a valid key")
-        if key in cache.resident or key in cache.in_flight or key in seen:
-            raise PolicyViolation(f"{name}: prefetch of key {key}, which is already present or "
-                                  f"planned twice")
-        seen.add(key)
+        if key in resident or key in in_flight:
+            raise PolicyViolation(f"{name}: prefetch of key {key}, which is already present")
+    if len(keys) > 1 and len(set(keys)) != len(keys):
+        twice = next(key for i, key in enumerate(keys) if key in keys[:i])
+        raise PolicyViolation(f"{name}: prefetch of key {twice}, which is planned twice")
 
 
 def place_and_admit(policy: Policy, ctx: LayerContext, missing: Sequence[int],
@@ -271,19 +271,24 @@ def place_and_admit(policy: Policy, ctx: LayerContext, missing: Sequence[int],
     return fetch, cpu, admitted
 
 
-def make_plan_room(keys: Sequence[int], cache: SlotCache, n_experts: int,
-                   evict: Callable[[int, int, Sequence[int]], None],
-                   protected: Sequence[int]) -> None:
-    """Step 5 of the contract, shared by every engine: free slots for a prefetch plan with one
-    ``evict(need, layer, protected)`` call for the whole plan (``layer`` -1), or one per
-    partition (the keys' layer) when the cache is partitioned."""
+def plan_with_room(name: str, keys: Sequence[int], cache: SlotCache, n_layers: int,
+                   n_experts: int, evict: Callable[[int, int, Sequence[int]], None],
+                   protected: Sequence[int]) -> list[int]:
+    """Step 5 of the contract, shared by every engine: check a prefetch plan
+    (:func:`validate_plan`), free slots for it with one ``evict(need, layer, protected)`` call
+    for the whole plan (``layer`` -1), or one per partition (the keys' layer) when the cache is
+    partitioned, and return the keys that get a slot, in order, for the caller to start a fetch
+    (taking one slot) for each. Unpartitioned, the rest of the plan is dropped at the first key
+    without room; partitioned, only the keys whose partition is full."""
     if not keys:
-        return
+        return []
+    validate_plan(name, keys, cache, n_layers, n_experts)
     if cache.partition_slots is None:
-        need = len(keys) - cache.free_slots()
-        if need > 0:
-            evict(need, -1, protected)
-        return
+        free = cache.free_slots()
+        if len(keys) > free:
+            evict(len(keys) - free, -1, protected)
+            free = cache.free_slots()
+        return list(keys) if free >= len(keys) else list(keys[:max(free, 0)])
     per_layer: dict[int, int] = {}
     for key in keys:
         per_layer[key // n_experts] = per_layer.get(key // n_experts, 0) + 1
@@ -291,20 +296,14 @@ def make_plan_room(keys: Sequence[int], cache: SlotCache, n_experts: int,
         need = count - cache.free_slots(layer)
         if need > 0:
             evict(need, layer, protected)
-
-
-def plan_keys_with_room(keys: Sequence[int], cache: SlotCache, n_experts: int
-                        ) -> Iterator[int]:
-    """The plan's keys in order while a slot is free for each (checked lazily: the engine starts
-    each fetch before asking for the next key). Unpartitioned, the rest of the plan is dropped
-    at the first key without room; partitioned, only the keys whose partition is full."""
-    partitioned = cache.partition_slots is not None
+    free_in = {layer: cache.free_slots(layer) for layer in per_layer}
+    out = []
     for key in keys:
-        if cache.free_slots(key // n_experts) <= 0:
-            if partitioned:
-                continue
-            return
-        yield key
+        layer = key // n_experts
+        if free_in[layer] > 0:
+            out.append(key)
+            free_in[layer] -= 1
+    return out
 
 
 def _score(pred: Any, needed_sets: list[set[int]], threshold: float,

@@ -28,7 +28,8 @@ class Prediction:
     """Scores of one predictor call (see module docstring)."""
 
     __slots__ = ("horizon", "num_layers", "num_experts", "layer", "step", "targets", "wraps",
-                 "ranked", "confidence", "scores", "dense_current", "version", "_targets_table")
+                 "ranked", "confidence", "scores", "dense_current", "version", "_targets_table",
+                 "_blank")
 
     def __init__(self, horizon: int, num_layers: int, num_experts: int) -> None:
         self.horizon = horizon
@@ -43,6 +44,7 @@ class Prediction:
         self.scores = np.zeros((horizon, num_experts), dtype=np.float64)  # [h, E]
         self.dense_current = True
         self.version = 0
+        self._blank = [EMPTY] * horizon
         self._targets_table = [
             ([(layer + d) % num_layers for d in range(1, horizon + 1)],
              [layer + d >= num_layers for d in range(1, horizon + 1)])
@@ -54,10 +56,8 @@ class Prediction:
         self.step = step
         self.layer = layer
         self.targets, self.wraps = self._targets_table[layer]
-        ranked, confidence = self.ranked, self.confidence
-        for i in range(self.horizon):
-            ranked[i] = EMPTY
-            confidence[i] = EMPTY  # type: ignore[call-overload]
+        self.ranked[:] = self._blank  # in place: callers may hold the lists
+        self.confidence[:] = self._blank
         self.dense_current = False
         self.version += 1
 

@@ -24,10 +24,8 @@ from policies.cache import SlotCache
 from policies.context import LayerContext
 from policies.evaluation import (
     PolicyViolation,
-    make_plan_room,
     place_and_admit,
-    plan_keys_with_room,
-    validate_plan,
+    plan_with_room,
 )
 from policies.needs import step_experts
 from sim.compute import ComputeModel
@@ -41,6 +39,8 @@ from traces.format import Trace
 from traces.spec import ModelSpec
 
 _NO_KEYS: frozenset[int] = frozenset()
+_K_COMPUTE, _R_GPU = KIND["compute"], RESOURCE["gpu"]
+_R_CPU, _D_CPU = RESOURCE["cpu"], DETAIL["cpu"]
 
 
 @dataclass
@@ -154,30 +154,29 @@ class Engine:
         self.cache.complete_fetch(copy.key)
         self.policy.on_fetch_done(copy.key)
 
-    def _drop(self, key: int, protected: list[int]) -> None:
-        """Free ``key``'s slot (evicted: must be resident and not needed now)."""
-        cache = self.cache
-        if key not in cache.resident:
-            raise PolicyViolation(f"{self.policy.name}: evicted key {key}, which is not resident")
-        if key in protected:
-            raise PolicyViolation(f"{self.policy.name}: evicted key {key}, needed by the "
-                                  f"current layer")
-        cache.remove(key)
-        self.unused_prefetch.pop(key, None)
-        self.policy.on_evict(key)
-
     def _evict(self, need: int, layer: int, protected: list[int]) -> None:
-        victims = list(self.policy.evict(self.cache, need, layer))
-        if len(victims) > need or len(set(victims)) != len(victims):
-            raise PolicyViolation(f"{self.policy.name}: evict({need}) returned {victims}")
-        if self.cache.partition_slots is not None and layer >= 0:
+        """Ask the policy for ``need`` victims (of ``layer``'s partition when partitioned), check
+        them and free their slots (they must be resident and not needed by the current layer)."""
+        policy, cache = self.policy, self.cache
+        victims = list(policy.evict(cache, need, layer))
+        if len(victims) > need or (len(victims) > 1 and len(set(victims)) != len(victims)):
+            raise PolicyViolation(f"{policy.name}: evict({need}) returned {victims}")
+        if cache.partition_slots is not None and layer >= 0:
             n_experts = self.spec.num_experts
             for key in victims:
                 if key // n_experts != layer:
-                    raise PolicyViolation(f"{self.policy.name}: evicted key {key} outside "
+                    raise PolicyViolation(f"{policy.name}: evicted key {key} outside "
                                           f"layer {layer}'s partition")
+        resident, unused, on_evict = cache.resident, self.unused_prefetch, policy.on_evict
         for key in victims:
-            self._drop(key, protected)
+            if key not in resident:
+                raise PolicyViolation(f"{policy.name}: evicted key {key}, which is not resident")
+            if key in protected:
+                raise PolicyViolation(f"{policy.name}: evicted key {key}, needed by the "
+                                      f"current layer")
+            cache.remove(key)
+            unused.pop(key, None)
+            on_evict(key)
 
     def _main(self):  # noqa: ANN202, C901 - SimPy generator; the contract's sequence in one place
         env, log, cache, policy, link = self.env, self.log, self.cache, self.policy, self.link
@@ -188,28 +187,37 @@ class Engine:
         decision = policy.decision_cost
         host = self.host
         ids_all, gates_all = trace.expert_ids, trace.gate_weights
-        gpu_memo: dict[int, float] = {}
-        cpu_memo: dict[int, float] = {}
+        gpu_memo = self._gpu_memo = {}  # tokens -> seconds of one expert
+        self._cpu_memo = {}
         step_memo: dict[int, tuple[float, float]] = {}  # batch size -> (other_s, decision_s)
-        add = log.flat.extend  # rows as flat tuples: see EventLog.add_codes for the columns
-        k_copy, k_compute, k_stall, k_policy, k_step = (KIND[n] for n in (
-            "copy", "compute", "stall", "policy", "step"))
-        r_gpu, r_cpu, r_none, r_decision = (RESOURCE["gpu"], RESOURCE["cpu"], RESOURCE["none"],
-                                            RESOURCE[decision.where])
-        d_other, d_cpu, d_decision, d_step, d_wait = (DETAIL[n] for n in (
-            "other", "cpu", "decision", "step", "wait"))
+        buf, pack = log.buf, log.pack  # buf += pack(row): see EventLog.add_codes for the columns
+        k_compute, k_stall, k_policy, k_step = (KIND[n] for n in (
+            "compute", "stall", "policy", "step"))
+        r_gpu, r_none, r_decision = RESOURCE["gpu"], RESOURCE["none"], RESOURCE[decision.where]
+        d_other, d_decision, d_step, d_wait = (DETAIL[n] for n in (
+            "other", "decision", "step", "wait"))
         d_hit, d_prefetch_hit, d_inflight, d_miss = (DETAIL[n] for n in (
             "hit", "prefetch_hit", "inflight", "miss"))
-        del k_copy
         # batch-1 schedules: every step's sorted expert lists in one numpy call
         single = self.batcher is None and bool(self.schedule) and \
             all(len(r) == 1 for r in self.schedule)
         if single:
             rows_all = np.concatenate(self.schedule)  # [S]
-            sorted_all = np.sort(ids_all[rows_all], axis=2).tolist()  # [S][L][k]
+            sorted_ids = np.sort(ids_all[rows_all], axis=2)  # [S, L, k]
+            sorted_all = sorted_ids.tolist()  # [S][L][k]
+            offsets = (np.arange(n_layers, dtype=np.int64) * n_experts)[None, :, None]  # [1, L, 1]
+            keys_all = (sorted_ids.astype(np.int64) + offsets).tolist()  # [S][L][k]
             ones = [[1] * spec.top_k] * n_layers
         ahead: dict[int, np.ndarray] = {}
+        ctx.lookahead = ahead  # filled in place at every layer
+        reads = policy.lookahead_distances  # None: every distance the trace carries
+        lookahead = [(d, cols) for d, cols in sorted(trace.lookahead.items())
+                     if reads is None or d in reads]
         resident = cache.resident  # a live set, never replaced
+        # hot calls, bound once (policies bind their methods in reset, before the run)
+        on_layer, prefetch, evict, check = policy.on_layer, policy.prefetch, self._evict, self.check
+        start_fetch, promote, submit_all, completion = (cache.start_fetch, link.promote,
+                                                        link.submit_all, link.completion)
         # ``clock`` is the GPU stream's time. While nothing can happen on the link before a
         # layer's end (no copy in flight, or the running one ends later), the main process skips
         # the layer's timeout and lets ``clock`` run ahead of ``env.now``; it syncs (one timeout)
@@ -227,36 +235,36 @@ class Engine:
             ids = ids_all[rows]  # [B, L, k]
             gates = gates_all[rows]  # [B, L, k]
             if single:
-                experts, tokens = sorted_all[step], ones
+                experts, tokens, step_keys = sorted_all[step], ones, keys_all[step]
             else:
                 experts, tokens = step_experts(ids, n_experts)
-            # per-layer views, built in one C loop each: [L] of [B, k]
-            ids_by_layer = list(ids.swapaxes(0, 1))
-            gates_by_layer = list(gates.swapaxes(0, 1))
-            ahead_by_layer = [(d, list(cols[rows].swapaxes(0, 1)))
-                              for d, cols in trace.lookahead.items()]
-            ctx.begin_step(step, trace.request_id[rows], trace.phase[rows], rows)
+                step_keys = [[layer * n_experts + e for e in layer_experts]
+                             for layer, layer_experts in enumerate(experts)]
+            # per-layer lookahead views, built in one C loop each: [L] of [B, k]
+            ahead_by_layer = [(d, list(cols[rows].swapaxes(0, 1))) for d, cols in lookahead]
+            ctx.begin_step(step, trace.request_id[rows], trace.phase[rows], rows, ids, gates)
             policy.begin_step(ctx)
             memo = step_memo.get(n_tok)
             if memo is None:
                 memo = step_memo[n_tok] = (compute.layer_other_s(n_tok), decision.seconds(n_tok))
             other_s, decision_s = memo
             # non-expert work of layer 0
-            add((k_compute, clock, clock + other_s, step, 0, -1, 0, r_gpu, d_other, n_tok))
+            buf += pack(k_compute, clock, clock + other_s, step, 0, -1, 0, r_gpu, d_other, n_tok)
             clock += other_s
             if not (defer and (link.running is None and not copies
                                   or link.running is not None and clock < link.busy_until)):
                 yield env.timeout(clock - env.now)
                 clock = env.now
             for layer in range(n_layers):
-                base = layer * n_experts
-                layer_experts, layer_tokens = experts[layer], tokens[layer]
-                keys = [base + e for e in layer_experts]
+                layer_experts, layer_tokens, keys = experts[layer], tokens[layer], step_keys[layer]
                 for d, la in ahead_by_layer:
                     ahead[d] = la[layer]  # [B, k]
-                ctx.set_layer(layer, layer_experts, layer_tokens, keys, ids_by_layer[layer],
-                              gates_by_layer[layer], ahead)
-                policy.on_layer(ctx)
+                # ctx.set_layer's work, inlined (lists of plain ints; routing, gates: from
+                # the step's arrays, see LayerContext.begin_step)
+                ctx.layer, ctx.experts, ctx.tokens_per_expert, ctx.keys = \
+                    layer, layer_experts, layer_tokens, keys
+                on_layer(ctx)
+                ready = clock + decision_s  # when the policy's decisions are made
                 protected = keys  # a few keys: a list is as fast as a set here
                 outcome: list[int] = []
                 wait: list[Copy] = []
@@ -274,7 +282,7 @@ class Engine:
                         copy = copies[key]
                         if unused.pop(key, None) is not None:
                             copy.used = True
-                        link.promote(copy)
+                        promote(copy)
                         wait.append(copy)
                         outcome.append(d_inflight)
                     else:
@@ -284,13 +292,13 @@ class Engine:
                 on_cpu: set[int] = _NO_KEYS
                 if missing:
                     fetch, cpu, keep = place_and_admit(policy, ctx, missing, cache, layer,
-                                                       self._evict, protected)
+                                                       evict, protected)
                     on_cpu = set(cpu)
                     kept = set()
                     for key in keep:
                         if cache.free_slots(layer) > 0:
-                            cache.start_fetch(key)
-                            copy = Copy(key, expert_bytes, "demand", step, layer)
+                            start_fetch(key)
+                            copy = Copy(key, expert_bytes, "demand", step, layer, ready)
                             if host is not None:
                                 copy.bytes_per_s = host.source_bytes_per_s(key)
                             copies[key] = copy
@@ -299,12 +307,12 @@ class Engine:
                             wait.append(copy)
                     for key in fetch:
                         if key not in kept:  # not admitted, or no slot: a scratch-buffer copy
-                            copy = Copy(key, expert_bytes, "stream", step, layer)
+                            copy = Copy(key, expert_bytes, "stream", step, layer, ready)
                             if host is not None:
                                 copy.bytes_per_s = host.source_bytes_per_s(key)
                             to_submit.append(copy)
                             wait.append(copy)
-                plan = policy.prefetch(ctx)
+                plan = prefetch(ctx)
                 if plan.cancel and env.now < clock:  # an interrupt acts at env.now: catch up
                     yield env.timeout(clock - env.now)
                     clock = env.now
@@ -322,60 +330,49 @@ class Engine:
                     cache.remove(key)
                     policy.on_evict(key)
                 if plan.keys:
-                    validate_plan(self.policy.name, plan.keys, self.cache, self.n_layers,
-                                  self.spec.num_experts)
-                    make_plan_room(plan.keys, cache, n_experts, self._evict, protected)
-                    for key in plan_keys_with_room(plan.keys, cache, n_experts):
-                        cache.start_fetch(key)
-                        copy = Copy(key, expert_bytes, "prefetch", step, layer)
+                    fetch = plan_with_room(policy.name, plan.keys, cache, n_layers, n_experts,
+                                           evict, protected)
+                    for key in fetch:
+                        start_fetch(key)
+                        copy = Copy(key, expert_bytes, "prefetch", step, layer, ready)
                         if host is not None:
                             copy.bytes_per_s = host.source_bytes_per_s(key)
                         copies[key] = copy
                         unused[key] = copy
                         to_submit.append(copy)
                 # the decision takes decision_s; copies start when it is made (no extra event)
-                now = clock
-                ready = now + decision_s
                 if decision_s > 0:
-                    add((k_policy, now, ready, step, layer, -1, 0, r_decision, d_decision, n_tok))
-                for copy in to_submit:
-                    copy.ready_s = ready
-                    link.submit(copy)
-                pending = [c for c in wait if c.state != "done"]
+                    buf += pack(k_policy, clock, ready, step, layer, -1, 0, r_decision, d_decision,
+                                n_tok)
+                if to_submit:
+                    submit_all(to_submit)
+                pending = [c for c in wait if c.state != "done"] if wait else wait
                 if pending:
-                    for copy in pending:
-                        if copy.waiter is None:
-                            copy.waiter = env.event()
-                    if len(pending) == 1:
-                        yield pending[0].waiter
-                    else:
-                        yield env.all_of([c.waiter for c in pending])
+                    for copy in pending:  # the link serves them one at a time: wait in turn
+                        if copy.state != "done":
+                            yield completion(copy)
                     # the copies may land before the policy's decision ends: no stall then
                     clock = max(env.now, ready)
                     if clock > ready:
-                        add((k_stall, ready, clock, step, layer, -1, 0, r_gpu, d_wait, 0))
-                    now = ready = clock
-                if self.check:
+                        buf += pack(k_stall, ready, clock, step, layer, -1, 0, r_gpu, d_wait, 0)
+                    ready = clock
+                if check:
                     self._check_layer(keys, on_cpu, wait)
                 # experts: GPU ones in sequence, CPU ones in parallel on the host
-                gpu_t = cpu_t = ready
-                for e, key, t, how in zip(layer_experts, keys, layer_tokens, outcome, strict=True):
-                    if key in on_cpu:
-                        dt = cpu_memo.get(t)
-                        if dt is None:
-                            dt = cpu_memo[t] = compute.cpu_expert_s(t)
-                        add((k_compute, cpu_t, cpu_t + dt, step, layer, e, 0, r_cpu, d_cpu, t))
-                        cpu_t += dt
-                    else:
+                if on_cpu:
+                    end = self._log_experts(step, layer, ready, layer_experts, keys,
+                                            layer_tokens, outcome, on_cpu)
+                else:  # the usual case: every expert on the GPU (the same rows, inlined)
+                    end = ready
+                    for e, t, how in zip(layer_experts, layer_tokens, outcome, strict=True):
                         dt = gpu_memo.get(t)
                         if dt is None:
                             dt = gpu_memo[t] = compute.gpu_expert_s(t)
-                        add((k_compute, gpu_t, gpu_t + dt, step, layer, e, 0, r_gpu, how, t))
-                        gpu_t += dt
-                end = max(gpu_t, cpu_t)
+                        buf += pack(k_compute, end, end + dt, step, layer, e, 0, r_gpu, how, t)
+                        end += dt
                 if layer + 1 < n_layers:  # the next layer's non-expert work follows at once
-                    add((k_compute, end, end + other_s, step, layer + 1, -1, 0, r_gpu, d_other,
-                        n_tok))
+                    buf += pack(k_compute, end, end + other_s, step, layer + 1, -1, 0, r_gpu,
+                                d_other, n_tok)
                     end += other_s
                 clock = end
                 if not (defer and (link.running is None and not copies
@@ -383,13 +380,37 @@ class Engine:
                     yield env.timeout(end - env.now)
                     clock = env.now
             policy.end_step(ctx)
-            add((k_step, step_start, clock, step, -1, -1, 0, r_none, d_step, n_tok))
+            buf += pack(k_step, step_start, clock, step, -1, -1, 0, r_none, d_step, n_tok)
         self.end_s = float(clock)
         if copies and env.now < clock:
             yield env.timeout(clock - env.now)
         # copies still queued or running when the last step ends are abandoned (logged as such)
         for copy in list(copies.values()):
             link.cancel(copy)
+
+    def _log_experts(self, step: int, layer: int, start_s: float, experts: list[int],
+                     keys: list[int], tokens: list[int], outcome: list[int], on_cpu: set[int]
+                     ) -> float:
+        """Log a layer's experts when some run on the host: GPU ones one after another on the GPU
+        stream, CPU ones one after another on the host, both from ``start_s``; returns when both
+        are done."""
+        compute, gpu_memo, cpu_memo = self.compute, self._gpu_memo, self._cpu_memo
+        buf, pack = self.log.buf, self.log.pack
+        gpu_t = cpu_t = start_s
+        for e, key, t, how in zip(experts, keys, tokens, outcome, strict=True):
+            if key in on_cpu:
+                dt = cpu_memo.get(t)
+                if dt is None:
+                    dt = cpu_memo[t] = compute.cpu_expert_s(t)
+                buf += pack(_K_COMPUTE, cpu_t, cpu_t + dt, step, layer, e, 0, _R_CPU, _D_CPU, t)
+                cpu_t += dt
+            else:
+                dt = gpu_memo.get(t)
+                if dt is None:
+                    dt = gpu_memo[t] = compute.gpu_expert_s(t)
+                buf += pack(_K_COMPUTE, gpu_t, gpu_t + dt, step, layer, e, 0, _R_GPU, how, t)
+                gpu_t += dt
+        return max(gpu_t, cpu_t)
 
     def _steps(self):  # noqa: ANN202 - generator of each step's rows
         self._idle_until = 0.0

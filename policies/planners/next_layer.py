@@ -39,27 +39,31 @@ class NextLayerTopN(Planner):
         """Resolve ``n``."""
         super().reset(spec, capacity_slots, cost_model, horizon)
         self.n = min(self.params.n or spec.top_k, capacity_slots)
+        self._threshold, self._cancel_stale_copies = (self.params.min_confidence,
+                                                      self.params.cancel_stale)
 
     def plan(self, ctx: LayerContext, prediction: Prediction | None) -> FetchPlan:
         """Top-n of distance 1, skipping resident and in-flight keys."""
-        plan, wanted = self._start_plan(ctx, self.params.cancel_stale), self.wanted
+        plan = self._start_plan(ctx, self._cancel_stale_copies)
         if prediction is None:
             return plan
-        experts, confidence = prediction.ranked[0], prediction.confidence[0]
+        experts = prediction.ranked[0]
         if not experts:
             return plan
+        n, threshold = self.n, self._threshold
+        if len(experts) > n:
+            experts = experts[:n]
+        if threshold > 0.0:
+            confidence = prediction.confidence[0]
+            if confidence[len(experts) - 1] < threshold:
+                cut = 0
+                while cut < len(experts) and confidence[cut] >= threshold:
+                    cut += 1
+                experts = experts[:cut]
         base = prediction.targets[0] * self.num_experts
         view = ctx.view
         resident, in_flight = view.resident, view.in_flight
-        n, threshold = self.n, self.params.min_confidence
-        if len(experts) > n:
-            experts = experts[:n]
-        if threshold > 0.0 and confidence[len(experts) - 1] < threshold:
-            cut = 0
-            while cut < len(experts) and confidence[cut] >= threshold:
-                cut += 1
-            experts = experts[:cut]
-        add, append = wanted.add, plan.keys.append
+        add, append = self.wanted.add, plan.keys.append
         for expert in experts:
             key = base + expert
             add(key)

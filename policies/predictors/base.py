@@ -19,12 +19,14 @@ class Predictor(ABC):
 
     Oracle predictors (``is_oracle = True``) read the future from the trace and are upper
     bounds, never deployable. ``learns`` tells the composed policy whether :meth:`observe` does
-    anything (it skips the call otherwise).
+    anything (it skips the call otherwise); ``reads_lookahead`` whether :meth:`predict` reads
+    ``ctx.lookahead`` (engines build only what some component reads).
     """
 
     name = "predictor"
     is_oracle = False
     learns = False
+    reads_lookahead = False
     Params: type = NoParams
     decision_cost = DecisionCost("cpu", 0.0, 0.0)
 

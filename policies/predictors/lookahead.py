@@ -32,6 +32,7 @@ class GateLookaheadPredictor(Predictor):
     """
 
     decision_cost = DecisionCost("cpu", 8e-07, 2.5e-07)
+    reads_lookahead = True
 
     @dataclass(frozen=True)
     class Params:
@@ -53,6 +54,7 @@ class GateLookaheadPredictor(Predictor):
         k = spec.top_k
         # [h][n] tuples of n copies of the distance's confidence, n = 0..k
         self._const = [[(c,) * n for n in range(k + 1)] for c in self._conf]
+        self._distances = [(i, i + 1, self._const[i]) for i in range(horizon)]
 
     def predict(self, ctx: LayerContext) -> Prediction:
         """Read ``ctx.lookahead[d]`` [B, k] for d = 1..h."""
@@ -62,19 +64,22 @@ class GateLookaheadPredictor(Predictor):
         if not lookahead:
             return pred
         ranked, confidence = pred.ranked, pred.confidence
-        single = ctx.num_tokens == 1
-        for i in range(self.horizon):
-            picks = lookahead.get(i + 1)
-            if picks is None:
-                continue
-            if single:
-                experts = picks[0].tolist()
+        if ctx.num_tokens == 1:  # the gate's own order, one confidence per distance
+            for i, d, const in self._distances:
+                picks = lookahead.get(d)
+                if picks is None:
+                    continue
+                experts = picks.tolist()[0]  # [k]
                 if experts[0] < 0 or experts[-1] < 0:
                     experts = [e for e in experts if e >= 0]
                     if not experts:
                         continue
                 ranked[i] = experts
-                confidence[i] = self._const[i][len(experts)]
+                confidence[i] = const[len(experts)]
+            return pred
+        for i in range(self.horizon):
+            picks = lookahead.get(i + 1)
+            if picks is None:
                 continue
             flat = picks.ravel()  # [B * k]
             flat = flat[flat >= 0]
