@@ -84,7 +84,8 @@ class EventLog:
         table = np.frombuffer(self.buf, dtype=ROW_DTYPE)  # [N] records, a view (no copy)
 
         def codes(name: str, names: tuple[str, ...]) -> pd.Categorical:
-            return pd.Categorical.from_codes(table[name].astype(np.int8), categories=names)
+            return pd.Categorical.from_codes(table[name].astype(np.int8), categories=names,
+                                             validate=False)  # codes valid by construction
 
         # every column is a fresh array (astype copies), so the buffer is released on return
         return pd.DataFrame({  # no second copy, and no consolidation into 2-D blocks

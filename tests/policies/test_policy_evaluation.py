@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from policy_testing import random_trace, sequence_trace
 
-from policies import FetchPlan, build_policy, load_policy
-from policies.evaluation import PolicyViolation, evaluate, hit_ratio
+from policies import FetchPlan, SlotCache, build_policy, load_policy
+from policies.evaluation import PolicyViolation, evaluate, hit_ratio, plan_with_room
 
 CACHE_KEYS = {"slots", "fraction", "replacement", "accesses", "hits", "hit_ratio",
               "cpu_computed", "streamed", "demand_fetches", "prefetched", "prefetch_used",
@@ -85,3 +85,44 @@ def test_contract_violations_are_caught(fault: str) -> None:
     trace = random_trace(2, 30, 2, 8, 2, lookahead=())
     with pytest.raises(PolicyViolation):
         evaluate(trace, _Rogue(build_policy({"name": "lru"}), fault), 2)
+
+
+def _recording_evict(cache: SlotCache, calls: list) -> object:
+    def evict(need: int, layer: int, protected: list[int]) -> None:
+        calls.append((need, layer))
+        victims = [k for k in sorted(cache.resident) if k not in protected
+                   and (layer < 0 or k // 8 == layer)][:need]
+        for key in victims:
+            cache.remove(key)
+    return evict
+
+
+def test_plan_with_room_evicts_once_then_keeps_what_fits() -> None:
+    cache = SlotCache(4, 8, 2)
+    for key in (0, 1, 2):
+        cache.insert(key)
+    calls: list = []
+    fit = plan_with_room("p", [9, 10, 11], cache, 2, 8, _recording_evict(cache, calls), [0, 1])
+    assert calls == [(2, -1)]  # one call for the whole plan; 0 and 1 are protected
+    assert fit == [9, 10]  # only key 2 was evictable: the rest of the plan is dropped
+    assert plan_with_room("p", [], cache, 2, 8, _recording_evict(cache, calls), []) == []
+
+
+def test_plan_with_room_per_partition() -> None:
+    cache = SlotCache(4, 8, 2, partition_slots=[2, 2])
+    for key in (0, 1, 8):
+        cache.insert(key)
+    calls: list = []
+    fit = plan_with_room("p", [2, 9, 10], cache, 2, 8, _recording_evict(cache, calls), [0, 1])
+    # one call per partition short of room: layer 0's residents are protected, layer 1 drops 8
+    assert calls == [(1, 0), (1, 1)]
+    assert fit == [9, 10]  # key 2's partition stays full; the others are kept
+
+
+@pytest.mark.parametrize("keys, message", [([99], "not a valid key"), ([0], "already present"),
+                                           ([5, 5], "planned twice")])
+def test_plan_with_room_refuses_bad_plans(keys: list[int], message: str) -> None:
+    cache = SlotCache(4, 8, 2)
+    cache.insert(0)
+    with pytest.raises(PolicyViolation, match=message):
+        plan_with_room("p", keys, cache, 2, 8, _recording_evict(cache, []), [])

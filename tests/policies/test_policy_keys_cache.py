@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -106,3 +107,21 @@ def test_cost_model() -> None:
     assert cost.where == "gpu" and math.isclose(cost.seconds(10), 3e-6)
     with pytest.raises(ConfigError):
         DecisionCost("tpu")
+
+
+def test_context_routing_is_a_view_of_the_step_arrays() -> None:
+    spec = toy_spec(3, 8, 2)
+    ctx = LayerContext(spec, SlotCache(4, 8, 3))
+    ids = np.arange(2 * 3 * 2).reshape(2, 3, 2) % 8  # [B, L, k]
+    gates = np.linspace(0, 1, ids.size).reshape(ids.shape)
+    ctx.begin_step(0, np.zeros(2, np.int32), np.ones(2, np.int8), routing=ids, gates=gates)
+    for layer in range(3):
+        ctx.set_layer(layer, [0], [1])  # no per-layer arrays: the step's are used
+        assert np.array_equal(ctx.routing, ids[:, layer])
+        assert np.array_equal(ctx.gates, gates[:, layer])
+    explicit = np.full((2, 2), 7)
+    ctx.set_layer(1, [7], [2], routing=explicit)  # per-layer arrays win
+    assert ctx.routing is explicit and np.array_equal(ctx.gates, gates[:, 1])
+    ctx.begin_step(1, np.zeros(1, np.int32), np.ones(1, np.int8))  # a new step forgets both
+    ctx.set_layer(0, [1], [1])
+    assert ctx.routing is None and ctx.gates is None
