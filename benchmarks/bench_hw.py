@@ -15,8 +15,9 @@ copies): the script says so, and the figures check the pipeline, not GPU accurac
     python benchmarks/bench_hw.py [--device auto] [--model NAME] [--layers N] [--tokens 128]
                                   [--repeats N] [--out DIR]
 
-Defaults: on CUDA Mixtral-8x7B cut to 2 layers (every executor run builds its pinned expert
-store, so the 24-cell matrix dominates the wall time), on the CPU twin tiny-moe-stdlib.
+Defaults: on CUDA Mixtral-8x7B cut to 2 layers (the validation builds its pinned expert store
+once and reuses it for every cell; the single runs here share one too), on the CPU twin
+tiny-moe-stdlib.
 """
 
 from __future__ import annotations
@@ -73,17 +74,19 @@ class _PlainExecutor:
         return out
 
 
-def plain_forward_ms(spec, trace, batch: int, device: str, seed: int = 0) -> float:  # noqa: ANN001
-    """Mean step latency (ms) of the replay model's plain resident forward."""
+def plain_forward_ms(spec, trace, batch: int, device: str, seed: int = 0,  # noqa: ANN001
+                     assets=None) -> float:  # noqa: ANN001
+    """Mean step latency (ms) of the replay model's plain resident forward (``assets``: the
+    store and model of :func:`hw.replay.build_assets` to reuse)."""
     from hw.device import Device
-    from hw.replay import ReplayModel
-    from hw.store import ExpertStore
+    from hw.replay import build_assets
     from sim.workload import static_batches
 
+    assets = assets or build_assets(spec, device, seed)
+    assets.check(spec, device, seed)
     dev = Device(device)
-    store = ExpertStore(spec, dev, seed=seed)
-    model = ReplayModel(spec, dev, seed=seed)
-    plain = _PlainExecutor(spec, store, dev.torch_device)
+    model = assets.model
+    plain = _PlainExecutor(spec, assets.store, dev.torch_device)
     schedule = static_batches(trace, batch, prefill=True)
     kv = [{} for _ in range(spec.num_layers)]
     times = []
@@ -143,19 +146,23 @@ def main() -> None:
           f"({spec.expert_bytes / 1e6:.1f} MB) {expert_gbps:.2f} GB/s = "
           f"{expert_gbps / peak:.0%} of peak")
 
-    from hw.replay import run_replay
+    from hw.replay import build_assets, release_memory, run_replay
 
     trace = make_trace(cfg, spec)
+    assets = build_assets(spec, str(device))  # one store and model for the runs below
     run_replay(spec, trace, None, batch=1, device=str(device), resident_all=True,
-               hardware=profile)  # warm-up
+               hardware=profile, assets=assets)  # warm-up
     resident = run_replay(spec, trace, None, batch=1, device=str(device), resident_all=True,
-                          hardware=profile)
-    plain_ms = plain_forward_ms(spec, trace, 1, str(device))
+                          hardware=profile, assets=assets)
+    plain_ms = plain_forward_ms(spec, trace, 1, str(device), assets=assets)
     exec_ms = resident.summary["step_latency_ms_mean"]
     print(f"2. all-resident overhead: executor {exec_ms:.3f} ms/step, plain forward "
           f"{plain_ms:.3f} ms/step: {exec_ms / plain_ms - 1:+.1%}")
     lru = run_replay(spec, trace, "lru", capacity_slots=max(spec.top_k,
-                     spec.num_expert_keys // 4), batch=1, device=str(device), hardware=profile)
+                     spec.num_expert_keys // 4), batch=1, device=str(device), hardware=profile,
+                     assets=assets)
+    del assets
+    release_memory(str(device))  # the validation builds its own
     ev = lru.events
     copies = ev[(ev["kind"] == "copy") & (ev["bytes"] > 0) & (ev["end_s"] > ev["start_s"])]
     if len(copies):

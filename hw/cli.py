@@ -82,7 +82,7 @@ def _live_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True,
                         help="a local checkpoint folder or a tiny config (tiny-mixtral, ...)")
     parser.add_argument("--prompt", action="append", required=True,
-                        help="prompt text (repeat for a batch of equal-length prompts)")
+                        help="prompt text (repeat for a batch; left-padded to the longest)")
     parser.add_argument("--policy", default="lru", help="conf/policy name")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--slots", type=int, help="expert cache slots")

@@ -210,7 +210,8 @@ class CopyHandle:
 
 
 class Device:
-    """``kind`` ``"cuda"`` (real streams and events) or ``"cpu"`` (the twin); see module docstring.
+    """``kind`` ``"cuda"`` or ``"cuda:N"`` (real streams and events; ``N`` becomes the current
+    CUDA device) or ``"cpu"`` (the twin); see module docstring.
 
     ``dtype`` defaults to bfloat16 on CUDA and float32 on the twin.
     """
@@ -219,10 +220,18 @@ class Device:
                  twin_copies_per_layer: int | None = None) -> None:
         from traces.errors import ConfigError
 
+        index = None
+        if isinstance(kind, str) and kind.startswith("cuda:") and kind[5:].isdigit():
+            kind, index = "cuda", int(kind[5:])
         if kind not in ("cpu", "cuda"):
-            raise ConfigError(f"device must be 'cpu' or 'cuda', got {kind!r}")
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {kind!r}")
         if kind == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device='cuda' but CUDA is not available (use device='cpu')")
+        if index is not None:
+            if index >= torch.cuda.device_count():
+                raise ConfigError(f"device cuda:{index} does not exist (this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s))")
+            torch.cuda.set_device(index)  # streams, events and "cuda" tensors go there
         self.kind = kind
         self.is_cuda = kind == "cuda"
         self.torch_device = torch.device("cuda" if self.is_cuda else "cpu")

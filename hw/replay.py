@@ -11,6 +11,11 @@ position). bfloat16 on CUDA, float32 on the CPU twin.
 :func:`run_replay` runs a trace's schedule (:func:`sim.workload.static_batches`) and returns a
 :class:`ReplayResult`: the event log frame, the step frame, a summary like ``sim.run``'s and the
 final hidden states, so a run under a policy can be checked against the all-resident run.
+
+:func:`build_assets` builds the expert store and the model once (:class:`ReplayAssets`); passing
+them as ``run_replay(..., assets=...)`` lets many runs of one spec share them (a validation matrix:
+the host store of Mixtral-8x7B cut to 2 layers is 5.6 GB, pinned on CUDA). A run only reads them:
+the KV caches, slots, scratch buffers, streams and event log are its own.
 """
 
 from __future__ import annotations
@@ -162,8 +167,14 @@ class ReplayModel:
 
     def step(self, executor: OffloadExecutor, step: int, rows: np.ndarray, trace: Trace,
              kv: list[dict[int, tuple[torch.Tensor, torch.Tensor]]]) -> torch.Tensor:
-        """Run one step (the trace ``rows`` [B]) through every block; returns [B, H]."""
-        spec, dev = self.spec, self.device
+        """Run one step (the trace ``rows`` [B]) through every block; returns [B, H].
+
+        Events are recorded on the executor's device (its run's streams and clock: a model is
+        shared by runs through :class:`ReplayAssets`); stand-in executors without one use the
+        model's. The model itself is only read; ``kv`` is the run's.
+        """
+        spec = self.spec
+        dev = getattr(executor, "device", None) or self.device
         requests = np.asarray(trace.request_id[rows])  # [B]
         positions_np = np.asarray(trace.position[rows], dtype=np.int64)  # [B]
         positions = torch.from_numpy(positions_np).to(dev.torch_device)  # [B]
@@ -200,6 +211,73 @@ class ReplayModel:
         return out
 
 
+@dataclass(frozen=True, eq=False)
+class ReplayAssets:
+    """The expert store and the model of one (spec, device, seed, rope), built once by
+    :func:`build_assets` and shared by any number of :func:`run_replay` calls (read only)."""
+
+    spec: ModelSpec
+    device: str  # "cpu" (the CPU twin) or "cuda"
+    dtype: torch.dtype
+    seed: int
+    rope: bool
+    store: ExpertStore
+    model: ReplayModel
+
+    def mismatches(self, spec: ModelSpec, device: str, seed: int, rope: bool = True,
+                   dtype: torch.dtype | None = None) -> list[str]:
+        """What differs from a run of ``spec`` on ``device`` with ``seed`` and ``rope``."""
+        wrong = []
+        if spec != self.spec:
+            mine, theirs = spec.to_dict(), self.spec.to_dict()
+            fields = [f"{k}: {v!r} != {theirs.get(k)!r}" for k, v in mine.items()
+                      if theirs.get(k) != v] or ["fields differ"]
+            wrong.append(f"spec {spec.name!r} ({'; '.join(fields)})")
+        if device != self.device:
+            wrong.append(f"device {device!r} != {self.device!r}")
+        if dtype is not None and dtype != self.dtype:
+            wrong.append(f"dtype {dtype} != {self.dtype}")
+        if seed != self.seed:
+            wrong.append(f"seed {seed} != {self.seed}")
+        if rope != self.rope:
+            wrong.append(f"rope {rope} != {self.rope}")
+        return wrong
+
+    def matches(self, spec: ModelSpec, device: str, seed: int, rope: bool = True) -> bool:
+        """Whether a run of ``spec`` on ``device`` with ``seed`` and ``rope`` can use these."""
+        return not self.mismatches(spec, device, seed, rope)
+
+    def check(self, spec: ModelSpec, device: str, seed: int, rope: bool = True,
+              dtype: torch.dtype | None = None) -> None:
+        """ConfigError unless these assets are the ones such a run would build."""
+        wrong = self.mismatches(spec, device, seed, rope, dtype)
+        if wrong:
+            raise ConfigError(f"replay assets of {self.spec.name!r} (device {self.device}, seed "
+                              f"{self.seed}) do not fit this run: {'; '.join(wrong)}")
+
+
+def build_assets(spec: ModelSpec, device: str = "cpu", seed: int = 0,
+                 rope: bool = True) -> ReplayAssets:
+    """The expert store and the model :func:`run_replay` would build for these arguments."""
+    dev = Device(device)
+    store = ExpertStore(spec, dev, seed=seed)
+    model = ReplayModel(spec, dev, seed=seed, rope=rope)
+    return ReplayAssets(spec, device, dev.dtype, seed, rope, store, model)
+
+
+def release_memory(device: str = "cpu") -> None:
+    """Hand cached memory back after dropping assets: the CUDA caching allocator's blocks and
+    the pinned host blocks (no-op on the CPU twin)."""
+    import gc
+
+    gc.collect()
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        empty_host = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+        if empty_host is not None:  # torch >= 2.9 (older: pinned blocks stay cached)
+            empty_host()
+
+
 def _hardware(hardware: str | HardwareProfile) -> HardwareProfile:
     return hardware if isinstance(hardware, HardwareProfile) else load_hardware(hardware)
 
@@ -221,7 +299,8 @@ def run_replay(spec: ModelSpec, trace: Trace, policy: Policy | str | Mapping[str
                batch: int = 1, device: str = "cpu", prefill: bool = True, seed: int = 0,
                resident_all: bool = False, *, hardware: str | HardwareProfile = DEFAULT_HARDWARE,
                rope: bool = True, twin_copies_per_layer: int | None = None,
-               cpu_threads: int = 2, check: bool = False) -> ReplayResult:
+               cpu_threads: int = 2, check: bool = False,
+               assets: ReplayAssets | None = None) -> ReplayResult:
     """Replay ``trace`` on a random-weight model of ``spec`` with ``policy`` (a Policy, a bundled
     name or a config mapping) and a cache of ``capacity_slots`` slots or ``gpu_memory_gb`` GB.
 
@@ -229,7 +308,9 @@ def run_replay(spec: ModelSpec, trace: Trace, policy: Policy | str | Mapping[str
     cache size are ignored). ``hardware``: the profile whose cost model policies plan with and
     whose memory bounds the budget (as in the simulator). ``twin_copies_per_layer``: CPU twin only,
     how many queued copies finish while a layer computes (None: all). ``check``: assert the
-    executor's cache invariants at every layer (tests).
+    executor's cache invariants at every layer (tests). ``assets``: the store and model from
+    :func:`build_assets` of the same spec, device, seed and rope (ConfigError otherwise) instead
+    of building new ones; the outputs are the same.
     """
     check_trace(spec, trace)
     profile = _hardware(hardware)
@@ -246,8 +327,12 @@ def run_replay(spec: ModelSpec, trace: Trace, policy: Policy | str | Mapping[str
         capacity = slots_for(spec, profile, capacity_slots, gpu_memory_gb)
     dev = Device(device, twin_copies_per_layer=twin_copies_per_layer)
     torch.manual_seed(seed)
-    store = ExpertStore(spec, dev, seed=seed)
-    model = ReplayModel(spec, dev, seed=seed, rope=rope)
+    if assets is None:
+        store = ExpertStore(spec, dev, seed=seed)
+        model = ReplayModel(spec, dev, seed=seed, rope=rope)
+    else:
+        assets.check(spec, device, seed, rope, dev.dtype)
+        store, model = assets.store, assets.model
     cost = ComputeModel(spec, profile).cost_model()
     executor = OffloadExecutor(spec, store, dev, pol, capacity, cost, trace=trace,
                                schedule=schedule, cpu_threads=cpu_threads, check=check)

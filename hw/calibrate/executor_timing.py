@@ -157,10 +157,11 @@ def executor_layer_other(spec: ModelSpec, batches: list[int], device: torch.devi
 
     Their sum is the simulator's ``layer_other`` of the executor at that batch.
     """
-    from hw.replay import run_replay
+    from hw.replay import build_assets, release_memory, run_replay
     from sim.metrics import BREAKDOWN
 
     cut = _cut(spec)
+    assets = build_assets(cut, device.type, seed)  # one expert store and model for every replay
     slots = max(cut.top_k, int(fraction * cut.num_expert_keys))
     covered = [name for name in BREAKDOWN if name != "policy_s"]  # policy calls block the host
     other_s, overhead_s = [], []
@@ -169,7 +170,7 @@ def executor_layer_other(spec: ModelSpec, batches: list[int], device: torch.devi
         kwargs = {"resident_all": True} if policy is None else {"capacity_slots": slots}
         for _ in range(2 if i == 0 else 1):  # the first run warms allocators and thread pools
             result = run_replay(cut, trace, policy, batch=b, device=device.type, seed=seed,
-                                **kwargs)
+                                assets=assets, **kwargs)
         steps = result.steps
         full = steps[steps["tokens"] == b]
         full = full.iloc[1:] if len(full) > 1 else full  # a batch's first decode step: warm-up
@@ -180,4 +181,6 @@ def executor_layer_other(spec: ModelSpec, batches: list[int], device: torch.devi
         other_s.append(float(durations.median()) if len(durations) else 0.0)
         gap = (full["latency_s"] - full[covered].sum(axis=1)).clip(lower=0)  # [S]
         overhead_s.append(float(gap.median()) / cut.num_moe_layers if len(gap) else 0.0)
+    del assets, result
+    release_memory(device.type)
     return {"batch": list(batches), "other_s": other_s, "overhead_s": overhead_s}

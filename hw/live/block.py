@@ -2,14 +2,19 @@
 
 Its forward does what the original block does, with the routed experts handed to the executor:
 
-1. the original router module runs on the block input (flattened ``[T, H]``) and gives
-   ``(logits, weights [T, k], indices [T, k])``;
-2. the shared experts (resident) run, and with them the lookahead routers (later MoE layers'
-   routers applied to this input, the ``ctx.lookahead`` columns prefetching policies read);
+0. the runner says which rows of the block input are real tokens: all of them, except in the
+   prefill of left-padded prompts, where only the ``t`` real rows go on (pad tokens never reach
+   the router, the executor, the policy or the event log);
+1. the original router module runs on the real rows of the block input (flattened ``[t, H]``)
+   and gives ``(logits, weights [t, k], indices [t, k])``;
+2. the shared experts (resident) run on every row, as in the original block, and the lookahead
+   routers (later MoE layers' routers applied to the real rows, the ``ctx.lookahead`` columns
+   prefetching policies read);
    everything since the previous MoE layer is logged as the layer's *other* compute;
 3. :meth:`hw.executor.OffloadExecutor.moe_layer` computes the gate-weighted routed sum;
 4. the shared term is added as the original block adds it, and the output gets the original
-   shape (GPT-OSS also returns its router scores).
+   shape (GPT-OSS also returns its router scores); pad rows get a zero routed term (they are
+   masked out of every real token's attention, so their value does not matter).
 
 The original block is kept outside the module tree (not moved by ``model.to``), so its expert
 weights stay on the host, and :meth:`hw.live.runner.LiveRunner.remove` can put it back.
@@ -44,14 +49,19 @@ class OffloadMoeBlock(torch.nn.Module):
         runner, arch = self._runner, self._arch
         shape = hidden_states.shape  # [B, S, H]
         flat = hidden_states.reshape(-1, shape[-1])  # [T, H]
-        runner.enter_layer(self.layer, shape)
-        output = self.router(flat)
-        weights, indices = arch.adapter.read_output(output)  # [T, k], [T, k]
-        shared = shared_output(arch, self._original, hidden_states, flat)
-        lookahead = runner.lookahead(self.layer, flat)  # {d: [T, k]}
-        ids = indices.detach().to("cpu").numpy()  # [T, k] the host reads the routing
-        gates = weights.detach().to("cpu", torch.float32).numpy()  # [T, k]
-        routed = runner.moe_layer(self.layer, flat, ids, np.asarray(gates), lookahead)  # [T, H]
+        keep = runner.enter_layer(self.layer, shape)  # real rows [t] of a padded prefill, or None
+        x = flat if keep is None else flat.index_select(0, keep)  # [t, H] the real tokens
+        output = self.router(x)
+        weights, indices = arch.adapter.read_output(output)  # [t, k], [t, k]
+        shared = shared_output(arch, self._original, hidden_states, flat)  # every row, as before
+        lookahead = runner.lookahead(self.layer, x)  # {d: [t, k]}
+        ids = indices.detach().to("cpu").numpy()  # [t, k] the host reads the routing
+        gates = weights.detach().to("cpu", torch.float32).numpy()  # [t, k]
+        routed = runner.moe_layer(self.layer, x, ids, np.asarray(gates), lookahead)  # [t, H]
+        if keep is not None:  # pad rows get zeros (masked out by attention, never logged)
+            routed = flat.new_zeros(flat.shape).index_copy_(0, keep, routed)  # [T, H]
+            weights = weights.new_zeros((flat.shape[0], weights.shape[1])).index_copy_(
+                0, keep, weights)  # [T, k]
         if shared is not None and arch.model_type == "qwen2_moe":
             routed = routed + shared  # [T, H]: as Qwen2MoeSparseMoeBlock
         out = routed.reshape(shape)  # [B, S, H]

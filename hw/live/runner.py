@@ -6,6 +6,10 @@ the step, the first MoE block of the call runs ``begin_step`` (the token count i
 every MoE block runs ``moe_layer`` for its layer, and a forward hook runs ``end_step`` after the
 last one, the same policy call order as replay mode. A forward whose KV cache is empty is a
 prefill of new requests (one per batch row); one with a filled cache decodes the same requests.
+The 2-D ``attention_mask`` of a forward call (its last ``S`` columns: the call's tokens) tells
+the real tokens from pads: only real tokens reach the routers, the executor and the step's
+request and phase rows, so a prefill of left-padded prompts of lengths ``n_i`` is a step of
+``sum(n_i)`` tokens, not ``B * S``.
 
 :func:`run_live` loads or builds the model, runs a greedy generation through the runner and
 returns a :class:`LiveResult`: the event log, the step frame, a summary like
@@ -50,9 +54,11 @@ class LiveResult:
     summary: dict[str, Any]  # like ReplayResult.summary, mode "live"
     logits: list[torch.Tensor]  # per forward call: [B, S, V] float32 on the host
     tokens: torch.Tensor  # [B, n] greedily generated token ids
-    input_ids: torch.Tensor  # [B, S] the prompt
+    input_ids: torch.Tensor  # [B, S] the prompts, left-padded to the longest
     capacity_slots: int = 0
     stats: dict[str, int] = field(default_factory=dict)  # executor counters
+    # [B, S] 1 at real prompt tokens, 0 at pads (left); the prefill logits at pads mean nothing
+    attention_mask: torch.Tensor | None = None
 
 
 def load_live_model(source: Any, seed: int = 0) -> tuple[Any, str]:
@@ -75,6 +81,12 @@ def load_live_model(source: Any, seed: int = 0) -> tuple[Any, str]:
 
 def _hardware(hardware: str | HardwareProfile) -> HardwareProfile:
     return hardware if isinstance(hardware, HardwareProfile) else load_hardware(hardware)
+
+
+def _mask_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> torch.Tensor | None:
+    """The 2-D ``attention_mask`` ``[B, past + S]`` of a forward call, or None (all real)."""
+    mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+    return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
 def _cache_empty(kwargs: Mapping[str, Any]) -> bool:
@@ -138,6 +150,8 @@ class LiveRunner:
         self.step, self.in_step, self.open = -1, False, False
         self.next_request, self.requests = 0, np.zeros(0, dtype=np.int64)
         self.phase_now = PREFILL
+        self.mask: torch.Tensor | None = None  # this call's 2-D attention mask
+        self.keep: torch.Tensor | None = None  # this step's real rows of [B*S], None: all
         self.schedule: list[np.ndarray] = []  # row numbers of each step
         self.row_request: list[np.ndarray] = []
         self.row_phase: list[np.ndarray] = []
@@ -149,21 +163,37 @@ class LiveRunner:
             raise RuntimeError("this LiveRunner has finished; build a new one")
         self.open = True
         self.phase_now = PREFILL if _cache_empty(kwargs) else DECODE
+        self.mask = _mask_of(args, kwargs)
 
-    def enter_layer(self, layer: int, shape: torch.Size) -> None:
-        """An offloading block starts: the first one of a forward call begins the step."""
+    def enter_layer(self, layer: int, shape: torch.Size) -> torch.Tensor | None:
+        """An offloading block starts: the first one of a forward call begins the step.
+
+        Returns the real rows of the block's flattened ``[B*S]`` input (a device index tensor,
+        batch-major) when the call's attention mask marks pads among its tokens, else None (every
+        row is a real token).
+        """
         if self.in_step:
-            return
+            return self.keep
         if not self.open:
             raise RuntimeError("an MoE block ran outside a forward call of the whole model")
         batch, seq = int(shape[0]), int(shape[1]) if len(shape) == 3 else 1
+        lengths = np.full(batch, seq, dtype=np.int64)  # real tokens per batch row
+        self.keep = None
+        if self.mask is not None and self.mask.shape[0] == batch and self.mask.shape[1] >= seq:
+            real = self.mask[:, -seq:] != 0  # [B, S] this call's tokens
+            if not bool(real.all()):
+                lengths = real.sum(dim=1).to("cpu").numpy().astype(np.int64)
+                if (lengths == 0).any():
+                    raise ConfigError("a batch row has no real token (all pads) in a forward "
+                                      "call; every request needs at least one token")
+                self.keep = real.reshape(-1).nonzero().squeeze(1)  # [t] batch-major
         if self.phase_now == PREFILL:
             self.requests = np.arange(self.next_request, self.next_request + batch)
             self.next_request += batch
         elif len(self.requests) != batch:
             raise ConfigError(f"a decode call of batch {batch} follows a prefill of "
                               f"{len(self.requests)} requests")
-        request_ids = np.repeat(self.requests, seq)  # [T] batch-major, as the flattened rows
+        request_ids = np.repeat(self.requests, lengths)  # [t] batch-major, as the real rows
         phase = np.full(len(request_ids), self.phase_now, dtype=np.int8)  # [T]
         start = sum(len(r) for r in self.schedule)
         rows = np.arange(start, start + len(request_ids))  # [T]
@@ -174,16 +204,19 @@ class LiveRunner:
         self.executor.begin_step(self.step, request_ids, phase, rows)
         self.in_step = True
         self.other_start = self.device.compute.record()
+        return self.keep
 
     def _post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
         self.open = False
+        self.mask, self.keep = None, None
         if self.in_step:
             self.executor.end_step()
             self.in_step = False
 
     # ---- per layer ------------------------------------------------------------------------------
     def lookahead(self, layer: int, flat: torch.Tensor) -> dict[int, np.ndarray]:
-        """``{d: [T, k]}``: the experts MoE layer ``layer + d``'s router picks for ``flat``."""
+        """``{d: [t, k]}``: the experts MoE layer ``layer + d``'s router picks for ``flat``
+        (the layer's real token rows)."""
         out = {}
         for d in range(1, self.distances + 1):
             if layer + d < len(self.arch.routers):
@@ -193,7 +226,8 @@ class LiveRunner:
 
     def moe_layer(self, layer: int, flat: torch.Tensor, ids: np.ndarray, gates: np.ndarray,
                   lookahead: dict[int, np.ndarray]) -> torch.Tensor:
-        """Log the non-expert work since the last MoE layer, run the routed experts [T, H]."""
+        """Log the non-expert work since the last MoE layer, run the routed experts of the real
+        token rows ``flat`` [t, H] -> [t, H]."""
         dev = self.device
         self.executor.log_other(layer, self.other_start, dev.compute.record())
         out = self.executor.moe_layer(layer, flat, ids, gates, lookahead)
@@ -223,72 +257,133 @@ class LiveRunner:
         return self.schedule, np.concatenate(self.row_request), np.concatenate(self.row_phase)
 
 
-def greedy_generate(model: Any, input_ids: torch.Tensor, max_new_tokens: int
+def greedy_generate(model: Any, input_ids: torch.Tensor, max_new_tokens: int,
+                    attention_mask: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Greedy decoding with a KV cache: ``(new tokens [B, n], logits of each forward call)``.
 
     Call 0 is the prefill ``[B, S, V]``, then one ``[B, 1, V]`` per decode call; logits come back
     as float32 on the host. Works the same on the original and the offloading model.
+
+    ``attention_mask`` ``[B, S]`` (1: token, 0: pad) is for left-padded prompts. As
+    transformers' ``generate`` does, a mask of all ones is dropped (the calls are those of an
+    unpadded batch), and otherwise every call gets the mask, extended by a column of ones per
+    decode step, and ``position_ids``: ``cumsum(mask) - 1`` (0 at pads) in the prefill, then the
+    last position plus one. The prefill logits at pad positions mean nothing.
     """
     device = next(model.parameters()).device
     ids = input_ids.to(device)
+    mask = None
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != tuple(ids.shape):
+            raise ConfigError(f"attention_mask {tuple(attention_mask.shape)} does not match "
+                              f"input_ids {tuple(ids.shape)}")
+        if not bool((attention_mask != 0).all()):
+            mask = (attention_mask != 0).to(device=device, dtype=torch.long)  # [B, S]
+    extra: dict[str, Any] = {}
+    if mask is not None:
+        position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # [B, S]
+        extra = {"attention_mask": mask, "position_ids": position_ids}
     logits_all: list[torch.Tensor] = []
     tokens: list[torch.Tensor] = []
     with torch.inference_mode():
-        out = model(input_ids=ids, use_cache=True)
+        out = model(input_ids=ids, use_cache=True, **extra)
         for i in range(max_new_tokens):
             logits = out.logits  # [B, s, V]
             logits_all.append(logits.to("cpu", torch.float32))
             nxt = logits[:, -1].argmax(dim=-1)  # [B]
             tokens.append(nxt.to("cpu"))
             if i + 1 < max_new_tokens:
+                if mask is not None:  # one more real column, one more position
+                    mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+                    extra = {"attention_mask": mask,
+                             "position_ids": extra["position_ids"][:, -1:] + 1}  # [B, 1]
                 out = model(input_ids=nxt[:, None], past_key_values=out.past_key_values,
-                            use_cache=True)
+                            use_cache=True, **extra)
         if max_new_tokens == 0:
             logits_all.append(out.logits.to("cpu", torch.float32))
     new = torch.stack(tokens, dim=1) if tokens else torch.zeros(len(ids), 0, dtype=torch.long)
     return new, logits_all
 
 
-def encode_inputs(inputs: Any, model: Any, source: Any = None) -> torch.Tensor:
-    """``[B, S]`` token ids from a tensor, a list of equal-length id lists, a string or strings
-    (the checkpoint's tokenizer when it has one, else UTF-8 bytes for a 256+ vocabulary)."""
+def encode_inputs(inputs: Any, model: Any, source: Any = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids [B, S], attention_mask [B, S])`` from a tensor, a list of id lists, a string or
+    strings (the checkpoint's tokenizer when it has one, else UTF-8 bytes for a 256+
+    vocabulary).
+
+    Prompts of different lengths are left-padded to the longest with the pad id (the
+    tokenizer's pad token when a checkpoint tokenizer encoded them, else the config's
+    ``pad_token_id``, else 0); the mask is 1 at real tokens, 0 at pads. A tensor is taken as
+    unpadded. ConfigError for no prompt, an empty prompt or ids outside the vocabulary.
+    """
+    vocab = int(model.config.vocab_size)
+    pad = None
     if isinstance(inputs, torch.Tensor):
+        if inputs.dim() not in (1, 2) or inputs.numel() == 0:
+            raise ConfigError(f"input ids must be a non-empty [S] or [B, S] tensor, got shape "
+                              f"{tuple(inputs.shape)}")
+        if inputs.dtype.is_floating_point or inputs.dtype.is_complex or inputs.dtype == torch.bool:
+            raise ConfigError(f"input ids must be integers, got {inputs.dtype}")
         ids = inputs if inputs.dim() == 2 else inputs[None]
+        rows = None
     elif isinstance(inputs, str) or (isinstance(inputs, Sequence) and inputs
                                      and all(isinstance(p, str) for p in inputs)):
         prompts = [inputs] if isinstance(inputs, str) else list(inputs)
-        rows = _tokenize(prompts, model, source)
-        ids = _stack(rows)
-    elif isinstance(inputs, Sequence) and inputs:
-        ids = _stack([list(r) for r in inputs])
+        rows, pad = _tokenize(prompts, model, source)
+    elif isinstance(inputs, Sequence) and inputs and all(
+            isinstance(r, Sequence | torch.Tensor) and not isinstance(r, str) for r in inputs):
+        rows = [r.tolist() if isinstance(r, torch.Tensor) else list(r) for r in inputs]
     else:
         raise ConfigError("inputs must be token ids [B, S], lists of ids, a string or strings")
-    vocab = int(model.config.vocab_size)
-    if ids.numel() == 0 or ids.dtype.is_floating_point or int(ids.min()) < 0 \
-            or int(ids.max()) >= vocab:
+    if rows is not None:
+        if any(len(r) == 0 for r in rows):
+            raise ConfigError("an empty prompt: every prompt needs at least one token")
+        if not all(isinstance(t, int | np.integer) and not isinstance(t, bool)
+                   for r in rows for t in r):
+            raise ConfigError("input ids must be integers")
+        if not all(0 <= int(t) < vocab for r in rows for t in r):
+            raise ConfigError(f"input ids must be a non-empty integer batch in [0, {vocab})")
+        ids, mask = _left_pad(rows, _pad_id(pad, model, vocab))
+    else:
+        mask = torch.ones(ids.shape, dtype=torch.long)
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
         raise ConfigError(f"input ids must be a non-empty integer batch in [0, {vocab})")
-    return ids.long()
+    return ids.long(), mask
 
 
-def _stack(rows: list[list[int]]) -> torch.Tensor:
-    if len({len(r) for r in rows}) != 1 or not rows[0]:
-        raise ConfigError("live mode runs prompts of equal, non-zero length (no padding)")
-    return torch.tensor(rows, dtype=torch.long)
+def _pad_id(tokenizer_pad: Any, model: Any, vocab: int) -> int:
+    """The tokenizer's pad id, else the config's ``pad_token_id``, else 0 (in the vocabulary)."""
+    for pad in (tokenizer_pad, getattr(model.config, "pad_token_id", None)):
+        if isinstance(pad, int) and not isinstance(pad, bool) and 0 <= pad < vocab:
+            return pad
+    return 0
 
 
-def _tokenize(prompts: list[str], model: Any, source: Any) -> list[list[int]]:
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids [B, S], mask [B, S])``: ``rows`` left-padded with ``pad`` to the longest."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):] = torch.tensor([int(t) for t in r], dtype=torch.long)
+        mask[b, width - len(r):] = 1
+    return ids, mask
+
+
+def _tokenize(prompts: list[str], model: Any, source: Any) -> tuple[list[list[int]], Any]:
+    """``(token id lists, the tokenizer's pad id or None)``."""
     if isinstance(source, str | Path) and Path(source).is_dir():
         try:
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
-            return [tok(p)["input_ids"] for p in prompts]
+            return [list(tok(p)["input_ids"]) for p in prompts], tok.pad_token_id
         except (OSError, ValueError):
             pass
     if int(model.config.vocab_size) < 256:
         raise ConfigError("string prompts need a tokenizer or a vocabulary of 256+ (bytes)")
-    return [list(p.encode("utf-8")) for p in prompts]
+    return [list(p.encode("utf-8")) for p in prompts], None
 
 
 def run_live(source: Any, inputs: Any, policy: Policy | str | Mapping[str, Any] | None,
@@ -302,21 +397,24 @@ def run_live(source: Any, inputs: Any, policy: Policy | str | Mapping[str, Any] 
     experts offloaded under ``policy`` (see :class:`LiveRunner` for the options).
 
     ``source``: a model, a tiny config name, a transformers config or a checkpoint folder (built
-    with ``seed``). A model object is restored to its original blocks afterwards unless
-    ``keep_installed``. Bad input raises one ConfigError.
+    with ``seed``). ``inputs``: see :func:`encode_inputs`; prompts of different lengths are
+    left-padded to the longest, and both the attention mask and the matching position ids go to
+    every forward call (:func:`greedy_generate`), while the pad tokens never reach the routers,
+    the executor or the event log. A model object is restored to its original blocks afterwards
+    unless ``keep_installed``. Bad input raises one ConfigError.
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
             or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     model, name = load_live_model(source, seed)
-    ids = encode_inputs(inputs, model, source)
+    ids, mask = encode_inputs(inputs, model, source)
     runner = LiveRunner(model, policy, capacity_slots, gpu_memory_gb, device, name=name,
                         resident_all=resident_all, hardware=hardware, lookahead=lookahead,
                         twin_copies_per_layer=twin_copies_per_layer, cpu_threads=cpu_threads,
                         check=check)
     wall = time.perf_counter()
     try:
-        tokens, logits = greedy_generate(model, ids, max_new_tokens)
+        tokens, logits = greedy_generate(model, ids, max_new_tokens, attention_mask=mask)
     finally:
         events = runner.finish()
         if not keep_installed:
@@ -331,7 +429,8 @@ def run_live(source: Any, inputs: Any, policy: Policy | str | Mapping[str, Any] 
         "device": dev.name, "dtype": str(dev.dtype).replace("torch.", ""),
         "capacity_slots": runner.capacity, "cache_bytes": runner.capacity * store.bytes_per_expert,
         "expert_bytes": store.bytes_per_expert, "pinned": store.pinned, "batch": int(ids.shape[0]),
-        "prompt_tokens": int(ids.shape[1]), "new_tokens": int(tokens.shape[1]),
+        "prompt_tokens": int(ids.shape[1]), "prompt_tokens_total": int(mask.sum()),
+        "new_tokens": int(tokens.shape[1]),
         "hardware": runner.profile.name, "resident_all": resident_all,
         "lookahead": runner.distances, **store.describe(),
         **summarize(events),
@@ -340,4 +439,4 @@ def run_live(source: Any, inputs: Any, policy: Policy | str | Mapping[str, Any] 
         **{f"hw_{k}": v for k, v in runner.executor.stats.items()},
     }
     return LiveResult(events, steps, summary, logits, tokens, ids, runner.capacity,
-                      dict(runner.executor.stats))
+                      dict(runner.executor.stats), mask)

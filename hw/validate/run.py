@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from hw.calibrate.devices import resolve_device
 from hw.validate import accuracy
-from hw.validate.cells import SideResult, measure_cell, simulate_cell
+from hw.validate.cells import CellRunner, SideResult, simulate_cell
 from hw.validate.matrix import ValidationConfig, cache_sizes, cells, make_trace, model_spec
 from hw.validate.report import combined_trace, write_report
 from policies.config import build_policy
@@ -59,8 +59,18 @@ def median_run(runs: list[SideResult]) -> SideResult:
     return runs[order[(len(runs) - 1) // 2]]
 
 
-def validate(cfg: ValidationConfig, measure: Measure = measure_cell) -> Validation:
-    """Run the matrix; ``measure`` runs a cell in the executor (a stand-in in unit tests)."""
+def validate(cfg: ValidationConfig, measure: Measure | None = None) -> Validation:
+    """Run the matrix; ``measure`` runs a cell in the executor (a stand-in in unit tests; None:
+    :func:`~hw.validate.cells.measure_cell` through a :class:`~hw.validate.cells.CellRunner`,
+    so one expert store and model serve every cell, repeat and the warm-up of this call, and
+    are released when it returns)."""
+    if measure is None:
+        with CellRunner() as runner:
+            return _validate(cfg, runner.measure)
+    return _validate(cfg, measure)
+
+
+def _validate(cfg: ValidationConfig, measure: Measure) -> Validation:
     cfg.check()
     device = resolve_device(cfg.device)
     spec = model_spec(cfg)

@@ -126,11 +126,13 @@ def test_store_one_contiguous_buffer_per_expert() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
-def test_cuda_device_without_cuda_is_a_config_error() -> None:
+@pytest.mark.parametrize("kind", ["cuda", "cuda:0"])
+def test_cuda_device_without_cuda_is_a_config_error(kind: str) -> None:
     with pytest.raises(ConfigError, match="CUDA is not available"):
-        Device("cuda")
+        Device(kind)
 
 
-def test_unknown_device_kind() -> None:
-    with pytest.raises(ConfigError, match="'cpu' or 'cuda'"):
-        Device("tpu")
+@pytest.mark.parametrize("kind", ["tpu", "cuda:", "cuda:x", "CUDA"])
+def test_unknown_device_kind(kind: str) -> None:
+    with pytest.raises(ConfigError, match="'cpu', 'cuda' or 'cuda:N'"):
+        Device(kind)

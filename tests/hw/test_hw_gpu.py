@@ -59,3 +59,28 @@ def test_gpu_store_is_pinned_and_copies_are_timed() -> None:
     dev.finish()
     assert torch.equal(dst2.cpu(), store.buffer(1))
     assert dev.event_time(dem.end) >= dev.event_time(dem.start) >= 0
+
+
+@pytest.mark.parametrize("name", ["lru", "probe"])
+def test_gpu_reused_assets_match_fresh_ones(name: str) -> None:
+    from hw.replay import build_assets
+
+    spec, trace = tiny_spec(), tiny_trace()
+    assets = build_assets(spec, "cuda")
+    assert assets.store.pinned and assets.dtype == torch.bfloat16
+    fresh = run_replay(spec, trace, name, capacity_slots=CAPACITY, device="cuda")
+    reused = [run_replay(spec, trace, name, capacity_slots=CAPACITY, device="cuda",
+                         assets=assets) for _ in range(2)]
+    for result in reused:
+        # the same weights and the same kernels; CUDA's index_add_ may sum in another order
+        torch.testing.assert_close(result.hidden, fresh.hidden, atol=1e-2, rtol=1e-2)
+        if name == "lru":  # on-demand: the decisions do not depend on timing
+            assert result.stats == fresh.stats
+
+
+def test_gpu_device_by_index() -> None:
+    dev = Device("cuda:0")
+    assert dev.is_cuda and torch.cuda.current_device() == 0
+    assert dev.empty(4).device == torch.device("cuda", 0)
+    result = run_replay(tiny_spec(), tiny_trace(), "lru", capacity_slots=CAPACITY, device="cuda:0")
+    assert result.summary["device"] == torch.cuda.get_device_name(0)

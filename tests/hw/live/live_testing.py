@@ -1,4 +1,4 @@
-"""Helpers of the live-mode tests: tiny models, a prompt, the HF reference, call recording."""
+"""Helpers of the live-mode tests: tiny models, prompts, the HF references, call recording."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 import torch
 
 from hw.live import greedy_generate
+from hw.live.runner import encode_inputs
 from policies.base import Policy
+from traces.record.adapters import find_routers
 from traces.record.tiny import build_tiny_model
 
 ARCHS = ["mixtral", "qwen2-moe", "qwen3-moe", "olmoe", "deepseek-v2", "deepseek-v3", "gpt-oss"]
@@ -18,6 +20,12 @@ NEW_TOKENS = 4
 # ``x @ W``) whose float32 rounding depends on the order of an expert's token rows; the executor
 # gathers rows in token order, transformers in (top-k slot, token) order. Observed: <= 6e-8.
 GPT_OSS_ATOL = 1e-6
+# Left-padded prompts: the original model's experts also compute the pad rows routed to them, the
+# executor only the real rows. MKL's float32 matmul of a 1-row (gemv) or 2-row input rounds
+# differently from a taller one, so an expert whose real rows are 1 or 2 but which also gets pad
+# rows rounds differently in the two models. Observed: <= 2e-7 (real positions only).
+PADDED_ATOL = 1e-6
+PADDED_LENGTHS = (7, 3, 5)  # unequal prompt lengths: 15 real tokens, 21 padded positions
 
 
 def model(arch: str) -> Any:
@@ -28,6 +36,64 @@ def model(arch: str) -> Any:
 def prompt(batch: int = 2, length: int = 5) -> torch.Tensor:
     """A fixed batch of token ids [batch, length] of the 256-token vocabulary."""
     return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(7))
+
+
+def padded_rows(lengths: tuple[int, ...] = PADDED_LENGTHS) -> list[list[int]]:
+    """Fixed prompts of the given lengths (id lists of the 256-token vocabulary, no 0)."""
+    g = torch.Generator().manual_seed(11)
+    return [torch.randint(1, 256, (n,), generator=g).tolist() for n in lengths]
+
+
+@cache
+def padded_reference(arch: str, skip_pads: bool = False
+                     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+    """``(tokens, logits, mask)`` of the original model on :func:`padded_rows`, left-padded with
+    the attention mask and positions (:func:`greedy_generate`). ``skip_pads``: each original MoE
+    block runs on the real rows only (:class:`SkipPads`), as the offloading block does."""
+    m = model(arch)
+    ids, mask = encode_inputs(padded_rows(), m)
+    if skip_pads:
+        adapter, blocks, _ = find_routers(m)
+        keep = mask.reshape(-1).nonzero().squeeze(1)
+        for b in blocks:
+            layer = m.model.layers[b]
+            setattr(layer, adapter.block_attr, SkipPads(getattr(layer, adapter.block_attr), keep,
+                                                        mask.numel()))
+    tokens, logits = greedy_generate(m, ids, NEW_TOKENS, attention_mask=mask)
+    return tokens, tuple(logits), mask
+
+
+class SkipPads(torch.nn.Module):
+    """An original (transformers) MoE block run on the real rows ``keep`` of a padded prefill
+    (as one ``[1, t, H]`` sequence); pad rows get zeros. Decode calls go to the block as is."""
+
+    def __init__(self, block: torch.nn.Module, keep: torch.Tensor, rows: int) -> None:
+        super().__init__()
+        self.block, self.keep, self.rows = block, keep, rows
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden = hidden_states.shape[-1]
+        flat = hidden_states.reshape(-1, hidden)  # [T, H]
+        if flat.shape[0] != self.rows:
+            return self.block(hidden_states)
+        out = self.block(flat.index_select(0, self.keep)[None])  # [1, t, H]
+        full = flat.new_zeros(flat.shape).index_copy_(0, self.keep, out.reshape(-1, hidden))
+        return full.reshape(hidden_states.shape)
+
+
+def assert_real_logits_match(got: list[torch.Tensor], want: tuple[torch.Tensor, ...],
+                             mask: torch.Tensor, atol: float = 0.0) -> None:
+    """Logits equal at the real positions (the prefill's pads skipped): bitwise for atol 0."""
+    assert len(got) == len(want)
+    real = mask.bool()  # [B, S]
+    for call, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.dtype == torch.float32 and a.shape == b.shape
+        if call == 0:
+            a, b = a[real], b[real]  # [t, V]
+        if atol == 0.0:
+            assert torch.equal(a, b), f"call {call}: max diff {(a - b).abs().max().item()}"
+        else:
+            torch.testing.assert_close(a, b, rtol=0.0, atol=atol)
 
 
 @cache

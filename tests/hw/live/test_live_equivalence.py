@@ -17,14 +17,6 @@ from live_testing import (
 from hw.live import run_live
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # noqa: ANN202 - tiny tensors: one intra-op thread
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("policy", ["lru", "gate-lookahead"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_live_equals_original(arch: str, policy: str) -> None:

@@ -12,14 +12,6 @@ from traces.errors import ConfigError
 from traces.format import DECODE, PREFILL
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # noqa: ANN202 - tiny tensors: one intra-op thread
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_one_step_per_forward_call_in_replay_order() -> None:
     """begin_step before the first MoE layer, on_layer per MoE layer in order, end_step after."""
     policy = CallLog(build_policy("lru"))
@@ -79,7 +71,7 @@ def test_non_moe_model_is_a_config_error() -> None:
 @pytest.mark.parametrize(("policy", "inputs", "message"), [
     ("oracle-prefetch", None, "oracle"),
     ("no-such-policy", None, "no-such-policy"),
-    ("lru", [[1, 2, 3], [4, 5]], "equal"),
+    ("lru", [[1, 2, 3], []], "empty prompt"),
     ("lru", [[1, 2, 999]], r"\[0, 256\)"),
 ])
 def test_bad_policy_or_inputs(policy: str, inputs: object, message: str) -> None:
