@@ -203,21 +203,27 @@ class Engine:
             "other", "decision", "step", "wait"))
         d_hit, d_prefetch_hit, d_inflight, d_miss = (DETAIL[n] for n in (
             "hit", "prefetch_hit", "inflight", "miss"))
-        # batch-1 schedules: every step's sorted expert lists in one numpy call
-        single = self.batcher is None and bool(self.schedule) and \
-            all(len(r) == 1 for r in self.schedule)
-        if single:
-            rows_all = np.concatenate(self.schedule)  # [S]
-            sorted_ids = np.sort(ids_all[rows_all], axis=2)  # [S, L, k]
-            sorted_all = sorted_ids.tolist()  # [S][L][k]
-            offsets = (np.arange(n_layers, dtype=np.int64) * n_experts)[None, :, None]  # [1, L, 1]
-            keys_all = (sorted_ids.astype(np.int64) + offsets).tolist()  # [S][L][k]
-            ones = [[1] * spec.top_k] * n_layers
         ahead: dict[int, np.ndarray] = {}
         ctx.lookahead = ahead  # filled in place at every layer
         reads = policy.lookahead_distances  # None: every distance the trace carries
         lookahead = [(d, cols) for d, cols in sorted(trace.lookahead.items())
                      if reads is None or d in reads]
+        # static schedules: every step's rows gathered once; a step then slices them (views)
+        static = self.batcher is None and bool(self.schedule)
+        if static:
+            bounds = np.cumsum([0] + [len(r) for r in self.schedule]).tolist()  # [S + 1]
+            rows_all = np.concatenate(self.schedule)  # [R]
+            ids_rows, gates_rows = ids_all[rows_all], gates_all[rows_all]  # [R, L, k]
+            request_rows, phase_rows = trace.request_id[rows_all], trace.phase[rows_all]  # [R]
+            lookahead_rows = [(d, cols[rows_all]) for d, cols in lookahead]  # [R, L, k] each
+        # batch-1 schedules: every step's sorted expert lists and keys in one numpy call
+        single = static and len(rows_all) == len(self.schedule)
+        if single:
+            sorted_ids = np.sort(ids_all[rows_all], axis=2)  # [S, L, k]
+            sorted_all = sorted_ids.tolist()  # [S][L][k]
+            offsets = (np.arange(n_layers, dtype=np.int64) * n_experts)[None, :, None]  # [1, L, 1]
+            keys_all = (sorted_ids.astype(np.int64) + offsets).tolist()  # [S][L][k]
+            ones = [[1] * spec.top_k] * n_layers
         resident = cache.resident  # a live set, never replaced
         # hot calls, bound once (policies bind their methods in reset, before the run)
         on_layer, prefetch, evict, check = policy.on_layer, policy.prefetch, self._evict, self.check
@@ -237,8 +243,15 @@ class Engine:
                 clock = env.now
             step_start = clock
             n_tok = len(rows)
-            ids = ids_all[rows]  # [B, L, k]
-            gates = gates_all[rows]  # [B, L, k]
+            if static:
+                first, end = bounds[step], bounds[step + 1]
+                ids, gates = ids_rows[first:end], gates_rows[first:end]  # [B, L, k]
+                request_ids, phase = request_rows[first:end], phase_rows[first:end]  # [B]
+                step_lookahead = [(d, cols[first:end]) for d, cols in lookahead_rows]
+            else:
+                ids, gates = ids_all[rows], gates_all[rows]  # [B, L, k]
+                request_ids, phase = trace.request_id[rows], trace.phase[rows]  # [B]
+                step_lookahead = [(d, cols[rows]) for d, cols in lookahead]
             if single:
                 experts, tokens, step_keys = sorted_all[step], ones, keys_all[step]
             else:
@@ -246,8 +259,8 @@ class Engine:
                 step_keys = [[layer * n_experts + e for e in layer_experts]
                              for layer, layer_experts in enumerate(experts)]
             # per-layer lookahead views, built in one C loop each: [L] of [B, k]
-            ahead_by_layer = [(d, list(cols[rows].swapaxes(0, 1))) for d, cols in lookahead]
-            ctx.begin_step(step, trace.request_id[rows], trace.phase[rows], rows, ids, gates)
+            ahead_by_layer = [(d, list(cols.swapaxes(0, 1))) for d, cols in step_lookahead]
+            ctx.begin_step(step, request_ids, phase, rows, ids, gates)
             policy.begin_step(ctx)
             memo = step_memo.get(n_tok)
             if memo is None:
