@@ -40,9 +40,10 @@ from policies.base import Policy
 from policies.context import LayerContext
 from policies.cost import CostModel
 from policies.evaluation import (
-    PolicyViolation,
+    choose_victims,
     place_and_admit,
     plan_with_room,
+    validate_cancel,
 )
 from sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
 from traces.format import Trace
@@ -169,30 +170,15 @@ class OffloadExecutor:
         copy.row[8] = DETAIL["cancelled"]
         self.stats["cancelled"] += 1
 
-    def _drop(self, key: int, protected: list[int]) -> None:
-        policy = self.policy
-        if key not in self.slots.cache.resident:
-            raise PolicyViolation(f"{policy.name}: evicted key {key}, which is not resident")
-        if key in protected:
-            raise PolicyViolation(f"{policy.name}: evicted key {key}, needed by the current "
-                                  f"layer")
-        self.slots.remove(key)
-        self.unused.pop(key, None)
-        self.stats["evictions"] += 1
-        policy.on_evict(key)
-
     def _evict(self, need: int, layer: int, protected: list[int]) -> None:
-        policy, cache = self.policy, self.slots.cache
-        victims = list(policy.evict(cache, need, layer))
-        if len(victims) > need or len(set(victims)) != len(victims):
-            raise PolicyViolation(f"{policy.name}: evict({need}) returned {victims}")
-        if cache.partition_slots is not None and layer >= 0:
-            for key in victims:
-                if key // self.n_experts != layer:
-                    raise PolicyViolation(f"{policy.name}: evicted key {key} outside layer "
-                                          f"{layer}'s partition")
-        for key in victims:
-            self._drop(key, protected)
+        """Free the slots of the policy's checked victims (:func:`choose_victims`)."""
+        policy = self.policy
+        for key in choose_victims(policy, self.slots.cache, need, layer, protected,
+                                  self.n_experts):
+            self.slots.remove(key)
+            self.unused.pop(key, None)
+            self.stats["evictions"] += 1
+            policy.on_evict(key)
 
     # ---- one MoE layer --------------------------------------------------------------------------
     def moe_layer(self, layer: int, x: torch.Tensor, ids: np.ndarray, gates: np.ndarray,
@@ -353,12 +339,7 @@ class OffloadExecutor:
         now = self.device.host_time()
         for key in plan.cancel:
             copy = self.copies.get(key)
-            if copy is None or copy.purpose != "prefetch":
-                raise PolicyViolation(f"{policy.name}: cancelled key {key}, which is not a "
-                                      f"prefetch in flight")
-            if key in protected:
-                raise PolicyViolation(f"{policy.name}: cancelled key {key}, needed by the "
-                                      f"current layer")
+            validate_cancel(policy.name, key, copy and copy.purpose, protected)
             self._cancel(copy, now)
             del self.copies[key]
             self.unused.pop(key, None)

@@ -157,19 +157,8 @@ def evaluate(trace: Trace, policy: Policy, capacity_slots: int, *, batch: int = 
     pending: set[int] = set()  # prefetched keys not accessed yet
 
     def evict(need: int, layer: int, protected: list[int]) -> int:
-        victims = list(policy.evict(cache, need, layer))
-        if len(victims) > need or len(set(victims)) != len(victims):
-            raise PolicyViolation(f"{policy.name}: evict({need}) returned {victims}")
+        victims = choose_victims(policy, cache, need, layer, protected, n_experts)
         for key in victims:
-            if key not in cache.resident:
-                raise PolicyViolation(f"{policy.name}: evicted key {key}, which is not resident"
-                                      + (" (it is in flight)" if key in cache.in_flight else ""))
-            if key in protected:
-                raise PolicyViolation(f"{policy.name}: evicted key {key}, needed by the current "
-                                      f"layer")
-            if cache.partition_slots is not None and key // n_experts != layer:
-                raise PolicyViolation(f"{policy.name}: evicted key {key} outside layer {layer}'s "
-                                      f"partition")
             cache.remove(key)
             pending.discard(key)
             policy.on_evict(key)
@@ -269,6 +258,38 @@ def place_and_admit(policy: Policy, ctx: LayerContext, missing: Sequence[int],
     if need > 0:
         evict(need, layer, protected)
     return fetch, cpu, admitted
+
+
+def choose_victims(policy: Policy, cache: SlotCache, need: int, layer: int,
+                   protected: Sequence[int], n_experts: int) -> list[int]:
+    """``policy.evict(cache, need, layer)``, checked, shared by every engine: at most ``need``
+    distinct resident keys, none the current layer needs (``protected``), all of ``layer``'s
+    partition when the cache is partitioned. Raises :class:`PolicyViolation` before the caller
+    frees any slot; the caller frees them and calls ``policy.on_evict``."""
+    name = policy.name
+    victims = list(policy.evict(cache, need, layer))
+    if len(victims) > need or (len(victims) > 1 and len(set(victims)) != len(victims)):
+        raise PolicyViolation(f"{name}: evict({need}) returned {victims}")
+    resident, partitioned = cache.resident, cache.partition_slots is not None and layer >= 0
+    for key in victims:
+        if key not in resident:
+            raise PolicyViolation(f"{name}: evicted key {key}, which is not resident"
+                                  + (" (it is in flight)" if key in cache.in_flight else ""))
+        if key in protected:
+            raise PolicyViolation(f"{name}: evicted key {key}, needed by the current layer")
+        if partitioned and key // n_experts != layer:
+            raise PolicyViolation(f"{name}: evicted key {key} outside layer {layer}'s "
+                                  f"partition")
+    return victims
+
+
+def validate_cancel(name: str, key: int, purpose: str | None, protected: Sequence[int]) -> None:
+    """Raise PolicyViolation unless a cancelled ``key`` is a prefetch in flight (``purpose``: its
+    copy's, None when no copy is in flight) that the current layer does not need."""
+    if purpose != "prefetch":
+        raise PolicyViolation(f"{name}: cancelled key {key}, which is not a prefetch in flight")
+    if key in protected:
+        raise PolicyViolation(f"{name}: cancelled key {key}, needed by the current layer")
 
 
 def plan_with_room(name: str, keys: Sequence[int], cache: SlotCache, n_layers: int,

@@ -28,9 +28,10 @@ from policies.base import Policy
 from policies.cache import SlotCache
 from policies.context import LayerContext
 from policies.evaluation import (
-    PolicyViolation,
+    choose_victims,
     place_and_admit,
     plan_with_room,
+    validate_cancel,
 )
 from policies.needs import step_experts
 from sim.compute import ComputeModel
@@ -160,28 +161,12 @@ class Engine:
         self.policy.on_fetch_done(copy.key)
 
     def _evict(self, need: int, layer: int, protected: list[int]) -> None:
-        """Ask the policy for ``need`` victims (of ``layer``'s partition when partitioned), check
-        them and free their slots (they must be resident and not needed by the current layer)."""
-        policy, cache = self.policy, self.cache
-        victims = list(policy.evict(cache, need, layer))
-        if len(victims) > need or (len(victims) > 1 and len(set(victims)) != len(victims)):
-            raise PolicyViolation(f"{policy.name}: evict({need}) returned {victims}")
-        if cache.partition_slots is not None and layer >= 0:
-            n_experts = self.spec.num_experts
-            for key in victims:
-                if key // n_experts != layer:
-                    raise PolicyViolation(f"{policy.name}: evicted key {key} outside "
-                                          f"layer {layer}'s partition")
-        resident, unused, on_evict = cache.resident, self.unused_prefetch, policy.on_evict
-        for key in victims:
-            if key not in resident:
-                raise PolicyViolation(f"{policy.name}: evicted key {key}, which is not resident")
-            if key in protected:
-                raise PolicyViolation(f"{policy.name}: evicted key {key}, needed by the "
-                                      f"current layer")
+        """Free the slots of the policy's checked victims (:func:`choose_victims`)."""
+        policy, cache, unused = self.policy, self.cache, self.unused_prefetch
+        for key in choose_victims(policy, cache, need, layer, protected, self.spec.num_experts):
             cache.remove(key)
             unused.pop(key, None)
-            on_evict(key)
+            policy.on_evict(key)
 
     def _main(self):  # noqa: ANN202, C901 - SimPy generator; the contract's sequence in one place
         env, log, cache, policy, link = self.env, self.log, self.cache, self.policy, self.link
@@ -336,12 +321,7 @@ class Engine:
                     clock = env.now
                 for key in plan.cancel:
                     copy = copies.get(key)
-                    if copy is None or copy.purpose != "prefetch":
-                        raise PolicyViolation(f"{policy.name}: cancelled key {key}, which is "
-                                              f"not a prefetch in flight")
-                    if key in protected:
-                        raise PolicyViolation(f"{policy.name}: cancelled key {key}, needed by "
-                                              f"the current layer")
+                    validate_cancel(policy.name, key, copy and copy.purpose, protected)
                     link.cancel(copy)
                     del copies[key]
                     unused.pop(key, None)
