@@ -61,6 +61,7 @@ class SlotCache:
         self.in_flight: set[int] = set()
         self.partition_slots: list[int] | None = None
         self._used = [0] * self.num_layers  # [L] occupied slots per layer
+        self._occupied = 0  # len(resident) + len(in_flight), kept by the mutators
         if partition_slots is not None:
             parts = [int(p) for p in partition_slots]
             if len(parts) != self.num_layers or min(parts) < 0:
@@ -75,19 +76,19 @@ class SlotCache:
         """Free slots overall, or in ``layer``'s partition when the cache is partitioned."""
         if self.partition_slots is not None and layer >= 0:
             return self.partition_slots[layer] - self._used[layer]
-        return self.capacity_slots - len(self.resident) - len(self.in_flight)
+        return self.capacity_slots - self._occupied
 
     def used_slots(self, layer: int = -1) -> int:
         """Occupied slots overall, or of ``layer``'s keys."""
         if layer >= 0:
             return self._used[layer]
-        return len(self.resident) + len(self.in_flight)
+        return self._occupied
 
     def __contains__(self, key: int) -> bool:
         return key in self.resident
 
     def __len__(self) -> int:
-        return len(self.resident) + len(self.in_flight)
+        return self._occupied
 
     # ---- mutation (engines and offline evaluation only) -----------------------------------------
     def start_fetch(self, key: int) -> None:
@@ -101,6 +102,7 @@ class SlotCache:
             raise CacheError(f"no free slot for key {key} (layer {layer})")
         self.in_flight.add(key)
         self._used[layer] += 1
+        self._occupied += 1
 
     def complete_fetch(self, key: int) -> None:
         """The copy of ``key`` finished: it becomes resident."""
@@ -124,12 +126,14 @@ class SlotCache:
         else:
             raise CacheError(f"key {key} holds no slot")
         self._used[key // self.num_experts] -= 1
+        self._occupied -= 1
 
     def clear(self) -> None:
         """Drop everything."""
         self.resident.clear()
         self.in_flight.clear()
         self._used = [0] * self.num_layers
+        self._occupied = 0
 
 
 def even_partitions(capacity_slots: int, num_layers: int) -> list[int]:
