@@ -202,9 +202,9 @@ class Engine:
             request_rows, phase_rows = trace.request_id[rows_all], trace.phase[rows_all]  # [R]
             lookahead_rows = [(d, cols[rows_all]) for d, cols in lookahead]  # [R, L, k] each
         # batch-1 schedules: every step's sorted expert lists and keys in one numpy call
-        single = static and len(rows_all) == len(self.schedule)
+        single = static and all(len(r) == 1 for r in self.schedule)
         if single:
-            sorted_ids = np.sort(ids_all[rows_all], axis=2)  # [S, L, k]
+            sorted_ids = np.sort(ids_rows, axis=2)  # [S, L, k]
             sorted_all = sorted_ids.tolist()  # [S][L][k]
             offsets = (np.arange(n_layers, dtype=np.int64) * n_experts)[None, :, None]  # [1, L, 1]
             keys_all = (sorted_ids.astype(np.int64) + offsets).tolist()  # [S][L][k]
