@@ -316,7 +316,7 @@ class Engine:
                             to_submit.append(copy)
                             wait.append(copy)
                 plan = prefetch(ctx)
-                if plan.cancel and env.now < clock:  # an interrupt acts at env.now: catch up
+                if plan.cancel and env.now < clock:  # a cancel acts at env.now: catch up
                     yield env.timeout(clock - env.now)
                     clock = env.now
                 for key in plan.cancel:

@@ -185,8 +185,7 @@ class Link:
         copy = self._pop()
         if copy is None:
             return
-        env = self.env
-        now = env.now
+        now = self.env.now
         start = now if now > copy.ready_s else copy.ready_s  # it waits for the decision
         if not copy.moved:  # first start (a resumed chunked copy keeps its own)
             copy.start_s = start
@@ -196,11 +195,7 @@ class Link:
             self._start_chunk(copy, start)
             return
         bw = copy.bytes_per_s or self.bytes_per_s
-        delay = start - now + self.latency_s + copy.num_bytes / bw  # _arm, inlined (hot)
-        self.busy_until = now + delay
-        timer = simpy.Timeout(env, delay)
-        timer.callbacks.append(self._on_copy_end)
-        self._timer = timer
+        self._arm(start - now + self.latency_s + copy.num_bytes / bw, self._on_copy_end)
 
     def _arm(self, delay: float, callback: Callable[[simpy.Event], None]) -> None:
         """Schedule the running copy's (chunk's) end ``delay`` seconds from now."""
@@ -223,6 +218,7 @@ class Link:
         """Cancel the running copy now, logging the bytes that crossed."""
         now = self.env.now
         bw = copy.bytes_per_s or self.bytes_per_s
+        first = min(copy.start_s, now)  # the row spans the copy's first start to now
         if self.chunk_bytes:
             start = min(self._chunk_start, now)
             part = max(0.0, (now - start - self.latency_s) * bw)
@@ -230,9 +226,7 @@ class Link:
             if self.record_chunks and now > start:
                 self.chunks.append((start, now, copy.key, moved - copy.moved))
             copy.moved = moved
-            first = min(copy.start_s, now)
         else:
-            first = min(copy.start_s, now)
             moved = int(min(max(0.0, (now - first - self.latency_s) * bw), copy.num_bytes))
         copy.state = "cancelled"
         copy.row = self.log.add_codes(_K_COPY, first, now, copy.step, copy.layer,
