@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from sim.cluster import build_trace, simulate_cluster
+from moe_offload_lab.sim.cluster import build_trace, simulate_cluster
 
 POLICIES = ("static", "eplb", "probe-history", "probe", "probe-oracle")
 

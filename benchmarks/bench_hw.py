@@ -30,20 +30,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from hw.calibrate.devices import resolve_device, synchronize
-from hw.calibrate.run import CalibrationConfig, calibrate
-from hw.validate.matrix import ValidationConfig, make_trace, model_spec
-from hw.validate.run import validate
-from sim.compute import ComputeModel
-from sim.hardware import load_hardware
+from moe_offload_lab.hw.calibrate.devices import resolve_device, synchronize
+from moe_offload_lab.hw.calibrate.run import CalibrationConfig, calibrate
+from moe_offload_lab.hw.validate.matrix import ValidationConfig, make_trace, model_spec
+from moe_offload_lab.hw.validate.run import validate
+from moe_offload_lab.sim.compute import ComputeModel
+from moe_offload_lab.sim.hardware import load_hardware
 
 
 class _PlainExecutor:
     """Resident experts computed directly: the replay model's forward without the executor."""
 
     def __init__(self, spec, store, device) -> None:  # noqa: ANN001
-        from hw.store import expert_ffn
+        from moe_offload_lab.hw.store import expert_ffn
 
         self.ffn = expert_ffn
         self.spec = spec
@@ -78,9 +77,9 @@ def plain_forward_ms(spec, trace, batch: int, device: str, seed: int = 0,  # noq
                      assets=None) -> float:  # noqa: ANN001
     """Mean step latency (ms) of the replay model's plain resident forward (``assets``: the
     store and model of :func:`hw.replay.build_assets` to reuse)."""
-    from hw.device import Device
-    from hw.replay import build_assets
-    from sim.workload import static_batches
+    from moe_offload_lab.hw.device import Device
+    from moe_offload_lab.hw.replay import build_assets
+    from moe_offload_lab.sim.workload import static_batches
 
     assets = assets or build_assets(spec, device, seed)
     assets.check(spec, device, seed)
@@ -146,7 +145,7 @@ def main() -> None:
           f"({spec.expert_bytes / 1e6:.1f} MB) {expert_gbps:.2f} GB/s = "
           f"{expert_gbps / peak:.0%} of peak")
 
-    from hw.replay import build_assets, release_memory, run_replay
+    from moe_offload_lab.hw.replay import build_assets, release_memory, run_replay
 
     trace = make_trace(cfg, spec)
     assets = build_assets(spec, str(device))  # one store and model for the runs below

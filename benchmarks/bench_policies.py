@@ -27,17 +27,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from policies import (  # noqa: E402
+from moe_offload_lab.policies import (  # noqa: E402
     GPU,
     CostModel,
     LayerContext,
     SlotCache,
     load_policy,
 )
-from policies.config import shape_free_policies  # noqa: E402
-from policies.needs import consecutive_batches, step_experts  # noqa: E402
-from policies.toy_traces import make_trace  # noqa: E402
-from traces import MoeLabError, load_model  # noqa: E402
+from moe_offload_lab.policies.config import shape_free_policies  # noqa: E402
+from moe_offload_lab.policies.needs import consecutive_batches, step_experts  # noqa: E402
+from moe_offload_lab.policies.toy_traces import make_trace  # noqa: E402
+from moe_offload_lab.traces import MoeLabError, load_model  # noqa: E402
 
 TARGET_US = {"lru": 5.0, "lfu": 5.0, "gate-lookahead": 5.0}
 OTHER_TARGET_US = 20.0
@@ -182,7 +182,7 @@ def _trace(spec, tokens: int, source: str):
     """A trace of ``tokens`` tokens for ``spec``: its synthetic preset, else a toy trace."""
     if source == "synthetic":
         try:
-            from traces.synthetic import generate
+            from moe_offload_lab.traces.synthetic import generate
 
             return generate(spec.name, tokens=tokens, seed=1), "synthetic"
         except (ImportError, MoeLabError):

@@ -22,14 +22,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-from policies.learned import checkpoint, timing
-from policies.learned.cli import compose, train
-from policies.learned.data import split_by_request
-from policies.learned.evaluate import evaluate_predictors, markdown, write_outputs
-from policies.learned.runner import Runner
-from policies.registry import PREDICTORS
-from traces.catalog import conf_dir
+from moe_offload_lab.policies.learned import checkpoint, timing
+from moe_offload_lab.policies.learned.cli import compose, train
+from moe_offload_lab.policies.learned.data import split_by_request
+from moe_offload_lab.policies.learned.evaluate import evaluate_predictors, markdown, write_outputs
+from moe_offload_lab.policies.learned.runner import Runner
+from moe_offload_lab.policies.registry import PREDICTORS
+from moe_offload_lab.traces.catalog import conf_dir
 
 HEURISTICS = ["history", "gate-lookahead", "popularity"]
 
@@ -43,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     names = sorted(p.stem for p in (conf_dir() / "train" / "predictor").glob("*.yaml"))
     cfg = compose([])
-    import traces.bundled
+    import moe_offload_lab.traces.bundled as bundled_traces
 
-    trace = traces.bundled.load()
+    trace = bundled_traces.load()
     split = split_by_request(trace, cfg["split"]["val"], cfg["split"]["test"],
                              cfg["split"]["seed"])
     learned, costs = {}, {}

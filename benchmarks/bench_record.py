@@ -24,7 +24,7 @@ def _prompts(n: int) -> list[str]:
 
 
 def _timed_record(model, prompts, **settings):
-    from traces.record import record
+    from moe_offload_lab.traces.record import record
 
     start = time.perf_counter()
     trace = record(model, prompts, progress=False, **settings)
@@ -40,8 +40,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-
-    from traces.record.tiny import build_tiny_model
+    from moe_offload_lab.traces.record.tiny import build_tiny_model
 
     model = build_tiny_model(args.config)
     prompts = _prompts(args.prompts)

@@ -19,14 +19,13 @@ import dataclasses
 import time
 
 import numpy as np
-
-from policies.config import build_policy
-from sim.engine import Engine
-from sim.hardware import load_hardware
-from sim.metrics import summarize
-from sim.workload import ContinuousBatcher, static_batches
-from traces.format import DECODE
-from traces.synthetic import LengthDist, SynthConfig, generate
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.hardware import load_hardware
+from moe_offload_lab.sim.metrics import summarize
+from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
+from moe_offload_lab.traces.format import DECODE
+from moe_offload_lab.traces.synthetic import LengthDist, SynthConfig, generate
 
 POLICIES = ("lru", "gate-lookahead")
 

@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from traces.analysis.report import compute_stats
-from traces.format import Trace
-from traces.synthetic import generate
+from moe_offload_lab.traces.analysis.report import compute_stats
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.synthetic import generate
 
 
 def _timed(label: str, fn, target_s: float | None = None):

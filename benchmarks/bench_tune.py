@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from policies.config import load_policy_config, shape_free_policies
-from sim.tune.space import check_space, load_space
-from sim.tune.study import open_study, run_worker
-from sim.tune.trial import evaluate
+from moe_offload_lab.policies.config import load_policy_config, shape_free_policies
+from moe_offload_lab.sim.tune.space import check_space, load_space
+from moe_offload_lab.sim.tune.study import open_study, run_worker
+from moe_offload_lab.sim.tune.trial import evaluate
 
 
 def _is_oracle(name: str) -> bool:

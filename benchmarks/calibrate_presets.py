@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from traces.analysis.report import compute_stats
-from traces.synthetic import SynthConfig, generate, presets
+from moe_offload_lab.traces.analysis.report import compute_stats
+from moe_offload_lab.traces.synthetic import SynthConfig, generate, presets
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from traces.errors import run_command
+from moe_offload_lab.traces.errors import run_command
 
 PROG = "moe-hw"
 
@@ -50,8 +50,8 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _run(argv: Sequence[str]) -> int:
-    from hw.run import run_from_config
-    from sim.run import SimResult
+    from moe_offload_lab.hw.run import run_from_config
+    from moe_offload_lab.sim.run import SimResult
 
     args = _run_parser().parse_args(argv)
     overrides = {k: v for k, v in (("num_layers", args.layers), ("hidden_size", args.hidden),
@@ -97,8 +97,8 @@ def _live_parser() -> argparse.ArgumentParser:
 
 
 def _live(argv: Sequence[str]) -> int:
-    from hw.live.runner import run_live
-    from sim.run import SimResult
+    from moe_offload_lab.hw.live.runner import run_live
+    from moe_offload_lab.sim.run import SimResult
 
     args = _live_parser().parse_args(argv)
     result = run_live(args.model, args.prompt if len(args.prompt) > 1 else args.prompt[0],
@@ -124,11 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "live":
         return run_command(PROG, lambda: _live(rest))
     if command == "calibrate":
-        from hw.calibrate.cli import main as calibrate
+        from moe_offload_lab.hw.calibrate.cli import main as calibrate
 
         return calibrate(rest)
     if command == "validate":
-        from hw.validate.cli import main as validate
+        from moe_offload_lab.hw.validate.cli import main as validate
 
         return validate(rest)
     print(f"{PROG}: error: unknown command {command!r} (run, live, calibrate, validate)",

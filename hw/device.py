@@ -218,7 +218,7 @@ class Device:
 
     def __init__(self, kind: str = "cpu", dtype: torch.dtype | None = None,
                  twin_copies_per_layer: int | None = None) -> None:
-        from traces.errors import ConfigError
+        from moe_offload_lab.traces.errors import ConfigError
 
         index = None
         if isinstance(kind, str) and kind.startswith("cuda:") and kind[5:].isdigit():

@@ -32,22 +32,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-
-from hw.device import CopyHandle, Device
-from hw.slots import ScratchPool, SlotPool
-from hw.store import ExpertStore, expert_ffn
-from policies.base import Policy
-from policies.context import LayerContext
-from policies.cost import CostModel
-from policies.evaluation import (
+from moe_offload_lab.hw.device import CopyHandle, Device
+from moe_offload_lab.hw.slots import ScratchPool, SlotPool
+from moe_offload_lab.hw.store import ExpertStore, expert_ffn
+from moe_offload_lab.policies.base import Policy
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import CostModel
+from moe_offload_lab.policies.evaluation import (
     choose_victims,
     place_and_admit,
     plan_with_room,
     validate_cancel,
 )
-from sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 _K_COPY, _K_COMPUTE, _K_STALL, _K_POLICY, _K_STEP = (KIND[n] for n in (
     "copy", "compute", "stall", "policy", "step"))

@@ -28,20 +28,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-
-from hw.device import Device
-from hw.executor import OffloadExecutor
-from hw.slots import slots_for
-from hw.store import ExpertStore, expert_ffn
-from policies.base import Policy
-from policies.config import build_policy
-from sim.compute import ComputeModel
-from sim.hardware import HardwareProfile, load_hardware
-from sim.metrics import latency_metrics, step_frame, summarize
-from sim.workload import static_batches
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.hw.device import Device
+from moe_offload_lab.hw.executor import OffloadExecutor
+from moe_offload_lab.hw.slots import slots_for
+from moe_offload_lab.hw.store import ExpertStore, expert_ffn
+from moe_offload_lab.policies.base import Policy
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.sim.compute import ComputeModel
+from moe_offload_lab.sim.hardware import HardwareProfile, load_hardware
+from moe_offload_lab.sim.metrics import latency_metrics, step_frame, summarize
+from moe_offload_lab.sim.workload import static_batches
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 DEFAULT_HARDWARE = "h100-sxm"  # the cost model handed to policies and the memory plan's card
 _ROUTING_FIELDS = ("num_moe_layers", "num_experts", "top_k")

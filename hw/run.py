@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hw.replay import DEFAULT_HARDWARE, ReplayResult, run_replay
-from traces.catalog import load_model
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.hw.replay import DEFAULT_HARDWARE, ReplayResult, run_replay
+from moe_offload_lab.traces.catalog import load_model
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 KEYS = {"model", "model_overrides", "trace", "policy", "cache", "batch", "device", "prefill",
         "seed", "resident_all", "hardware"}
@@ -53,10 +53,10 @@ def _trace(cfg: Mapping[str, Any], spec: ModelSpec,
     if cfg.get("path"):
         return Trace.load(str(cfg["path"]))
     if cfg.get("bundled"):
-        from traces.bundled import path as bundled_path
+        from moe_offload_lab.traces.bundled import path as bundled_path
 
         return Trace.load(bundled_path(str(cfg["bundled"])))
-    from traces.synthetic import SynthConfig, generate
+    from moe_offload_lab.traces.synthetic import SynthConfig, generate
 
     tokens = cfg.get("tokens", 200)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:

@@ -15,13 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from hw.device import Device
-from policies.cache import SlotCache
-from sim.hardware import HardwareProfile
-from sim.memory import GpuMemory
-from traces.errors import ConfigError
-from traces.spec import ModelSpec
+from moe_offload_lab.hw.device import Device
+from moe_offload_lab.policies.cache import SlotCache
+from moe_offload_lab.sim.hardware import HardwareProfile
+from moe_offload_lab.sim.memory import GpuMemory
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 def slots_for(spec: ModelSpec, hardware: HardwareProfile, capacity_slots: int | None = None,

@@ -13,9 +13,8 @@ resident on the device (:mod:`hw.replay`).
 from __future__ import annotations
 
 import torch
-
-from hw.device import Device
-from traces.spec import ModelSpec
+from moe_offload_lab.hw.device import Device
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 def expert_numel(spec: ModelSpec) -> int:

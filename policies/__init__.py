@@ -7,19 +7,19 @@ implementation is :class:`policies.composed.ComposedPolicy`, built from ``conf/p
 :func:`load_policy`. Keys are ints ``layer * num_experts + expert`` (:mod:`policies.keys`).
 """
 
-from policies.base import CPU, GPU, FetchPlan, Policy
-from policies.cache import CacheView, SlotCache
-from policies.config import (
+from moe_offload_lab.policies.base import CPU, GPU, FetchPlan, Policy
+from moe_offload_lab.policies.cache import CacheView, SlotCache
+from moe_offload_lab.policies.config import (
     PolicyConfig,
     available_policies,
     build_policy,
     load_policy_config,
     policy_config,
 )
-from policies.context import LayerContext
-from policies.cost import CostModel, DecisionCost
-from policies.keys import key_expert, key_layer, make_key, split_key
-from policies.prediction import Prediction
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import CostModel, DecisionCost
+from moe_offload_lab.policies.keys import key_expert, key_layer, make_key, split_key
+from moe_offload_lab.policies.prediction import Prediction
 
 
 def load_policy(name_or_path: str):  # noqa: ANN201 - ComposedPolicy, imported lazily

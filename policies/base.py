@@ -54,12 +54,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-
-from policies.cache import CacheView
-from policies.context import LayerContext
-from policies.cost import CostModel, DecisionCost
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.cache import CacheView
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import CostModel, DecisionCost
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 GPU = "gpu"  # placement: fetch the expert and run it on the GPU
 CPU = "cpu"  # placement: run the expert on the host CPU where its weights live

@@ -20,11 +20,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
-
-from policies.config import available_policies, build_policy, load_policy_config
-from policies.evaluation import EvalResult, evaluate
-from traces.errors import ConfigError, run_command
-from traces.format import Trace
+from moe_offload_lab.policies.config import available_policies, build_policy, load_policy_config
+from moe_offload_lab.policies.evaluation import EvalResult, evaluate
+from moe_offload_lab.traces.errors import ConfigError, run_command
+from moe_offload_lab.traces.format import Trace
 
 DEFAULT_CACHE_FRACTION = 0.25
 

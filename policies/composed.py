@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-from policies.admission.rules import AlwaysAdmit
-from policies.base import FetchPlan, Policy, Schedule
-from policies.cache import CacheView
-from policies.config import PolicyConfig
-from policies.context import LayerContext
-from policies.cost import CostModel, DecisionCost
-from policies.prediction import Prediction
-from policies.registry import ADMISSIONS, PLACEMENTS, PLANNERS, PREDICTORS, REPLACEMENTS
-from policies.replacement.base import ReplacementRule
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.admission.rules import AlwaysAdmit
+from moe_offload_lab.policies.base import FetchPlan, Policy, Schedule
+from moe_offload_lab.policies.cache import CacheView
+from moe_offload_lab.policies.config import PolicyConfig
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import CostModel, DecisionCost
+from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.policies.registry import (
+    ADMISSIONS,
+    PLACEMENTS,
+    PLANNERS,
+    PREDICTORS,
+    REPLACEMENTS,
+)
+from moe_offload_lab.policies.replacement.base import ReplacementRule
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 _SMALL = 16  # up to this many current keys, a list lookup beats building a set
 _NOTHING: frozenset[int] = frozenset()

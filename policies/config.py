@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from traces.catalog import available, load_named_or_path
-from traces.errors import ConfigError
+from moe_offload_lab.traces.catalog import available, load_named_or_path
+from moe_offload_lab.traces.errors import ConfigError
 
 _COMPONENTS = ("predictor", "planner", "replacement", "placement", "admission")
 _DEFAULTS = {"predictor": "none", "planner": "on-demand", "replacement": "lru",
@@ -140,7 +140,7 @@ def shape_free_policies() -> list[str]:
 
 def build_policy(config: PolicyConfig | Mapping[str, Any] | str | Path):  # noqa: ANN201
     """A ready :class:`~policies.composed.ComposedPolicy` (call ``reset`` before use)."""
-    from policies.composed import ComposedPolicy
+    from moe_offload_lab.policies.composed import ComposedPolicy
 
     if isinstance(config, (str, Path)):
         config = load_policy_config(config)

@@ -26,9 +26,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from policies.cache import CacheView
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.cache import CacheView
+from moe_offload_lab.traces.spec import ModelSpec
 
 _NO_TOKENS = np.zeros(0, dtype=np.int64)  # [0]
 

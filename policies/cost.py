@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from traces.errors import ConfigError
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.spec import ModelSpec
 
 _WHERE = ("cpu", "gpu")
 

@@ -20,12 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.base import PlacementError, Policy, split_placement
-from policies.cache import SlotCache
-from policies.context import LayerContext
-from policies.cost import CostModel
-from policies.needs import consecutive_batches, step_experts
-from traces.format import Trace
+from moe_offload_lab.policies.base import PlacementError, Policy, split_placement
+from moe_offload_lab.policies.cache import SlotCache
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import CostModel
+from moe_offload_lab.policies.needs import consecutive_batches, step_experts
+from moe_offload_lab.traces.format import Trace
 
 
 class PolicyViolation(AssertionError):

@@ -25,7 +25,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -157,11 +157,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-PREDICTORS = Registry("predictor", "policies.predictors")
-PLANNERS = Registry("planner", "policies.planners")
-REPLACEMENTS = Registry("replacement", "policies.replacement")
-PLACEMENTS = Registry("placement", "policies.placement")
-ADMISSIONS = Registry("admission", "policies.admission")
+PREDICTORS = Registry("predictor", "moe_offload_lab.policies.predictors")
+PLANNERS = Registry("planner", "moe_offload_lab.policies.planners")
+REPLACEMENTS = Registry("replacement", "moe_offload_lab.policies.replacement")
+PLACEMENTS = Registry("placement", "moe_offload_lab.policies.placement")
+ADMISSIONS = Registry("admission", "moe_offload_lab.policies.admission")
 
 
 def require(condition: bool, message: str) -> None:

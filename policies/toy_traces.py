@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-
-from traces.format import DECODE, NO_EXPERT, PREFILL, Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.format import DECODE, NO_EXPERT, PREFILL, Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 def toy_spec(num_layers: int = 4, num_experts: int = 8, top_k: int = 2,
@@ -76,7 +75,7 @@ def make_trace(spec: ModelSpec, tokens: int, *, requests: int = 1, seed: int = 0
         columns[int(d)] = _lookahead(expert_ids, int(d), float(rate), n_experts, rng)
     trace = Trace(spec=spec, request_id=request_id, position=position, phase=phase,
                   expert_ids=expert_ids, gate_weights=gate_weights, lookahead=columns,
-                  provenance={"generator": "policies.toy_traces", "seed": seed})
+                  provenance={"generator": "moe_offload_lab.policies.toy_traces", "seed": seed})
     trace.validate()
     return trace
 

@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from moe_offload_lab.sim.run import RunConfig, prepare, simulate
+from moe_offload_lab.traces.catalog import conf_dir
+from moe_offload_lab.traces.errors import ConfigError, MoeLabError, run_command
 from omegaconf import DictConfig, OmegaConf
-
-from sim.run import RunConfig, prepare, simulate
-from traces.catalog import conf_dir
-from traces.errors import ConfigError, MoeLabError, run_command
 
 PROG = "moe-sim"
 _MULTIRUN = ("-m", "--multirun")
@@ -73,7 +72,7 @@ def run_config(cfg: DictConfig) -> RunConfig:
 
 def check(overrides: Sequence[str]) -> int:
     """Compose and check every job of these overrides (sweeps expanded); returns the job count."""
-    from sim.sweep import expand
+    from moe_offload_lab.sim.sweep import expand
 
     jobs = expand(overrides)
     hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith("hydra")]
@@ -91,14 +90,14 @@ def check(overrides: Sequence[str]) -> int:
 
 def _check_one(cfg: RunConfig) -> None:
     if cfg.cluster:
-        from sim.cluster.hydra_run import check_cluster
+        from moe_offload_lab.sim.cluster.hydra_run import check_cluster
 
         check_cluster(cfg)
         return
     if not cfg.compare:
         prepare(cfg)
         return
-    from sim.compare import run_configs
+    from moe_offload_lab.sim.compare import run_configs
 
     for one in run_configs(cfg).values():
         prepare(one)
@@ -124,7 +123,7 @@ def _memory_note(summaries: list[dict[str, Any]]) -> str | None:
 
 
 def _run_compare(run_cfg: RunConfig, out: Path) -> None:
-    from sim.compare import run_comparison, text_table, write_comparison
+    from moe_offload_lab.sim.compare import run_comparison, text_table, write_comparison
 
     table, summaries, results = run_comparison(run_cfg)
     paths = write_comparison(table, summaries, results, out)
@@ -153,7 +152,7 @@ def _run_one(run_cfg: RunConfig, out: Path, quiet: bool = False) -> None:
 
 
 def _run_cluster(run_cfg: RunConfig, out: Path) -> None:
-    from sim.cluster.hydra_run import simulate_cluster_run
+    from moe_offload_lab.sim.cluster.hydra_run import simulate_cluster_run
 
     result = simulate_cluster_run(run_cfg)
     paths = result.write(out)
@@ -166,8 +165,7 @@ def _task(cfg: DictConfig) -> None:
     """The Hydra task: one run or one comparison into Hydra's output folder."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-
-    from sim.sweep import ERROR_FILE
+    from moe_offload_lab.sim.sweep import ERROR_FILE
 
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir)
@@ -220,8 +218,8 @@ def _hydra_args(args: list[str]) -> tuple[list[str], bool, Path | None]:
 
 
 def _finish_sweep(sweep_dir: Path) -> int:
-    from sim.compare import text_table
-    from sim.sweep import collect, write
+    from moe_offload_lab.sim.compare import text_table
+    from moe_offload_lab.sim.sweep import collect, write
 
     table = collect(sweep_dir)
     if table.empty:

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from moe_offload_lab.sim.run import RunConfig, SimResult, simulate
+from moe_offload_lab.traces.atomic import atomic_path, write_text
+from moe_offload_lab.traces.errors import ConfigError
 from tqdm import tqdm
-
-from sim.run import RunConfig, SimResult, simulate
-from traces.atomic import atomic_path, write_text
-from traces.errors import ConfigError
 
 RUNS_DIR = "runs"
 COLUMNS = ("policy", "tpot_ms_mean", "tpot_ms_p99", "tokens_per_s", "hit_rate", "stall_s",
@@ -117,7 +116,7 @@ def write_comparison(table: pd.DataFrame, summaries: list[dict[str, Any]],
     ``out``, and each run's ``summary.json``, ``steps.parquet`` and ``events.parquet`` into
     ``out/runs/<label>/`` (what ``moe-report`` reads for distributions and timelines); every
     file atomically."""
-    from sim.plot import plot_comparison
+    from moe_offload_lab.sim.plot import plot_comparison
 
     out = Path(out)
     for label, result in results.items():

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from policies.cost import CostModel
-from sim.hardware import HardwareProfile
-from sim.measured import Curve, Measured
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.cost import CostModel
+from moe_offload_lab.sim.hardware import HardwareProfile
+from moe_offload_lab.sim.measured import Curve, Measured
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 @dataclass(frozen=True)

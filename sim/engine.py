@@ -23,26 +23,25 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import simpy
-
-from policies.base import Policy
-from policies.cache import SlotCache
-from policies.context import LayerContext
-from policies.evaluation import (
+from moe_offload_lab.policies.base import Policy
+from moe_offload_lab.policies.cache import SlotCache
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.evaluation import (
     choose_victims,
     place_and_admit,
     plan_with_room,
     validate_cancel,
 )
-from policies.needs import step_experts
-from sim.compute import ComputeModel
-from sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
-from sim.hardware import HardwareProfile
-from sim.host import HostTier
-from sim.link import Copy, Link
-from sim.workload import ContinuousBatcher, static_batches
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.needs import step_experts
+from moe_offload_lab.sim.compute import ComputeModel
+from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
+from moe_offload_lab.sim.hardware import HardwareProfile
+from moe_offload_lab.sim.host import HostTier
+from moe_offload_lab.sim.link import Copy, Link
+from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 _NO_KEYS: frozenset[int] = frozenset()
 _K_COMPUTE, _R_GPU = KIND["compute"], RESOURCE["gpu"]

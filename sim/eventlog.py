@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from traces.atomic import atomic_path
+from moe_offload_lab.traces.atomic import atomic_path
 
 COLUMNS = ("kind", "start_s", "end_s", "step", "layer", "expert", "bytes", "resource", "detail",
            "count")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traces.catalog import available, check_fields, load_named_or_path
-from traces.errors import ConfigError
+from moe_offload_lab.traces.catalog import available, check_fields, load_named_or_path
+from moe_offload_lab.traces.errors import ConfigError
 
 _GIB = 1024**3
 

@@ -27,9 +27,8 @@ import heapq
 from collections.abc import Callable
 
 import simpy
-
-from sim.eventlog import DETAIL as _DETAIL
-from sim.eventlog import KIND, RESOURCE, ROW, EventLog
+from moe_offload_lab.sim.eventlog import DETAIL as _DETAIL
+from moe_offload_lab.sim.eventlog import KIND, RESOURCE, ROW, EventLog
 
 _K_COPY, _R_LINK, _D_CANCELLED = KIND["copy"], RESOURCE["link"], _DETAIL["cancelled"]
 _pack, _ROW_SIZE = ROW.pack, ROW.size

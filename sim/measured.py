@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 TABLES = {"h2d_copy": "bytes", "gpu_expert": "tokens", "cpu_expert": "tokens",
           "layer_other": "tokens"}

@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sim.hardware import HardwareProfile
-from traces.errors import ConfigError
-from traces.spec import ModelSpec
+from moe_offload_lab.sim.hardware import HardwareProfile
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.spec import ModelSpec
 
 CACHE_KEYS = {"fraction", "slots", "gpu_memory_gb", "preload", "strict_memory"}
 

@@ -13,9 +13,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from sim.metrics import BREAKDOWN
-from traces.atomic import atomic_path
+from moe_offload_lab.sim.metrics import BREAKDOWN
+from moe_offload_lab.traces.atomic import atomic_path
 
 _LABELS = {"non_expert_s": "non-expert (attention, router)", "gpu_expert_s": "GPU experts",
            "cpu_expert_s": "CPU experts", "stall_s": "stall (waiting for copies)",

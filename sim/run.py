@@ -9,23 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from policies.base import Policy
-from policies.config import build_policy
-from sim.compute import ComputeModel
-from sim.engine import Engine
-from sim.eventlog import write_parquet
-from sim.hardware import HardwareProfile
-from sim.host import HostTier
-from sim.memory import GpuMemory
-from sim.metrics import latency_metrics, step_frame, summarize
-from sim.timeline import write_chrome_trace
-from sim.workload import ContinuousBatcher, static_batches
-from traces.atomic import write_text
-from traces.errors import ConfigError
-from traces.format import Trace, read_spec
-from traces.spec import ModelSpec
-from traces.synthetic import generate
+from moe_offload_lab.policies.base import Policy
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.sim.compute import ComputeModel
+from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.eventlog import write_parquet
+from moe_offload_lab.sim.hardware import HardwareProfile
+from moe_offload_lab.sim.host import HostTier
+from moe_offload_lab.sim.memory import GpuMemory
+from moe_offload_lab.sim.metrics import latency_metrics, step_frame, summarize
+from moe_offload_lab.sim.timeline import write_chrome_trace
+from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
+from moe_offload_lab.traces.atomic import write_text
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace, read_spec
+from moe_offload_lab.traces.spec import ModelSpec
+from moe_offload_lab.traces.synthetic import generate
 
 HOST_DRAM_USABLE = 0.9  # of the profile's host DRAM, for expert weights (the rest: OS, runtime)
 
@@ -74,7 +73,7 @@ class SimResult:
     def write(self, out: str | Path, figure: bool = True, timeline: bool = True) -> list[Path]:
         """Write summary.json, steps.parquet, events.parquet, and (unless turned off)
         timeline.json and steps.png into ``out``; each file atomically."""
-        from sim.plot import plot_steps
+        from moe_offload_lab.sim.plot import plot_steps
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +108,7 @@ def _trace_path(trace_cfg: dict[str, Any]) -> str | None:
     if trace_cfg.get("path"):
         return str(trace_cfg["path"])
     if trace_cfg.get("bundled"):
-        from traces.bundled import path as bundled_path
+        from moe_offload_lab.traces.bundled import path as bundled_path
 
         return str(bundled_path(str(trace_cfg["bundled"])))
     return None

@@ -20,8 +20,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
-
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 ERROR_FILE = "error.txt"
 METRICS = ("tpot_ms_mean", "tpot_ms_p50", "tpot_ms_p99", "ttft_ms_mean", "tokens_per_s",
@@ -114,7 +113,7 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
 
 def write(table: pd.DataFrame, sweep_dir: str | Path) -> list[Path]:
     """Write ``sweep.csv`` and ``sweep.md`` into the sweep folder."""
-    from sim.compare import markdown
+    from moe_offload_lab.sim.compare import markdown
 
     sweep_dir = Path(sweep_dir)
     csv, md = sweep_dir / "sweep.csv", sweep_dir / "sweep.md"

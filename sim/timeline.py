@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from traces.atomic import write_text
+from moe_offload_lab.traces.atomic import write_text
 
 _TRACKS = {"copy": 1, "compute": 2, "stall": 3, "policy": 4, "step": 5}
 _NAMES = {1: "h2d copies", 2: "compute", 3: "stalls", 4: "policy", 5: "steps"}

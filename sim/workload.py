@@ -17,9 +17,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from traces.errors import ConfigError
-from traces.format import Trace
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
 
 
 def static_batches(trace: Trace, batch: int, prefill: bool = True) -> list[np.ndarray]:

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from traces.errors import ConfigError
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 def conf_dir() -> Path:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from traces.errors import ConfigError, run_command
+from moe_offload_lab.traces.errors import ConfigError, run_command
 
 PROG = "moe-trace"
 
@@ -84,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check trace files and print a summary of each")
     validate.add_argument("traces", type=Path, nargs="+")
 
-    from traces.importers.cli import add_parsers as add_import_export
-    from traces.record.cli import add_parser as add_record
+    from moe_offload_lab.traces.importers.cli import add_parsers as add_import_export
+    from moe_offload_lab.traces.record.cli import add_parser as add_record
 
     add_record(sub)
     add_import_export(sub)
@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from traces.synthetic import SynthConfig, generate
+    from moe_offload_lab.traces.synthetic import SynthConfig, generate
 
     config = SynthConfig.preset(args.preset)
     if args.lookahead is not None:
@@ -115,8 +115,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _compute(args: argparse.Namespace) -> dict[str, Any]:
-    from traces.analysis.report import compute_stats
-    from traces.format import Trace
+    from moe_offload_lab.traces.analysis.report import compute_stats
+    from moe_offload_lab.traces.format import Trace
 
     if args.max_distance < 1 or args.context_layers < 1:
         raise ConfigError("--max-distance and --context-layers must be at least 1")
@@ -131,7 +131,7 @@ def _compute(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from traces.analysis.summary import format_stats
+    from moe_offload_lab.traces.analysis.summary import format_stats
 
     stats = _compute(args)
     if args.json:
@@ -143,7 +143,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from traces.format import Trace
+    from moe_offload_lab.traces.format import Trace
 
     for path in args.traces:
         trace = Trace.load(path)
@@ -160,9 +160,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from traces.analysis.plot import plot_stats
-    from traces.analysis.report import compute_stats
-    from traces.format import Trace
+    from moe_offload_lab.traces.analysis.plot import plot_stats
+    from moe_offload_lab.traces.analysis.report import compute_stats
+    from moe_offload_lab.traces.format import Trace
 
     if args.output.suffix.lower() != ".png":
         raise ConfigError(f"the figure is written as PNG; name it *.png, not {args.output.name}")
@@ -173,7 +173,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from traces.record.cli import run
+    from moe_offload_lab.traces.record.cli import run
 
     return run(args)
 
@@ -181,7 +181,7 @@ def _record(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``moe-trace``; returns the exit status."""
     args = _parser().parse_args(argv)
-    from traces.importers.cli import HANDLERS as IMPORT_EXPORT
+    from moe_offload_lab.traces.importers.cli import HANDLERS as IMPORT_EXPORT
 
     handlers = {"synth": _synth, "stats": _stats, "validate": _validate, "plot": _plot,
                 "record": _record, **IMPORT_EXPORT}

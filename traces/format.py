@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from traces.atomic import atomic_path
-from traces.errors import ConfigError, TraceError, first_line
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.atomic import atomic_path
+from moe_offload_lab.traces.errors import ConfigError, TraceError, first_line
+from moe_offload_lab.traces.spec import ModelSpec
 
 SCHEMA_VERSION = 1
 META_VERSION = b"moe_trace.schema_version"

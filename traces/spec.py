@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 _ATTENTION_KINDS = ("mha", "gqa", "mla")
 _STRING_FIELDS = ("name", "attention", "hf_architecture", "notes")

@@ -38,11 +38,10 @@ from typing import Any
 
 import numba
 import numpy as np
-
-from traces.catalog import available, load_model, load_yaml
-from traces.errors import ConfigError
-from traces.format import DECODE, NO_EXPERT, PREFILL, Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.catalog import available, load_model, load_yaml
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import DECODE, NO_EXPERT, PREFILL, Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 _CHUNK_CELLS = 1 << 22  # tokens x experts per vectorised block (bounds memory for large E)
 
@@ -503,7 +502,7 @@ def generate(
 
     provenance = {
         "source": "synthetic",
-        "generator": "traces.synthetic",
+        "generator": "moe_offload_lab.traces.synthetic",
         "preset": cfg.name or None,
         "seed": seed,
         "requests_arg": requests,

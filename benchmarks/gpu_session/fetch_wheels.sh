@@ -8,7 +8,7 @@
 # pytest, hypothesis, transformers) lacks: simpy (sim/), hydra-core + omegaconf +
 # antlr4-python3-runtime (hw/calibrate/cli.py, hw/validate/cli.py, sim/cli.py, policies/config.py).
 # hydra-core's other dependency, packaging, is there (pytest needs it); PyYAML too.
-# Nothing else that `import hw.cli, sim.cli`, the stages of run.sh or tests/hw import is missing.
+# Nothing else that `import moe_offload_lab.hw.cli, moe_offload_lab.sim.cli`, the stages of run.sh or tests/hw import is missing.
 set -euo pipefail
 
 PACKAGES=(simpy hydra-core omegaconf antlr4-python3-runtime)

@@ -132,7 +132,7 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print("gpu", p.name, f"{p.total_memory / 2**30:.1f} GiB", "sm", p.multi_processor_count,
           "cc", f"{p.major}.{p.minor}")
-import hw.cli, sim.cli, hw.validate.run, hw.calibrate.run  # noqa: E401,F401  every stage's imports
+import moe_offload_lab.hw.cli, moe_offload_lab.sim.cli, moe_offload_lab.hw.validate.run, moe_offload_lab.hw.calibrate.run  # noqa: E401,F401  every stage's imports
 import hydra, omegaconf, simpy
 print("hydra", hydra.__version__, "omegaconf", omegaconf.__version__, "simpy", simpy.__version__)
 PYEOF

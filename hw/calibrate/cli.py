@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from traces.errors import ConfigError, run_cli
+from moe_offload_lab.traces.errors import ConfigError, run_cli
 
 PROG = "moe-hw calibrate"
 
@@ -26,10 +26,9 @@ def compose_hw(config_name: str, overrides: Sequence[str]) -> dict[str, Any]:
     """``conf/hw/<config_name>.yaml`` with Hydra overrides, as a plain dict (errors: one line)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
+    from moe_offload_lab.traces.catalog import conf_dir
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
-
-    from traces.catalog import conf_dir
 
     try:
         with initialize_config_dir(config_dir=str(conf_dir() / "hw"), version_base=None):
@@ -59,7 +58,7 @@ def output_override(args: list[str]) -> list[str]:
 
 
 def _run(args: list[str]) -> int:
-    from hw.calibrate.run import CalibrationConfig, calibrate
+    from moe_offload_lab.hw.calibrate.run import CalibrationConfig, calibrate
 
     cfg = CalibrationConfig.from_dict(compose_hw("calibrate", output_override(args)))
     result = calibrate(cfg)

@@ -4,10 +4,9 @@ router against tokens, and (to build a profile without a base) peak matmul and m
 from __future__ import annotations
 
 import torch
-
-from hw.calibrate.devices import median_s
-from hw.calibrate.layers import ExpertFFN, NonExpertLayer, Router
-from traces.spec import ModelSpec
+from moe_offload_lab.hw.calibrate.devices import median_s
+from moe_offload_lab.hw.calibrate.layers import ExpertFFN, NonExpertLayer, Router
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 def _per_token_count(module: torch.nn.Module, spec: ModelSpec, tokens: list[int],

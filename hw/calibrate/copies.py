@@ -10,9 +10,8 @@ import statistics
 from dataclasses import dataclass
 
 import torch
-
-from hw.calibrate.devices import median_s, time_call
-from sim.measured import Measured
+from moe_offload_lab.hw.calibrate.devices import median_s, time_call
+from moe_offload_lab.sim.measured import Measured
 
 MB = 1_000_000
 

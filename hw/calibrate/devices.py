@@ -13,8 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 

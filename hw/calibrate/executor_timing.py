@@ -22,9 +22,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-
-from hw.calibrate.devices import median_s
-from traces.spec import ModelSpec
+from moe_offload_lab.hw.calibrate.devices import median_s
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 class _NoExperts:
@@ -49,7 +48,7 @@ def expert_seconds(spec: ModelSpec, tokens: list[int], device: torch.device, dty
                    repeats: int, warmup: int = 1, batch_rows: int | None = None) -> list[float]:
     """Median seconds of one expert over each token count, the executor's way: gather the
     tokens' rows from a batch, then :func:`hw.store.expert_ffn` on a flat buffer ``[P]``."""
-    from hw.store import expert_ffn, expert_numel
+    from moe_offload_lab.hw.store import expert_ffn, expert_numel
 
     h, i, m = spec.hidden_size, spec.expert_intermediate_size, spec.expert_matrices
     buf = torch.randn(expert_numel(spec), dtype=dtype, device=device) * h**-0.5  # [P]
@@ -66,7 +65,7 @@ def expert_seconds(spec: ModelSpec, tokens: list[int], device: torch.device, dty
 def available() -> bool:
     """Whether the executor's replay model can be imported here."""
     try:
-        import hw.replay  # noqa: F401
+        import moe_offload_lab.hw.replay  # noqa: F401
     except ImportError:
         return False
     return True
@@ -76,8 +75,8 @@ def _block_seconds(spec: ModelSpec, blocks: int, batches: list[int], contexts: l
                    device: torch.device, repeats: int, warmup: int,
                    seed: int) -> list[list[float]]:
     """Median seconds of a ``blocks``-block replay model's step without experts."""
-    from hw.device import Device
-    from hw.replay import ReplayModel
+    from moe_offload_lab.hw.device import Device
+    from moe_offload_lab.hw.replay import ReplayModel
 
     cut = spec.with_overrides(num_layers=blocks, first_k_dense=0, moe_layer_step=1)
     dev = Device(device.type)
@@ -132,8 +131,8 @@ def _cut(spec: ModelSpec) -> ModelSpec:
 
 def _batch_trace(spec: ModelSpec, batch: int, decode: int, seed: int):  # noqa: ANN202
     """Two static batches of ``batch`` requests: 4 prompt tokens, ``decode`` decode tokens."""
-    from hw.calibrate.policy_cost import spec_overrides
-    from traces.synthetic import LengthDist, SynthConfig, generate
+    from moe_offload_lab.hw.calibrate.policy_cost import spec_overrides
+    from moe_offload_lab.traces.synthetic import LengthDist, SynthConfig, generate
 
     synth = SynthConfig(model=spec.name, name=f"{spec.name}-layer-other",
                         model_overrides=spec_overrides(spec), requests=2 * batch,
@@ -157,8 +156,8 @@ def executor_layer_other(spec: ModelSpec, batches: list[int], device: torch.devi
 
     Their sum is the simulator's ``layer_other`` of the executor at that batch.
     """
-    from hw.replay import build_assets, release_memory, run_replay
-    from sim.metrics import BREAKDOWN
+    from moe_offload_lab.hw.replay import build_assets, release_memory, run_replay
+    from moe_offload_lab.sim.metrics import BREAKDOWN
 
     cut = _cut(spec)
     assets = build_assets(cut, device.type, seed)  # one expert store and model for every replay

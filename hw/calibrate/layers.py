@@ -14,10 +14,9 @@ counts get ``hidden / 128`` heads of 128 (at least one) and as many KV heads.
 from __future__ import annotations
 
 import torch
+from moe_offload_lab.traces.spec import ModelSpec
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
-
-from traces.spec import ModelSpec
 
 
 def attention_shape(spec: ModelSpec) -> tuple[int, int, int]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import time
 
-from policies.config import build_policy
-from policies.evaluation import evaluate
-from traces.catalog import available
-from traces.format import Trace
-from traces.spec import ModelSpec
-from traces.synthetic import SynthConfig, generate
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.policies.evaluation import evaluate
+from moe_offload_lab.traces.catalog import available
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
+from moe_offload_lab.traces.synthetic import SynthConfig, generate
 
 
 def policy_trace(spec: ModelSpec, tokens: int, seed: int = 0) -> Trace:
@@ -28,7 +28,7 @@ def policy_trace(spec: ModelSpec, tokens: int, seed: int = 0) -> Trace:
 
 def spec_overrides(spec: ModelSpec) -> dict:
     """The fields of ``spec`` that differ from its bundled model of the same name."""
-    from traces.catalog import load_model
+    from moe_offload_lab.traces.catalog import load_model
 
     base = load_model(spec.name).to_dict() if spec.name in available("model") else {}
     return {k: v for k, v in spec.to_dict().items() if base.get(k) != v and k != "name"}

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from sim.compute import ComputeModel
-from sim.hardware import HardwareProfile
-from traces.atomic import write_text
-from traces.spec import ModelSpec
+from moe_offload_lab.sim.compute import ComputeModel
+from moe_offload_lab.sim.hardware import HardwareProfile
+from moe_offload_lab.traces.atomic import write_text
+from moe_offload_lab.traces.spec import ModelSpec
 
 HEADER = ("# Calibrated by `moe-hw calibrate` (hw/calibrate). The measured tables replace the\n"
           "# roofline in the simulator (sim/measured.py); the sidecar .calibration.json holds\n"

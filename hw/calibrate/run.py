@@ -11,24 +11,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
-
-from hw.calibrate import compute as timing
-from hw.calibrate import executor_timing
-from hw.calibrate.copies import MB, measure_copies, small_copy_seconds
-from hw.calibrate.devices import (
+from moe_offload_lab.hw.calibrate import compute as timing
+from moe_offload_lab.hw.calibrate import executor_timing
+from moe_offload_lab.hw.calibrate.copies import MB, measure_copies, small_copy_seconds
+from moe_offload_lab.hw.calibrate.devices import (
     device_properties,
     host_memory_gib,
     parse_dtype,
     provenance,
     resolve_device,
 )
-from hw.calibrate.policy_cost import decision_seconds, policy_trace
-from hw.calibrate.profile import base_fields, check_loads, sidecar_path, write_profile
-from sim.hardware import HardwareProfile, load_hardware
-from traces.catalog import check_fields, conf_dir, load_model
-from traces.errors import ConfigError
-from traces.spec import ModelSpec
+from moe_offload_lab.hw.calibrate.policy_cost import decision_seconds, policy_trace
+from moe_offload_lab.hw.calibrate.profile import (
+    base_fields,
+    check_loads,
+    sidecar_path,
+    write_profile,
+)
+from moe_offload_lab.sim.hardware import HardwareProfile, load_hardware
+from moe_offload_lab.traces.catalog import check_fields, conf_dir, load_model
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.spec import ModelSpec
+from tqdm.auto import tqdm
 
 GPU_SIZES_MB = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 CPU_SIZES_MB = [0.25, 1, 4, 16, 64]
@@ -145,7 +149,7 @@ def calibrate(cfg: CalibrationConfig) -> Calibration:
     if cfg.base_profile:
         load_hardware(cfg.base_profile)  # unknown names fail before any measurement
     for name in cfg.policies:
-        from policies.config import build_policy
+        from moe_offload_lab.policies.config import build_policy
 
         build_policy(name)
     props = device_properties(device)

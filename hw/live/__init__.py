@@ -7,6 +7,12 @@ offloading block that replaces each MoE block, and :mod:`hw.live.runner` frames 
 call of the model as one executor step (:class:`LiveRunner`, :func:`run_live`).
 """
 
-from hw.live.runner import LiveResult, LiveRunner, greedy_generate, load_live_model, run_live
+from moe_offload_lab.hw.live.runner import (
+    LiveResult,
+    LiveRunner,
+    greedy_generate,
+    load_live_model,
+    run_live,
+)
 
 __all__ = ["LiveResult", "LiveRunner", "greedy_generate", "load_live_model", "run_live"]

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from traces.errors import ConfigError
-from traces.record.adapters import ArchAdapter, find_routers
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.record.adapters import ArchAdapter, find_routers
 
 SWIGLU_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")
 GPT_OSS = "gpt_oss"

@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from hw.live.adapters import GPT_OSS, LiveArch, shared_output
+from moe_offload_lab.hw.live.adapters import GPT_OSS, LiveArch, shared_output
 
 
 class OffloadMoeBlock(torch.nn.Module):

@@ -27,22 +27,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-
-from hw.device import Device
-from hw.executor import OffloadExecutor
-from hw.live.adapters import LiveArch, inspect_model
-from hw.live.block import OffloadMoeBlock
-from hw.live.store import LiveExpertStore
-from hw.replay import DEFAULT_HARDWARE
-from hw.slots import slots_for
-from policies.base import Policy
-from policies.config import build_policy
-from sim.compute import ComputeModel
-from sim.hardware import HardwareProfile, load_hardware
-from sim.metrics import latency_metrics, step_frame, summarize
-from traces.errors import ConfigError
-from traces.format import DECODE, PREFILL
-from traces.record.model_spec import spec_from_model
+from moe_offload_lab.hw.device import Device
+from moe_offload_lab.hw.executor import OffloadExecutor
+from moe_offload_lab.hw.live.adapters import LiveArch, inspect_model
+from moe_offload_lab.hw.live.block import OffloadMoeBlock
+from moe_offload_lab.hw.live.store import LiveExpertStore
+from moe_offload_lab.hw.replay import DEFAULT_HARDWARE
+from moe_offload_lab.hw.slots import slots_for
+from moe_offload_lab.policies.base import Policy
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.sim.compute import ComputeModel
+from moe_offload_lab.sim.hardware import HardwareProfile, load_hardware
+from moe_offload_lab.sim.metrics import latency_metrics, step_frame, summarize
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import DECODE, PREFILL
+from moe_offload_lab.traces.record.model_spec import spec_from_model
 
 
 @dataclass
@@ -64,8 +63,8 @@ class LiveResult:
 def load_live_model(source: Any, seed: int = 0) -> tuple[Any, str]:
     """``(model, name)`` from a model object, a tiny config name (``tiny-mixtral``...), a
     transformers config, or a local checkpoint folder; ConfigError when none of these works."""
-    from traces.record.loading import load_checkpoint
-    from traces.record.tiny import TINY_CONFIGS, build_model, build_tiny_model
+    from moe_offload_lab.traces.record.loading import load_checkpoint
+    from moe_offload_lab.traces.record.tiny import TINY_CONFIGS, build_model, build_tiny_model
 
     if isinstance(source, torch.nn.Module):
         return source, getattr(getattr(source, "config", None), "model_type", "model")

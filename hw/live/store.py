@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from hw.device import Device
-from hw.live.adapters import GPT_OSS, LiveArch, expert_rows
-from hw.store import ExpertStore
-from traces.spec import ModelSpec
+from moe_offload_lab.hw.device import Device
+from moe_offload_lab.hw.live.adapters import GPT_OSS, LiveArch, expert_rows
+from moe_offload_lab.hw.store import ExpertStore
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 class LiveExpertStore(ExpertStore):

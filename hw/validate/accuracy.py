@@ -48,7 +48,7 @@ def overall(table: pd.DataFrame) -> dict[str, Any]:
 def breakdown_ms(steps: pd.DataFrame) -> dict[str, float]:
     """Mean ms per step of each :data:`sim.metrics.BREAKDOWN` part, and ``unaccounted_ms``: the
     step latency no part covers (on the executor: its own bookkeeping between events)."""
-    from sim.metrics import BREAKDOWN
+    from moe_offload_lab.sim.metrics import BREAKDOWN
 
     out = {f"{name[:-2]}_ms": float(steps[name].mean() * 1e3) if len(steps) else float("nan")
            for name in BREAKDOWN if name in steps}

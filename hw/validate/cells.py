@@ -8,15 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-
-from policies.config import build_policy
-from sim.engine import Engine
-from sim.hardware import HardwareProfile
-from sim.metrics import latency_metrics, step_frame, summarize
-from sim.workload import static_batches
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.hardware import HardwareProfile
+from moe_offload_lab.sim.metrics import latency_metrics, step_frame, summarize
+from moe_offload_lab.sim.workload import static_batches
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 @dataclass
@@ -47,7 +46,7 @@ def simulate_cell(spec: ModelSpec, trace: Trace, policy: str, hardware: Hardware
 def _replay() -> Any:
     """:mod:`hw.replay`, imported lazily (ConfigError when the executor is not installed)."""
     try:
-        import hw.replay as replay
+        import moe_offload_lab.hw.replay as replay
     except ImportError as exc:  # the executor is not installed in this checkout
         raise ConfigError(f"the executor (hw.replay.run_replay) is not available: {exc}") from None
     return replay

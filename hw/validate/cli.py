@@ -17,15 +17,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from traces.errors import run_cli
+from moe_offload_lab.traces.errors import run_cli
 
 PROG = "moe-hw validate"
 
 
 def _run(args: list[str]) -> int:
-    from hw.calibrate.cli import compose_hw, output_override
-    from hw.validate.matrix import ValidationConfig
-    from hw.validate.run import validate
+    from moe_offload_lab.hw.calibrate.cli import compose_hw, output_override
+    from moe_offload_lab.hw.validate.matrix import ValidationConfig
+    from moe_offload_lab.hw.validate.run import validate
 
     cfg = ValidationConfig.from_dict(compose_hw("validate", output_override(args)))
     result = validate(cfg)

@@ -6,13 +6,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sim.hardware import HardwareProfile
-from sim.memory import GpuMemory
-from traces.catalog import available, check_fields, load_model
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.spec import ModelSpec
-from traces.synthetic import LengthDist, SynthConfig, generate
+from moe_offload_lab.sim.hardware import HardwareProfile
+from moe_offload_lab.sim.memory import GpuMemory
+from moe_offload_lab.traces.catalog import available, check_fields, load_model
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
+from moe_offload_lab.traces.synthetic import LengthDist, SynthConfig, generate
 
 
 @dataclass

@@ -12,9 +12,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from sim.timeline import chrome_trace
-from traces.atomic import atomic_path, write_text
+from moe_offload_lab.sim.timeline import chrome_trace
+from moe_offload_lab.traces.atomic import atomic_path, write_text
 
 SIDES = {0: "hardware (executor)", 1: "simulator"}
 

@@ -9,16 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from moe_offload_lab.hw.calibrate.devices import resolve_device
+from moe_offload_lab.hw.validate import accuracy
+from moe_offload_lab.hw.validate.cells import CellRunner, SideResult, simulate_cell
+from moe_offload_lab.hw.validate.matrix import (
+    ValidationConfig,
+    cache_sizes,
+    cells,
+    make_trace,
+    model_spec,
+)
+from moe_offload_lab.hw.validate.report import combined_trace, write_report
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.sim.hardware import HardwareProfile, load_hardware
+from moe_offload_lab.traces.errors import ConfigError
 from tqdm.auto import tqdm
-
-from hw.calibrate.devices import resolve_device
-from hw.validate import accuracy
-from hw.validate.cells import CellRunner, SideResult, simulate_cell
-from hw.validate.matrix import ValidationConfig, cache_sizes, cells, make_trace, model_spec
-from hw.validate.report import combined_trace, write_report
-from policies.config import build_policy
-from sim.hardware import HardwareProfile, load_hardware
-from traces.errors import ConfigError
 
 Measure = Callable[..., SideResult]
 
@@ -41,7 +46,7 @@ class Validation:
 def _profile(cfg: ValidationConfig, out: Path, device: str) -> HardwareProfile:
     if cfg.profile:
         return load_hardware(cfg.profile)
-    from hw.calibrate.run import CalibrationConfig, calibrate
+    from moe_offload_lab.hw.calibrate.run import CalibrationConfig, calibrate
 
     settings = {**QUICK_CALIBRATION, **(cfg.calibrate or {})}
     calib = CalibrationConfig.from_dict({**settings, "device": device, "model": cfg.model,

@@ -3,6 +3,6 @@
 Each module registers its classes in :data:`policies.registry.ADMISSIONS`.
 """
 
-from policies.admission.base import Admission, register
+from moe_offload_lab.policies.admission.base import Admission, register
 
 __all__ = ["Admission", "register"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.registry import ADMISSIONS, NoParams
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.registry import ADMISSIONS, NoParams
+from moe_offload_lab.traces.spec import ModelSpec
 
 register = ADMISSIONS.register
 

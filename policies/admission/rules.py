@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policies.admission.base import Admission, register
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.registry import require
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.admission.base import Admission, register
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.registry import require
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 @register("always")

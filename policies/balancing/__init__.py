@@ -16,8 +16,12 @@ where the redundant expert slots of each rank point. One module per job:
 This package never imports ``sim``.
 """
 
-from policies.balancing.base import BalanceContext, BalancePolicy, BalanceSetup
-from policies.balancing.registry import BALANCERS, available_balancers, load_balancer
+from moe_offload_lab.policies.balancing.base import BalanceContext, BalancePolicy, BalanceSetup
+from moe_offload_lab.policies.balancing.registry import (
+           BALANCERS,
+           available_balancers,
+           load_balancer,
+)
 
 __all__ = ["BALANCERS", "BalanceContext", "BalancePolicy", "BalanceSetup",
            "available_balancers", "load_balancer"]

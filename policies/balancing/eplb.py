@@ -11,12 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from policies.balancing.base import BalanceContext, BalancePolicy, BalanceSetup, round_robin_home
-from policies.balancing.load_predictors import LoadHistory
-from policies.balancing.planners import greedy_replicate, replicate_heaviest
-from policies.balancing.registry import BALANCERS
-from policies.registry import require
+from moe_offload_lab.policies.balancing.base import (
+    BalanceContext,
+    BalancePolicy,
+    BalanceSetup,
+    round_robin_home,
+)
+from moe_offload_lab.policies.balancing.load_predictors import LoadHistory
+from moe_offload_lab.policies.balancing.planners import greedy_replicate, replicate_heaviest
+from moe_offload_lab.policies.balancing.registry import BALANCERS
+from moe_offload_lab.policies.registry import require
 
 
 @BALANCERS.register("eplb")

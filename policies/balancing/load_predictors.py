@@ -10,8 +10,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from policies.balancing.base import BalanceContext, BalanceSetup
+from moe_offload_lab.policies.balancing.base import BalanceContext, BalanceSetup
 
 PREDICTOR_KINDS = ("oracle", "lookahead", "history")
 

@@ -12,8 +12,7 @@ Both work on float loads in O(ranks x R x candidates) small Python steps (no per
 from __future__ import annotations
 
 import numpy as np
-
-from policies.balancing.split import balance_shares, waterfill
+from moe_offload_lab.policies.balancing.split import balance_shares, waterfill
 
 
 def greedy_replicate(load: np.ndarray, home: np.ndarray, ranks: int, slots: int,

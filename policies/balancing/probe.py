@@ -12,13 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from policies.balancing.base import BalanceContext, BalancePolicy, BalanceSetup, round_robin_home
-from policies.balancing.load_predictors import PREDICTOR_KINDS, LoadPredictor
-from policies.balancing.planners import greedy_replicate
-from policies.balancing.registry import BALANCERS
-from policies.balancing.split import rank_loads, split_tokens
-from policies.registry import require
+from moe_offload_lab.policies.balancing.base import (
+    BalanceContext,
+    BalancePolicy,
+    BalanceSetup,
+    round_robin_home,
+)
+from moe_offload_lab.policies.balancing.load_predictors import PREDICTOR_KINDS, LoadPredictor
+from moe_offload_lab.policies.balancing.planners import greedy_replicate
+from moe_offload_lab.policies.balancing.registry import BALANCERS
+from moe_offload_lab.policies.balancing.split import rank_loads, split_tokens
+from moe_offload_lab.policies.registry import require
 
 
 @BALANCERS.register("probe")

@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from policies.registry import Registry
-from traces.catalog import available, load_named_or_path
-from traces.errors import ConfigError
+from moe_offload_lab.policies.registry import Registry
+from moe_offload_lab.traces.catalog import available, load_named_or_path
+from moe_offload_lab.traces.errors import ConfigError
 
-BALANCERS = Registry("balance policy", "policies.balancing")
+BALANCERS = Registry("balance policy", "moe_offload_lab.policies.balancing")
 
 
 def available_balancers() -> list[str]:

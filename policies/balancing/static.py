@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-
-from policies.balancing.base import BalanceContext, BalancePolicy, BalanceSetup, round_robin_home
-from policies.balancing.registry import BALANCERS
-from policies.registry import NoParams
+from moe_offload_lab.policies.balancing.base import (
+    BalanceContext,
+    BalancePolicy,
+    BalanceSetup,
+    round_robin_home,
+)
+from moe_offload_lab.policies.balancing.registry import BALANCERS
+from moe_offload_lab.policies.registry import NoParams
 
 
 @BALANCERS.register("static")

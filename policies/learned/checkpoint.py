@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from policies.learned.models.base import LearnedModel, build_model
-from traces.atomic import atomic_path, write_text
-from traces.errors import ConfigError
+from moe_offload_lab.policies.learned.models.base import LearnedModel, build_model
+from moe_offload_lab.traces.atomic import atomic_path, write_text
+from moe_offload_lab.traces.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from traces.catalog import conf_dir
-from traces.errors import ConfigError, run_command
+from moe_offload_lab.traces.catalog import conf_dir
+from moe_offload_lab.traces.errors import ConfigError, run_command
 
 PROG = "moe-train"
 
@@ -54,7 +53,7 @@ def compose(overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def _trace(cfg: dict[str, Any]):  # noqa: ANN202
-    from policies.learned.data import load_traces
+    from moe_offload_lab.policies.learned.data import load_traces
 
     t = cfg["trace"]
     return load_traces(list(t.get("paths") or []), t.get("bundled"), t.get("preset"),
@@ -62,7 +61,7 @@ def _trace(cfg: dict[str, Any]):  # noqa: ANN202
 
 
 def _split(cfg: dict[str, Any], trace: Any):  # noqa: ANN202
-    from policies.learned.data import split_by_request
+    from moe_offload_lab.policies.learned.data import split_by_request
 
     s = cfg["split"]
     return split_by_request(trace, float(s["val"]), float(s["test"]), int(s["seed"]))
@@ -71,13 +70,12 @@ def _split(cfg: dict[str, Any], trace: Any):  # noqa: ANN202
 def train(cfg: dict[str, Any]) -> dict[str, Any]:
     """Train the configured predictor, write its checkpoint; returns the metadata."""
     import torch
-
-    from policies.learned import checkpoint, timing
-    from policies.learned.data import build_examples, fingerprint
-    from policies.learned.evaluate import learned_probs, score
-    from policies.learned.models import Shape, build_model
-    from policies.learned.runner import Runner
-    from policies.learned.train import TrainParams, seed_all, train_model
+    from moe_offload_lab.policies.learned import checkpoint, timing
+    from moe_offload_lab.policies.learned.data import build_examples, fingerprint
+    from moe_offload_lab.policies.learned.evaluate import learned_probs, score
+    from moe_offload_lab.policies.learned.models import Shape, build_model
+    from moe_offload_lab.policies.learned.runner import Runner
+    from moe_offload_lab.policies.learned.train import TrainParams, seed_all, train_model
 
     pcfg = dict(cfg["predictor"])
     name, kind = pcfg.pop("name", None), pcfg.pop("kind", None)
@@ -163,10 +161,10 @@ def _report(name: str, out: Path, meta: dict[str, Any]) -> str:
 
 def evaluate(cfg: dict[str, Any]) -> tuple[Any, Any]:
     """Score checkpoints and heuristics on the test requests; write the outputs."""
-    from policies.learned import checkpoint
-    from policies.learned.data import fingerprint
-    from policies.learned.evaluate import evaluate_predictors, write_outputs
-    from policies.learned.runner import Runner
+    from moe_offload_lab.policies.learned import checkpoint
+    from moe_offload_lab.policies.learned.data import fingerprint
+    from moe_offload_lab.policies.learned.evaluate import evaluate_predictors, write_outputs
+    from moe_offload_lab.policies.learned.runner import Runner
 
     e = cfg["eval"]
     paths = [str(p) for p in (e.get("checkpoints") or [])]

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from traces.errors import ConfigError
-from traces.format import Trace
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
 
 
 @dataclass
@@ -126,14 +125,14 @@ def load_traces(paths: Sequence[str] = (), bundled: str | None = None, preset: s
         trace = concat(traces)
         return trace, {"source": "files", "paths": [str(p) for p in paths]}
     if preset:
-        from traces.synthetic import generate
+        from moe_offload_lab.traces.synthetic import generate
 
         trace = generate(preset, tokens=tokens, seed=seed)
         return trace, {"source": "synthetic", "preset": preset, "tokens": tokens, "seed": seed}
     if bundled:
-        import traces.bundled
+        import moe_offload_lab.traces.bundled as bundled_traces
 
-        return traces.bundled.load(bundled), {"source": "bundled", "bundled": bundled}
+        return bundled_traces.load(bundled), {"source": "bundled", "bundled": bundled}
     raise ConfigError("no trace given: set trace.paths, trace.preset or trace.bundled")
 
 

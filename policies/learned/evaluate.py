@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from policies.learned.data import Examples, build_examples
-from traces.atomic import atomic_path, write_text
-from traces.format import Trace
+from moe_offload_lab.policies.learned.data import Examples, build_examples
+from moe_offload_lab.traces.atomic import atomic_path, write_text
+from moe_offload_lab.traces.format import Trace
 
 METRICS = ("precision", "recall", "topk_acc", "ece")
 
@@ -52,9 +51,9 @@ def learned_probs(runner: Any, examples: Examples, batch: int = 4096) -> np.ndar
 def heuristic_probs(trace: Trace, train_rows: np.ndarray, test_rows: np.ndarray,
                     config: dict[str, Any] | str, horizon: int) -> np.ndarray:
     """Scores [len(test_rows) * L, h, E] of a registered heuristic predictor (see module doc)."""
-    from policies.cache import SlotCache
-    from policies.context import LayerContext
-    from policies.registry import PREDICTORS
+    from moe_offload_lab.policies.cache import SlotCache
+    from moe_offload_lab.policies.context import LayerContext
+    from moe_offload_lab.policies.registry import PREDICTORS
 
     spec = trace.spec
     n_layers, n_exp, k = spec.num_moe_layers, spec.num_experts, spec.top_k

@@ -22,15 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.prediction import Prediction
-from policies.predictors.base import Predictor, register
-from policies.registry import require
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.policies.predictors.base import Predictor, register
+from moe_offload_lab.policies.registry import require
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 def cost_from_meta(meta: dict[str, Any], where: str = "") -> DecisionCost:
@@ -72,13 +71,13 @@ class LearnedPredictor(Predictor):
     def __init__(self, params: object = None, model: Any = None,
                  meta: dict[str, Any] | None = None) -> None:
         super().__init__(params)
-        from policies.learned.runner import Runner
+        from moe_offload_lab.policies.learned.runner import Runner
 
         p = self.params
         if model is None:
             if not p.checkpoint:
                 raise ConfigError("predictor 'learned' needs checkpoint: PATH (a moe-train .pt)")
-            from policies.learned.checkpoint import load
+            from moe_offload_lab.policies.learned.checkpoint import load
 
             model, meta = load(p.checkpoint)
         self.meta = meta or {}

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from policies.learned.models.base import LearnedModel
-from policies.prediction import Prediction
-from traces.errors import ConfigError
+from moe_offload_lab.policies.learned.models.base import LearnedModel
+from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.traces.errors import ConfigError
 
 UNIONS = ("noisy-or", "max")
 

@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from policies.learned.models.base import LearnedModel
-from policies.learned.runner import Runner, resolve_device
-from policies.prediction import Prediction
+from moe_offload_lab.policies.learned.models.base import LearnedModel
+from moe_offload_lab.policies.learned.runner import Runner, resolve_device
+from moe_offload_lab.policies.prediction import Prediction
 
 
 def _inputs(model: LearnedModel, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

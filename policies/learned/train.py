@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from moe_offload_lab.policies.learned.data import Examples
+from moe_offload_lab.policies.learned.models.base import LearnedModel
+from moe_offload_lab.traces.errors import ConfigError
 from torch import nn
-
-from policies.learned.data import Examples
-from policies.learned.models.base import LearnedModel
-from traces.errors import ConfigError
 
 _POS_WEIGHT = ("sqrt", "full", "none")
 

@@ -3,6 +3,6 @@
 Each module registers its classes in :data:`policies.registry.PLACEMENTS`.
 """
 
-from policies.placement.base import PlacementRule, register
+from moe_offload_lab.policies.placement.base import PlacementRule, register
 
 __all__ = ["PlacementRule", "register"]

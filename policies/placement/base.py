@@ -5,10 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
-from policies.context import LayerContext
-from policies.cost import CostModel, DecisionCost
-from policies.registry import PLACEMENTS, NoParams
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import CostModel, DecisionCost
+from moe_offload_lab.policies.registry import PLACEMENTS, NoParams
+from moe_offload_lab.traces.spec import ModelSpec
 
 register = PLACEMENTS.register
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from policies.base import CPU, GPU
-from policies.context import LayerContext
-from policies.cost import CostModel, DecisionCost
-from policies.placement.base import PlacementRule, register
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.base import CPU, GPU
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import CostModel, DecisionCost
+from moe_offload_lab.policies.placement.base import PlacementRule, register
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 @register("gpu")

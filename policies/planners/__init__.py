@@ -2,6 +2,6 @@
 cost-aware cross-layer planner. Each module registers its classes in
 :data:`policies.registry.PLANNERS`."""
 
-from policies.planners.base import Planner, register
+from moe_offload_lab.policies.planners.base import Planner, register
 
 __all__ = ["Planner", "register"]

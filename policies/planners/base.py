@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 
-from policies.base import FetchPlan
-from policies.context import LayerContext
-from policies.cost import CostModel, DecisionCost
-from policies.prediction import Prediction
-from policies.registry import PLANNERS, NoParams
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.base import FetchPlan
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import CostModel, DecisionCost
+from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.policies.registry import PLANNERS, NoParams
+from moe_offload_lab.traces.spec import ModelSpec
 
 register = PLANNERS.register
 

@@ -28,13 +28,13 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from policies.base import FetchPlan
-from policies.context import LayerContext
-from policies.cost import CostModel, DecisionCost
-from policies.planners.base import Planner, register
-from policies.prediction import Prediction
-from policies.registry import require
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.base import FetchPlan
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import CostModel, DecisionCost
+from moe_offload_lab.policies.planners.base import Planner, register
+from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.policies.registry import require
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 @register("cost-aware")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from policies.base import FetchPlan
-from policies.context import LayerContext
-from policies.planners.base import Planner, register
-from policies.prediction import Prediction
+from moe_offload_lab.policies.base import FetchPlan
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.planners.base import Planner, register
+from moe_offload_lab.policies.prediction import Prediction
 
 
 @register("on-demand")

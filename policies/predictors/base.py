@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.prediction import Prediction
-from policies.registry import PREDICTORS, NoParams
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.policies.registry import PREDICTORS, NoParams
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 register = PREDICTORS.register
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.prediction import Prediction
-from policies.predictors import _history_kernels as kernels
-from policies.predictors.base import Predictor, register
-from policies.registry import require
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.policies.predictors import _history_kernels as kernels
+from moe_offload_lab.policies.predictors.base import Predictor, register
+from moe_offload_lab.policies.registry import require
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 @register("history")

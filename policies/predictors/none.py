@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from policies.context import LayerContext
-from policies.prediction import Prediction
-from policies.predictors.base import Predictor, register
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.policies.predictors.base import Predictor, register
 
 
 @register("none")

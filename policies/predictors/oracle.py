@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.needs import step_experts
-from policies.prediction import Prediction, ones
-from policies.predictors.base import Predictor, register
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.needs import step_experts
+from moe_offload_lab.policies.prediction import Prediction, ones
+from moe_offload_lab.policies.predictors.base import Predictor, register
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 @register("oracle")

@@ -10,16 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.needs import step_counts
-from policies.prediction import Prediction
-from policies.predictors.base import Predictor, register
-from policies.registry import require
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.needs import step_counts
+from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.policies.predictors.base import Predictor, register
+from moe_offload_lab.policies.registry import require
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 _SOURCES = ("warmup", "file", "replay")
 

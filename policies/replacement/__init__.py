@@ -2,6 +2,6 @@
 Prophet's confidence-aware rule and Belady's MIN (an oracle). Each module registers its classes in
 :data:`policies.registry.REPLACEMENTS`."""
 
-from policies.replacement.base import ReplacementRule, register
+from moe_offload_lab.policies.replacement.base import ReplacementRule, register
 
 __all__ = ["ReplacementRule", "register"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 
-from policies.cache import CacheView
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.prediction import Prediction
-from policies.registry import REPLACEMENTS, NoParams
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.cache import CacheView
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.policies.registry import REPLACEMENTS, NoParams
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 register = REPLACEMENTS.register
 

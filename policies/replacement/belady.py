@@ -19,16 +19,15 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
-
-from policies.cache import CacheView
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.needs import access_stream
-from policies.replacement import _belady_kernel as kernel
-from policies.replacement.base import ReplacementRule, register
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.cache import CacheView
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.needs import access_stream
+from moe_offload_lab.policies.replacement import _belady_kernel as kernel
+from moe_offload_lab.policies.replacement.base import ReplacementRule, register
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 @register("belady")

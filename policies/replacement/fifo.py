@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from policies.cache import CacheView
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.replacement.base import ReplacementRule, register
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.cache import CacheView
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.replacement.base import ReplacementRule, register
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 @register("fifo")

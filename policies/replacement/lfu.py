@@ -5,12 +5,12 @@ from __future__ import annotations
 import heapq
 from collections.abc import Collection
 
-from policies.cache import CacheView
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.replacement.base import ReplacementRule, register
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.cache import CacheView
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.replacement.base import ReplacementRule, register
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 _SHIFT = 32  # stamp = accesses << 32 | layer visit at which that count was reached
 

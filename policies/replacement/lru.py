@@ -6,14 +6,14 @@ from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from policies.cache import CacheView, even_partitions
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.registry import require
-from policies.replacement.base import ReplacementRule, register
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.cache import CacheView, even_partitions
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.registry import require
+from moe_offload_lab.policies.replacement.base import ReplacementRule, register
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 @register("lru")

@@ -13,15 +13,14 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
-
-from policies.cache import CacheView
-from policies.context import LayerContext
-from policies.cost import DecisionCost
-from policies.registry import require
-from policies.replacement import _score_kernel as kernel
-from policies.replacement.base import ReplacementRule, register
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.cache import CacheView
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
+from moe_offload_lab.policies.registry import require
+from moe_offload_lab.policies.replacement import _score_kernel as kernel
+from moe_offload_lab.policies.replacement.base import ReplacementRule, register
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 @register("freq-distance")

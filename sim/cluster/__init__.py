@@ -14,10 +14,10 @@ Modules, one job each:
 Balance policies live in :mod:`policies.balancing` (``conf/balance``).
 """
 
-from sim.cluster.config import ClusterSpec, available_clusters, load_cluster
-from sim.cluster.result import ClusterResult
-from sim.cluster.simulate import simulate_cluster
-from sim.cluster.workloads import build_trace, volatile_trace
+from moe_offload_lab.sim.cluster.config import ClusterSpec, available_clusters, load_cluster
+from moe_offload_lab.sim.cluster.result import ClusterResult
+from moe_offload_lab.sim.cluster.simulate import simulate_cluster
+from moe_offload_lab.sim.cluster.workloads import build_trace, volatile_trace
 
 __all__ = ["ClusterResult", "ClusterSpec", "available_clusters", "build_trace", "load_cluster",
            "simulate_cluster", "volatile_trace"]

@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from sim.cluster.config import ClusterSpec
+from moe_offload_lab.sim.cluster.config import ClusterSpec
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Command line of the cluster simulator.
 
-``python -m sim.cluster.cli --cluster h100x8-nvswitch --model deepseek-v3 --balance probe
---tokens 2000 -o out/ep`` runs one configuration, prints its summary and writes the outputs
-(``summary.json``, ``steps.parquet``, ``layers.parquet``, ``transfers.parquet``,
+``python -m moe_offload_lab.sim.cluster.cli --cluster h100x8-nvswitch --model deepseek-v3
+--balance probe --tokens 2000 -o out/ep`` runs one configuration, prints its summary and writes
+the outputs (``summary.json``, ``steps.parquet``, ``layers.parquet``, ``transfers.parquet``,
 ``timeline.json``). User errors print one line and exit 2 (:func:`traces.errors.run_command`).
 """
 
@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from traces.errors import ConfigError, run_command
+from moe_offload_lab.traces.errors import ConfigError, run_command
 
 _SHOWN = ("cluster", "model", "balance", "oracle", "steps", "imbalance_before_mean",
           "imbalance_before_p99", "imbalance_after_mean", "imbalance_after_p99",
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def command() -> int:
-        from sim.cluster.simulate import simulate_cluster
+        from moe_offload_lab.sim.cluster.simulate import simulate_cluster
 
         if args.tokens < 1:
             raise ConfigError(f"--tokens must be at least 1, got {args.tokens}")

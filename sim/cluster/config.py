@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sim.hardware import HardwareProfile, load_hardware
-from traces.catalog import available, check_fields, load_named_or_path
-from traces.errors import ConfigError
+from moe_offload_lab.sim.hardware import HardwareProfile, load_hardware
+from moe_offload_lab.traces.catalog import available, check_fields, load_named_or_path
+from moe_offload_lab.traces.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,20 @@ from typing import Any
 
 import numpy as np
 import simpy
-
-from policies.balancing.base import BalanceContext, BalancePolicy, BalanceSetup, check_replicas
-from policies.balancing.split import imbalance, split_tokens
-from sim.cluster.alltoall import alltoall, traffic_pairs
-from sim.cluster.config import ClusterSpec
-from sim.cluster.loads import step_loads
-from sim.cluster.rank_compute import ExpertTimes
-from sim.cluster.transfers import ReplicaLinks
-from sim.compute import ComputeModel
-from traces.format import Trace
+from moe_offload_lab.policies.balancing.base import (
+    BalanceContext,
+    BalancePolicy,
+    BalanceSetup,
+    check_replicas,
+)
+from moe_offload_lab.policies.balancing.split import imbalance, split_tokens
+from moe_offload_lab.sim.cluster.alltoall import alltoall, traffic_pairs
+from moe_offload_lab.sim.cluster.config import ClusterSpec
+from moe_offload_lab.sim.cluster.loads import step_loads
+from moe_offload_lab.sim.cluster.rank_compute import ExpertTimes
+from moe_offload_lab.sim.cluster.transfers import ReplicaLinks
+from moe_offload_lab.sim.compute import ComputeModel
+from moe_offload_lab.traces.format import Trace
 
 LAYER_COLUMNS = ("step", "layer", "phase", "tokens", "start_s", "end_s", "attn_s", "dispatch_s",
                  "expert_max_s", "expert_mean_s", "combine_s", "stall_s", "imbalance_before",

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sim.cluster.simulate import simulate_cluster
-from traces.errors import ConfigError
+from moe_offload_lab.sim.cluster.simulate import simulate_cluster
+from moe_offload_lab.traces.errors import ConfigError
 
 if TYPE_CHECKING:
-    from sim.cluster.result import ClusterResult
-    from sim.run import RunConfig
+    from moe_offload_lab.sim.cluster.result import ClusterResult
+    from moe_offload_lab.sim.run import RunConfig
 
 _TRACE_KEYS = ("preset", "tokens", "seed", "volatile")
 
@@ -32,8 +32,8 @@ def cluster_config(cfg: RunConfig) -> dict[str, Any]:
 
 def check_cluster(cfg: RunConfig) -> None:
     """Check the cluster and balancing configs without running anything."""
-    from policies.balancing import load_balancer
-    from sim.cluster.config import load_cluster
+    from moe_offload_lab.policies.balancing import load_balancer
+    from moe_offload_lab.sim.cluster.config import load_cluster
 
     load_cluster(cfg.cluster)
     load_balancer(cfg.balance or "static")
@@ -42,8 +42,8 @@ def check_cluster(cfg: RunConfig) -> None:
 
 def simulate_cluster_run(cfg: RunConfig) -> ClusterResult:
     """Run the expert-parallel simulation of a composed config (trace files included)."""
-    from sim.run import _load_trace
-    from traces.spec import ModelSpec
+    from moe_offload_lab.sim.run import _load_trace
+    from moe_offload_lab.traces.spec import ModelSpec
 
     trace = cfg.trace or {}
     recorded = None

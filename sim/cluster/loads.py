@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from traces.format import Trace
+from moe_offload_lab.traces.format import Trace
 
 
 @dataclass

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from sim.compute import ComputeModel
+from moe_offload_lab.sim.compute import ComputeModel
 
 
 class ExpertTimes:

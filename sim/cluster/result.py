@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from sim.cluster.timeline import write_cluster_trace
-from sim.eventlog import write_parquet
-from traces.atomic import write_text
+from moe_offload_lab.sim.cluster.timeline import write_cluster_trace
+from moe_offload_lab.sim.eventlog import write_parquet
+from moe_offload_lab.traces.atomic import write_text
 
 
 @dataclass

@@ -23,19 +23,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from policies.balancing import load_balancer
-from sim.cluster.config import load_cluster
-from sim.cluster.engine import LAYER_COLUMNS, ClusterEngine
-from sim.cluster.metrics import step_frame, summarize
-from sim.cluster.result import ClusterResult
-from sim.cluster.timeline import cluster_chrome_trace
-from sim.cluster.transfers import ReplicaLinks
-from sim.cluster.workloads import build_trace
-from sim.compute import ComputeModel
-from sim.workload import static_batches
-from traces.errors import ConfigError
-from traces.format import Trace
+from moe_offload_lab.policies.balancing import load_balancer
+from moe_offload_lab.sim.cluster.config import load_cluster
+from moe_offload_lab.sim.cluster.engine import LAYER_COLUMNS, ClusterEngine
+from moe_offload_lab.sim.cluster.metrics import step_frame, summarize
+from moe_offload_lab.sim.cluster.result import ClusterResult
+from moe_offload_lab.sim.cluster.timeline import cluster_chrome_trace
+from moe_offload_lab.sim.cluster.transfers import ReplicaLinks
+from moe_offload_lab.sim.cluster.workloads import build_trace
+from moe_offload_lab.sim.compute import ComputeModel
+from moe_offload_lab.sim.workload import static_batches
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
 
 _KEYS = ("cluster", "model", "balance", "trace", "batch", "prefill", "max_steps",
          "timeline_steps")

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from traces.atomic import write_text
+from moe_offload_lab.traces.atomic import write_text
 
 
 def cluster_chrome_trace(rank_events: list[tuple[int, str, float, float, int, int]],

@@ -11,8 +11,7 @@ from collections.abc import Generator
 from typing import Any
 
 import simpy
-
-from sim.cluster.config import ClusterSpec
+from moe_offload_lab.sim.cluster.config import ClusterSpec
 
 
 class ReplicaLinks:

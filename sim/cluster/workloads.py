@@ -20,10 +20,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.synthetic import LengthDist, SynthConfig, generate
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.synthetic import LengthDist, SynthConfig, generate
 
 _VOLATILE_KEYS = ("shift_every", "burst_every", "burst_len", "seed")
 _TRACE_KEYS = ("preset", "tokens", "requests", "seed", "overrides", "model_overrides",

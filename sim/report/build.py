@@ -12,18 +12,18 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sim.report.figures import (
+from moe_offload_lab.sim.report.figures import (
     breakdown_section,
     hit_ratio_section,
     latency_section,
     pareto_section,
     speedup_section,
 )
-from sim.report.sources import REPORT_DIR, Source, load_folder, load_study
-from sim.report.style import Section, markdown_table, save
-from sim.report.timeline import timeline_section
-from sim.report.tuning import history_section, policy_section, study_pareto_section
-from traces.errors import ConfigError
+from moe_offload_lab.sim.report.sources import REPORT_DIR, Source, load_folder, load_study
+from moe_offload_lab.sim.report.style import Section, markdown_table, save
+from moe_offload_lab.sim.report.timeline import timeline_section
+from moe_offload_lab.sim.report.tuning import history_section, policy_section, study_pareto_section
+from moe_offload_lab.traces.errors import ConfigError
 
 Builder = Callable[[Source], "Section | str"]
 RUN_FIGURES: tuple[Builder, ...] = (speedup_section, hit_ratio_section, latency_section,

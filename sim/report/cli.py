@@ -17,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from traces.errors import ConfigError, run_cli
+from moe_offload_lab.traces.errors import ConfigError, run_cli
 
 PROG = "moe-report"
 
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: list[str]) -> int:
-    from sim.report.build import write_report
+    from moe_offload_lab.sim.report.build import write_report
 
     ns = _parser().parse_args(args)
     path = write_report(ns.folder, ns.out, storage=ns.storage, study=ns.study,

@@ -12,9 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import seaborn as sns
-
-from sim.report.sources import Source
-from sim.report.style import PART_LABELS, Section, figure_height, new_figure, wide_range
+from moe_offload_lab.sim.report.sources import Source
+from moe_offload_lab.sim.report.style import (
+    PART_LABELS,
+    Section,
+    figure_height,
+    new_figure,
+    wide_range,
+)
 
 BASELINES = (("on-demand", "over on-demand"), ("lru", "over LRU"))
 

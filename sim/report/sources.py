@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from sim.compare import RUNS_DIR, run_folder
-from sim.sweep import job_overrides
-from traces.errors import ConfigError
+from moe_offload_lab.sim.compare import RUNS_DIR, run_folder
+from moe_offload_lab.sim.sweep import job_overrides
+from moe_offload_lab.traces.errors import ConfigError
 
 REPORT_DIR = "report"
 
@@ -154,7 +153,7 @@ def load_folder(folder: str | Path) -> Source:
     if not folder.is_dir():
         raise ConfigError(f"{folder}: not a folder")
     if (folder / "study.db").is_file():
-        from sim.report.tuning import study_folder_storage
+        from moe_offload_lab.sim.report.tuning import study_folder_storage
 
         return load_study(*study_folder_storage(folder))
     if is_sweep(folder):
@@ -169,7 +168,7 @@ def load_folder(folder: str | Path) -> Source:
 
 def load_study(storage: str, name: str) -> Source:
     """A tuning study in an Optuna storage (see :mod:`sim.report.tuning`)."""
-    from sim.report.tuning import study_source
+    from moe_offload_lab.sim.report.tuning import study_source
 
     return study_source(storage, name)
 

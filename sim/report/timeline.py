@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.patches import Patch
-
-from sim.report.sources import Source
-from sim.report.style import Section, new_figure
+from moe_offload_lab.sim.report.sources import Source
+from moe_offload_lab.sim.report.style import Section, new_figure
 
 # (row, legend label, kind, resource or None, details or None)
 CATEGORIES = (

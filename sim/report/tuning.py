@@ -16,11 +16,10 @@ from typing import Any
 
 import pandas as pd
 import seaborn as sns
-
-from sim.report.figures import draw_pareto
-from sim.report.sources import Source
-from sim.report.style import Section, new_figure, wide_range
-from traces.errors import ConfigError
+from moe_offload_lab.sim.report.figures import draw_pareto
+from moe_offload_lab.sim.report.sources import Source
+from moe_offload_lab.sim.report.style import Section, new_figure, wide_range
+from moe_offload_lab.traces.errors import ConfigError
 
 UNITS = {"tpot_ms_mean": "mean time per output token (ms)",
          "tpot_ms_p99": "p99 time per output token (ms)",
@@ -34,8 +33,7 @@ def study_folder_storage(folder: Path) -> tuple[str, str]:
     """Storage URL and study name of a ``moe-tune`` study folder (``<out>/<study>/study.db``):
     the folder's name, or the only study in the file."""
     import optuna
-
-    from sim.tune.storage import default_storage, open_storage
+    from moe_offload_lab.sim.tune.storage import default_storage, open_storage
 
     spec = default_storage(folder)
     names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(spec))]
@@ -65,9 +63,8 @@ def _trial_row(trial: Any, objectives: tuple[str, ...], n_keys: int | None) -> d
 def study_source(storage: str, name: str) -> Source:
     """The trials of study ``name`` in ``storage`` as a :class:`Source` (complete trials are
     the runs; pruned and failed ones are counted in the notes)."""
+    from moe_offload_lab.sim.tune.study import open_study
     from optuna.trial import TrialState
-
-    from sim.tune.study import open_study
 
     if storage.startswith("sqlite:///") or storage.startswith("journal:"):
         path = Path(storage.split(":///", 1)[1] if "://" in storage else storage[8:])

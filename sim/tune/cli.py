@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from traces.errors import MoeLabError
+from moe_offload_lab.traces.errors import MoeLabError
 
 PROG = "moe-tune"
 DEFAULT_OUT = "outputs/tune"
@@ -66,9 +66,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sim.tune.objectives import parse_objective
-    from sim.tune.space import check_space, load_space
-    from sim.tune.study import finished, open_study, run_parallel, storage_spec
+    from moe_offload_lab.sim.tune.objectives import parse_objective
+    from moe_offload_lab.sim.tune.space import check_space, load_space
+    from moe_offload_lab.sim.tune.study import finished, open_study, run_parallel, storage_spec
 
     if args.trials < 1:
         raise _UsageError(f"--trials must be at least 1, got {args.trials}")
@@ -91,7 +91,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace):  # noqa: ANN202
-    from sim.tune.study import open_study, storage_spec
+    from moe_offload_lab.sim.tune.study import open_study, storage_spec
 
     if not args.study:
         raise _UsageError("--study is required")
@@ -134,8 +134,8 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from sim.tune.export import export_trial, pick_trial
-    from traces.catalog import conf_dir
+    from moe_offload_lab.sim.tune.export import export_trial, pick_trial
+    from moe_offload_lab.traces.catalog import conf_dir
 
     study = _open(args)
     trial = pick_trial(study, args.trial)

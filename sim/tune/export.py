@@ -13,8 +13,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from traces.atomic import write_text
-from traces.errors import ConfigError
+from moe_offload_lab.traces.atomic import write_text
+from moe_offload_lab.traces.errors import ConfigError
 
 BUNDLED_HEADER = "# Exported by moe-tune"
 
@@ -53,16 +53,15 @@ def split_overrides(overrides: list[str]) -> tuple[str | None, list[str], list[s
 
 def policy_mapping(overrides: list[str]) -> dict[str, Any]:
     """The composed ``policy`` group of a trial's overrides, as a plain mapping."""
+    from moe_offload_lab.sim.cli import compose
     from omegaconf import OmegaConf
-
-    from sim.cli import compose
 
     return OmegaConf.to_container(compose(overrides).policy, resolve=True)
 
 
 def moe_sim_command(name: str, rest: list[str], policy_dir: Path) -> str:
     """The ``moe-sim`` command running policy ``name`` with the trial's other overrides."""
-    from traces.catalog import conf_dir
+    from moe_offload_lab.traces.catalog import conf_dir
 
     args = ["moe-sim", f"policy={name}", *rest]
     bundled = (conf_dir() / "policy").resolve()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 LATENCY = ("tpot_ms_mean", "tpot_ms_p99", "step_latency_ms_mean")
 MEMORY = ("cache_bytes", "gpu_memory_needed_gb")

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sim.tune.objectives import check_objectives
-from traces.errors import ConfigError
+from moe_offload_lab.sim.tune.objectives import check_objectives
+from moe_offload_lab.traces.errors import ConfigError
 
 TYPES = ("float", "int", "categorical")
 SPACE_KEYS = {"description", "objective", "base", "params", "prune"}
@@ -220,7 +220,7 @@ def parse_space(data: Any, name: str, where: str = "tune space") -> Space:
 
 def space_dir() -> Path:
     """The bundled spaces: ``conf/tune``."""
-    from traces.catalog import conf_dir
+    from moe_offload_lab.traces.catalog import conf_dir
 
     return conf_dir() / "tune"
 
@@ -256,9 +256,9 @@ def check_space(space: Space) -> None:
     """Compose and check the configs the space can produce: every ``policy`` choice, and each
     parameter that applies to it at both ends of its range (unknown keys, keys a chosen policy
     lacks, bad values and unknown policy names raise ConfigError)."""
-    from policies.config import available_policies
-    from sim.cli import compose, run_config
-    from sim.run import prepare
+    from moe_offload_lab.policies.config import available_policies
+    from moe_offload_lab.sim.cli import compose, run_config
+    from moe_offload_lab.sim.run import prepare
 
     known = set(available_policies())
     for policy in _policy_names(space):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 HEARTBEAT_S = 30

@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sim.tune.space import Space
-from sim.tune.storage import default_storage, open_storage
-from sim.tune.trial import Objective
-from traces.errors import ConfigError, MoeLabError
+from moe_offload_lab.sim.tune.space import Space
+from moe_offload_lab.sim.tune.storage import default_storage, open_storage
+from moe_offload_lab.sim.tune.trial import Objective
+from moe_offload_lab.traces.errors import ConfigError, MoeLabError
 
 
 def _states() -> tuple[Any, ...]:

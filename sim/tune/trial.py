@@ -11,15 +11,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sim.tune.space import Space
-from traces.errors import ConfigError, MoeLabError
+from moe_offload_lab.sim.tune.space import Space
+from moe_offload_lab.traces.errors import ConfigError, MoeLabError
 
 
 def evaluate(overrides: list[str], objectives: tuple[str, ...] | list[str]) -> tuple[list[float],
                                                                                       dict]:
     """Simulate the composed config of ``overrides``; the objective values and the summary."""
-    from sim.cli import compose, run_config
-    from sim.run import simulate
+    from moe_offload_lab.sim.cli import compose, run_config
+    from moe_offload_lab.sim.run import simulate
 
     summary = simulate(run_config(compose(overrides))).summary
     values = [summary.get(o) for o in objectives]
@@ -31,7 +31,7 @@ def evaluate(overrides: list[str], objectives: tuple[str, ...] | list[str]) -> t
 
 
 def _tokens(overrides: list[str]) -> int | None:
-    from sim.cli import compose
+    from moe_offload_lab.sim.cli import compose
 
     cfg = compose(overrides)
     if cfg.trace.get("path"):

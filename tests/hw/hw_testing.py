@@ -6,13 +6,13 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from policies.base import FetchPlan, Policy
-from policies.cache import CacheView
-from policies.context import LayerContext
-from policies.cost import CostModel, DecisionCost
-from policies.toy_traces import make_trace, toy_spec
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.policies.base import FetchPlan, Policy
+from moe_offload_lab.policies.cache import CacheView
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import CostModel, DecisionCost
+from moe_offload_lab.policies.toy_traces import make_trace, toy_spec
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 CAPACITY = 6  # of 24 keys: fetches and evictions happen
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from hw.cli import main
+from moe_offload_lab.hw.cli import main
 
 
 def test_run_writes_the_simulator_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]

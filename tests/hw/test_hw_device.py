@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from hw_testing import single_thread_torch, tiny_spec
-
-from hw.device import Device
-from hw.slots import SlotPool
-from hw.store import ExpertStore, expert_ffn, expert_numel, unpack
-from traces.errors import ConfigError
+from moe_offload_lab.hw.device import Device
+from moe_offload_lab.hw.slots import SlotPool
+from moe_offload_lab.hw.store import ExpertStore, expert_ffn, expert_numel, unpack
+from moe_offload_lab.traces.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,8 @@ from functools import cache
 import pytest
 import torch
 from hw_testing import CAPACITY, single_thread_torch, tiny_spec, tiny_trace
-
-from hw.replay import run_replay
-from policies.config import load_policy_config, shape_free_policies
+from moe_offload_lab.hw.replay import run_replay
+from moe_offload_lab.policies.config import load_policy_config, shape_free_policies
 
 POLICIES = shape_free_policies()
 PREFETCHING = [n for n in POLICIES if load_policy_config(n).planner["name"] != "on-demand"]
@@ -71,8 +70,8 @@ def test_gate_weights_matter() -> None:
 
 def test_dense_blocks_and_shared_experts() -> None:
     """A scaled-down DeepSeek-V2-Lite: a dense first block, shared experts, MLA heads as GQA."""
-    from policies.toy_traces import make_trace
-    from traces.catalog import load_model
+    from moe_offload_lab.policies.toy_traces import make_trace
+    from moe_offload_lab.traces.catalog import load_model
 
     spec = load_model("deepseek-v2-lite").with_overrides(
         num_layers=3, num_experts=8, top_k=2, hidden_size=32, expert_intermediate_size=16,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 from hw_testing import CAPACITY, single_thread_torch, tiny_spec, tiny_trace
-
-from hw.replay import run_replay
-from hw.run import run_from_config
-from policies.toy_traces import make_trace, toy_spec
-from traces.errors import ConfigError
+from moe_offload_lab.hw.replay import run_replay
+from moe_offload_lab.hw.run import run_from_config
+from moe_offload_lab.policies.toy_traces import make_trace, toy_spec
+from moe_offload_lab.traces.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from hw_testing import CAPACITY, RecordingPolicy, tiny_spec, tiny_trace
-
-from hw.device import Device
-from hw.replay import DEFAULT_HARDWARE, run_replay
-from hw.store import ExpertStore
-from policies.config import build_policy
-from sim.engine import Engine
-from sim.hardware import load_hardware
+from moe_offload_lab.hw.device import Device
+from moe_offload_lab.hw.replay import DEFAULT_HARDWARE, run_replay
+from moe_offload_lab.hw.store import ExpertStore
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.hardware import load_hardware
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -63,7 +62,7 @@ def test_gpu_store_is_pinned_and_copies_are_timed() -> None:
 
 @pytest.mark.parametrize("name", ["lru", "probe"])
 def test_gpu_reused_assets_match_fresh_ones(name: str) -> None:
-    from hw.replay import build_assets
+    from moe_offload_lab.hw.replay import build_assets
 
     spec, trace = tiny_spec(), tiny_trace()
     assets = build_assets(spec, "cuda")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hw_testing import CAPACITY, single_thread_torch, tiny_spec, tiny_trace
-
-from hw.replay import run_replay
-from policies.needs import step_experts
-from sim.eventlog import COLUMNS
-from sim.metrics import step_frame, summarize
+from moe_offload_lab.hw.replay import run_replay
+from moe_offload_lab.policies.needs import step_experts
+from moe_offload_lab.sim.eventlog import COLUMNS
+from moe_offload_lab.sim.metrics import step_frame, summarize
 
 CASES = [("lru", 1), ("lru-min-count", 3), ("on-demand", 1), ("fiddler", 3), ("probe", 1),
          ("oracle-prefetch", 3), ("mixtral-offloading", 1)]
@@ -79,8 +78,8 @@ def test_all_resident_only_hits_and_no_copies() -> None:
 
 
 def test_budget_sizes_the_cache_like_the_simulator() -> None:
-    from sim.hardware import load_hardware
-    from sim.memory import GpuMemory
+    from moe_offload_lab.sim.hardware import load_hardware
+    from moe_offload_lab.sim.memory import GpuMemory
 
     spec = tiny_spec()
     budget = 8 * spec.expert_bytes / 1e9

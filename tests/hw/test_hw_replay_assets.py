@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from hw_testing import CAPACITY, single_thread_torch, tiny_spec, tiny_trace
-
-from hw.replay import ReplayAssets, build_assets, run_replay
-from traces.errors import ConfigError
+from moe_offload_lab.hw.replay import ReplayAssets, build_assets, run_replay
+from moe_offload_lab.traces.errors import ConfigError
 
 POLICIES = ["lru", "fifo", "gate-lookahead", "probe"]  # on-demand and prefetching
 

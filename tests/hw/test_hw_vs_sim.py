@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import pytest
 from hw_testing import CAPACITY, RecordingPolicy, single_thread_torch, tiny_spec, tiny_trace
-
-from hw.replay import DEFAULT_HARDWARE, run_replay
-from policies.config import build_policy, load_policy_config, shape_free_policies
-from sim.engine import Engine
-from sim.hardware import load_hardware
-from sim.metrics import summarize
+from moe_offload_lab.hw.replay import DEFAULT_HARDWARE, run_replay
+from moe_offload_lab.policies.config import build_policy, load_policy_config, shape_free_policies
+from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.hardware import load_hardware
+from moe_offload_lab.sim.metrics import summarize
 
 TIMING_INDEPENDENT = ["belady", "fiddler", "fifo", "freq-distance", "lfu", "lifo", "lru",
                       "lru-min-count", "lru-per-layer", "on-demand"]

@@ -8,13 +8,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from hypothesis import HealthCheck, settings
-
-from policies import GPU, CostModel, LayerContext, SlotCache
-from policies.base import Policy
-from policies.keys import is_valid_key
-from policies.needs import consecutive_batches, step_experts
-from policies.toy_traces import toy_spec
-from traces.format import DECODE, Trace
+from moe_offload_lab.policies import GPU, CostModel, LayerContext, SlotCache
+from moe_offload_lab.policies.base import Policy
+from moe_offload_lab.policies.keys import is_valid_key
+from moe_offload_lab.policies.needs import consecutive_batches, step_experts
+from moe_offload_lab.policies.toy_traces import toy_spec
+from moe_offload_lab.traces.format import DECODE, Trace
 
 #: hypothesis settings of the policy property tests (applied per test, not as a global profile)
 policy_settings = settings(deadline=None, max_examples=40,
@@ -38,7 +37,7 @@ def random_trace(seed: int, tokens: int, num_layers: int, num_experts: int, top_
                  lookahead: Sequence[int] = (1,), error: float = 0.2,
                  requests: int = 2) -> Trace:
     """Random routing (arbitrary patterns) with lookahead columns corrupted at ``error``."""
-    from policies.toy_traces import make_trace
+    from moe_offload_lab.policies.toy_traces import make_trace
 
     rng = np.random.default_rng(seed)
     spec = toy_spec(num_layers, num_experts, top_k)

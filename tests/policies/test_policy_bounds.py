@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from moe_offload_lab.policies import build_policy, load_policy
+from moe_offload_lab.policies.evaluation import evaluate
+from moe_offload_lab.policies.needs import access_stream, consecutive_batches, step_experts
+from moe_offload_lab.traces.format import Trace
 from policy_testing import policy_settings, random_trace
-
-from policies import build_policy, load_policy
-from policies.evaluation import evaluate
-from policies.needs import access_stream, consecutive_batches, step_experts
-from traces.format import Trace
 
 DEMAND_POLICIES = ["lru", "lfu", "fifo", "lifo", "lru-per-layer", "freq-distance",
                    "lru-min-count", "fiddler"]

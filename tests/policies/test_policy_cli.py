@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from moe_offload_lab.policies.cli import main
 from policy_testing import random_trace
-
-from policies.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +80,8 @@ def test_broken_trace_file(tmp_path: Path, capsys) -> None:
 
 
 def test_console_script(trace_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "policies.cli", "eval", str(trace_path),
-                           "--policy", "lru", "--json"], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run([sys.executable, "-m", "moe_offload_lab.policies.cli", "eval",
+                           str(trace_path), "--policy", "lru", "--json"],
+                          capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["policy"] == "lru"

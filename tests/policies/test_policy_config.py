@@ -5,11 +5,15 @@ from __future__ import annotations
 import importlib
 
 import pytest
-
-from policies import available_policies, build_policy, load_policy, load_policy_config
-from policies.base import Policy
-from policies.composed import ComposedPolicy
-from policies.registry import (
+from moe_offload_lab.policies import (
+    available_policies,
+    build_policy,
+    load_policy,
+    load_policy_config,
+)
+from moe_offload_lab.policies.base import Policy
+from moe_offload_lab.policies.composed import ComposedPolicy
+from moe_offload_lab.policies.registry import (
     ADMISSIONS,
     PLACEMENTS,
     PLANNERS,
@@ -17,7 +21,7 @@ from policies.registry import (
     REPLACEMENTS,
     Registry,
 )
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 ORACLE_POLICIES = {"belady", "oracle-prefetch", "oracle-belady"}
 
@@ -33,11 +37,11 @@ def test_every_kind_is_registered() -> None:
 
 
 def test_every_abstract_method_is_documented() -> None:
-    from policies.admission.base import Admission
-    from policies.placement.base import PlacementRule
-    from policies.planners.base import Planner
-    from policies.predictors.base import Predictor
-    from policies.replacement.base import ReplacementRule
+    from moe_offload_lab.policies.admission.base import Admission
+    from moe_offload_lab.policies.placement.base import PlacementRule
+    from moe_offload_lab.policies.planners.base import Planner
+    from moe_offload_lab.policies.predictors.base import Predictor
+    from moe_offload_lab.policies.replacement.base import ReplacementRule
 
     for cls in (Policy, Predictor, Planner, ReplacementRule, PlacementRule, Admission):
         assert cls.__doc__
@@ -121,7 +125,7 @@ def test_omegaconf_node_accepted() -> None:
 
 
 def test_registry_rejects_duplicates() -> None:
-    registry = Registry("thing", "policies.predictors")
+    registry = Registry("thing", "moe_offload_lab.policies.predictors")
 
     @registry.register("a")
     class A:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from moe_offload_lab.policies import load_policy
+from moe_offload_lab.policies.config import shape_free_policies
+from moe_offload_lab.policies.evaluation import evaluate
 from policy_testing import delayed_replay, policy_settings, random_trace
-
-from policies import load_policy
-from policies.config import shape_free_policies
-from policies.evaluation import evaluate
 
 # every bundled policy that runs on any shape (learned ones are checked on their own model in
 # tests/policies/learned)

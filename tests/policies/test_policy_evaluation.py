@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from moe_offload_lab.policies import FetchPlan, SlotCache, build_policy, load_policy
+from moe_offload_lab.policies.evaluation import PolicyViolation, evaluate, hit_ratio, plan_with_room
 from policy_testing import random_trace, sequence_trace
-
-from policies import FetchPlan, SlotCache, build_policy, load_policy
-from policies.evaluation import PolicyViolation, evaluate, hit_ratio, plan_with_room
 
 CACHE_KEYS = {"slots", "fraction", "replacement", "accesses", "hits", "hit_ratio",
               "cpu_computed", "streamed", "demand_fetches", "prefetched", "prefetch_used",

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from policy_testing import policy_settings
-
-from policies import CostModel, DecisionCost, LayerContext, SlotCache
-from policies.cache import CacheError, CacheView, even_partitions
-from policies.keys import (
+from moe_offload_lab.policies import CostModel, DecisionCost, LayerContext, SlotCache
+from moe_offload_lab.policies.cache import CacheError, CacheView, even_partitions
+from moe_offload_lab.policies.keys import (
     is_valid_key,
     key_expert,
     key_layer,
@@ -21,8 +19,9 @@ from policies.keys import (
     make_key,
     split_key,
 )
-from policies.toy_traces import toy_spec
-from traces.errors import ConfigError
+from moe_offload_lab.policies.toy_traces import toy_spec
+from moe_offload_lab.traces.errors import ConfigError
+from policy_testing import policy_settings
 
 
 @policy_settings

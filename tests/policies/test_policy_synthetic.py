@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from moe_offload_lab.policies import build_policy, load_policy
+from moe_offload_lab.policies.evaluation import evaluate
 
-from policies import build_policy, load_policy
-from policies.evaluation import evaluate
-
-synthetic = pytest.importorskip("traces.synthetic")
+synthetic = pytest.importorskip("moe_offload_lab.traces.synthetic")
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from sim.hardware import HardwareProfile
-from traces.format import DECODE, Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.sim.hardware import HardwareProfile
+from moe_offload_lab.traces.format import DECODE, Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 HW = HardwareProfile(name="test-gpu", gpu_mem_gib=24, gpu_tflops=100, hbm_gb_per_s=1000,
                      link_gb_per_s=25, copy_latency_s=6e-6, kernel_launch_s=5e-6,

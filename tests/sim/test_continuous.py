@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.policies.toy_traces import make_trace
+from moe_offload_lab.sim.cli import main
+from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
+from moe_offload_lab.traces.errors import ConfigError
 from sim_testing import HW, check_log, spec
-
-from policies.config import build_policy
-from policies.toy_traces import make_trace
-from sim.cli import main
-from sim.engine import Engine
-from sim.workload import ContinuousBatcher, static_batches
-from traces.errors import ConfigError
 
 
 def _trace():  # noqa: ANN202

@@ -7,16 +7,15 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.policies.needs import step_experts
+from moe_offload_lab.policies.toy_traces import make_trace
+from moe_offload_lab.sim.compute import ComputeModel
+from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.metrics import summarize
+from moe_offload_lab.sim.workload import static_batches
+from moe_offload_lab.traces.errors import ConfigError
 from sim_testing import HW, check_log, cyclic_trace, spec
-
-from policies.config import build_policy
-from policies.needs import step_experts
-from policies.toy_traces import make_trace
-from sim.compute import ComputeModel
-from sim.engine import Engine
-from sim.metrics import summarize
-from sim.workload import static_batches
-from traces.errors import ConfigError
 
 
 def test_on_demand_without_reuse_matches_closed_form() -> None:

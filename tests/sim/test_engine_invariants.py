@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.policies.toy_traces import make_trace
+from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.metrics import summarize
+from moe_offload_lab.traces.errors import ConfigError
 from sim_testing import HW, check_log, spec
-
-from policies.config import build_policy
-from policies.toy_traces import make_trace
-from sim.engine import Engine
-from sim.metrics import summarize
-from traces.errors import ConfigError
 
 POLICIES = ["lru", "fifo", "lfu", "lru-per-layer", "gate-lookahead", "mixtral-offloading",
             "fiddler", "oracle-belady", "oracle-prefetch", "prophet", "probe", "moe-infinity"]
@@ -61,7 +60,7 @@ def test_skipped_timeouts_change_nothing(name: str, monkeypatch: pytest.MonkeyPa
 def test_slow_decisions_never_make_negative_stalls() -> None:
     # a policy decision far longer than a copy: a prefetch issued at the previous layer lands
     # while the current layer's decision is still running, so there is nothing to stall for
-    from policies.config import load_policy_config
+    from moe_offload_lab.policies.config import load_policy_config
 
     model = spec()
     trace = make_trace(model, 30, seed=4)

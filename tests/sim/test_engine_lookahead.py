@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from moe_offload_lab.policies.composed import ComposedPolicy
+from moe_offload_lab.policies.config import load_policy_config
+from moe_offload_lab.policies.toy_traces import make_trace
+from moe_offload_lab.sim.engine import Engine
 from sim_testing import HW, spec
-
-from policies.composed import ComposedPolicy
-from policies.config import load_policy_config
-from policies.toy_traces import make_trace
-from sim.engine import Engine
 
 
 class _Recorder(ComposedPolicy):

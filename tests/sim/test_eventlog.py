@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
-from sim.eventlog import COLUMNS, DETAILS, KINDS, RESOURCES, EventLog
+from moe_offload_lab.sim.eventlog import COLUMNS, DETAILS, KINDS, RESOURCES, EventLog
 
 
 def test_rows_round_trip_with_their_types() -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.sim.compute import ComputeModel
+from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.host import HostTier
+from moe_offload_lab.sim.metrics import summarize
 from sim_testing import HW, check_log, cyclic_trace, spec
-
-from policies.config import build_policy
-from sim.compute import ComputeModel
-from sim.engine import Engine
-from sim.host import HostTier
-from sim.metrics import summarize
 
 
 def test_lru_order_and_counts() -> None:

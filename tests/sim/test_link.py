@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import simpy
-
-from sim.eventlog import EventLog
-from sim.link import Copy, Link
+from moe_offload_lab.sim.eventlog import EventLog
+from moe_offload_lab.sim.link import Copy, Link
 
 BW, LAT, SIZE = 1e9, 1e-5, 10_000_000  # one copy takes 10.01 ms
 COPY_S = LAT + SIZE / BW

@@ -8,18 +8,17 @@ import pytest
 import simpy
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.policies.toy_traces import make_trace
+from moe_offload_lab.sim.cli import compose
+from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.eventlog import EventLog
+from moe_offload_lab.sim.link import Copy, Link
+from moe_offload_lab.sim.metrics import summarize
+from moe_offload_lab.sim.run import RunConfig, simulate
+from moe_offload_lab.traces.errors import ConfigError
 from omegaconf import OmegaConf
 from sim_testing import HW, spec
-
-from policies.config import build_policy
-from policies.toy_traces import make_trace
-from sim.cli import compose
-from sim.engine import Engine
-from sim.eventlog import EventLog
-from sim.link import Copy, Link
-from sim.metrics import summarize
-from sim.run import RunConfig, simulate
-from traces.errors import ConfigError
 
 BW, LAT, CHUNK = 1e9, 1e-5, 16_000_000  # 16 MB chunks take 16.01 ms
 BIG = 352_000_000  # a Mixtral-8x7B expert

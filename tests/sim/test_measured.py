@@ -6,13 +6,12 @@ import dataclasses
 import math
 
 import pytest
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.sim.compute import ComputeModel
+from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.measured import Curve, Measured
+from moe_offload_lab.traces.errors import ConfigError
 from sim_testing import HW, cyclic_trace, spec
-
-from policies.config import build_policy
-from sim.compute import ComputeModel
-from sim.engine import Engine
-from sim.measured import Curve, Measured
-from traces.errors import ConfigError
 
 MODEL = spec(num_layers=4, num_experts=8, top_k=2)
 TABLES = {

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from sim.hardware import load_hardware
-from sim.memory import GpuMemory
-from traces.catalog import load_model
-from traces.errors import ConfigError
+from moe_offload_lab.sim.hardware import load_hardware
+from moe_offload_lab.sim.memory import GpuMemory
+from moe_offload_lab.traces.catalog import load_model
+from moe_offload_lab.traces.errors import ConfigError
 
 MIXTRAL = load_model("mixtral-8x7b")
 H100 = load_hardware("h100-sxm")

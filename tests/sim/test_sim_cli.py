@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from sim.cli import main
+from moe_offload_lab.sim.cli import main
 
 
 def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -114,7 +113,7 @@ def test_single_run_writes_a_figure_and_hydra_record(tmp_path: Path) -> None:
 
 def test_trace_for_another_model_is_refused(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from traces.synthetic import generate
+    from moe_offload_lab.traces.synthetic import generate
 
     path = generate("olmoe-1b-7b", tokens=64, seed=0).save(tmp_path / "olmoe.parquet")
     assert main([f"trace.path={path}", f"out={tmp_path / 'x'}"]) == 2
@@ -135,7 +134,7 @@ def test_strict_memory_and_budget_errors(tmp_path: Path,
 
 
 def test_bundled_real_trace_runs(tmp_path: Path) -> None:
-    from traces.bundled import load
+    from moe_offload_lab.traces.bundled import load
 
     out = tmp_path / "real"
     assert main(["model=tiny-moe-stdlib", "trace.bundled=tiny-moe-stdlib", "policy=on-demand",

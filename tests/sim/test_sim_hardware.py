@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from sim.hardware import HardwareProfile, available_hardware, load_hardware
-from traces.errors import ConfigError
+from moe_offload_lab.sim.hardware import HardwareProfile, available_hardware, load_hardware
+from moe_offload_lab.traces.errors import ConfigError
 
 EXPECTED = {"t4-pcie3", "rtx3060-pcie3", "rtx3080-mobile", "rtx3090", "rtx-a5000", "rtx4090",
             "l40s", "a100-80gb-sxm", "a100-80gb-pcie", "h100-pcie", "h100-sxm", "h200"}

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from sim.cli import main
-from sim.sweep import ERROR_FILE, collect, expand
-from traces.catalog import conf_dir
-from traces.errors import ConfigError
+from moe_offload_lab.sim.cli import main
+from moe_offload_lab.sim.sweep import ERROR_FILE, collect, expand
+from moe_offload_lab.traces.catalog import conf_dir
+from moe_offload_lab.traces.errors import ConfigError
 
 
 def test_expand_is_the_cartesian_product() -> None:

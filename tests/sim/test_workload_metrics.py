@@ -5,18 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.policies.toy_traces import make_trace
+from moe_offload_lab.sim.cli import compose
+from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.eventlog import EventLog
+from moe_offload_lab.sim.metrics import latency_metrics, summarize
+from moe_offload_lab.sim.run import RunConfig, simulate
+from moe_offload_lab.sim.timeline import chrome_trace
+from moe_offload_lab.sim.workload import static_batches
 from omegaconf import OmegaConf
 from sim_testing import HW, spec
-
-from policies.config import build_policy
-from policies.toy_traces import make_trace
-from sim.cli import compose
-from sim.engine import Engine
-from sim.eventlog import EventLog
-from sim.metrics import latency_metrics, summarize
-from sim.run import RunConfig, simulate
-from sim.timeline import chrome_trace
-from sim.workload import static_batches
 
 
 def test_static_batches_cover_every_row_once() -> None:

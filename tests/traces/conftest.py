@@ -6,9 +6,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
-
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 def _make_trace(expert_ids: Sequence | np.ndarray, num_experts: int, *,

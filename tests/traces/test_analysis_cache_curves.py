@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from traces.analysis.cache_curves import (
+from moe_offload_lab.traces.analysis.cache_curves import (
     access_keys,
     belady_hit_ratio,
     belady_hit_ratios,
@@ -21,7 +20,7 @@ from traces.analysis.cache_curves import (
     stream_belady_hits,
     stream_lru_pass,
 )
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 
 # ---- reference simulators (plain Python) --------------------------------------------------------

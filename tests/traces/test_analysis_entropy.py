@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-
-from traces.analysis.entropy import entropy_bits, expert_counts, power_law_alpha
+from moe_offload_lab.traces.analysis.entropy import entropy_bits, expert_counts, power_law_alpha
 
 
 def test_counts_count_every_slot(analysis_make_trace):

@@ -7,8 +7,7 @@ import math
 
 import numpy as np
 import pytest
-
-from traces.analysis.information import (
+from moe_offload_lab.traces.analysis.information import (
     _conditional_entropy,
     _densify,
     adjacent_joint,

@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
-from traces.analysis.cache_curves import histogram_summary
-from traces.analysis.locality import (
+from moe_offload_lab.traces.analysis.cache_curves import histogram_summary
+from moe_offload_lab.traces.analysis.locality import (
     adjacent_reuse_ratio,
     experts_for_95pct,
     reuse_distance_tokens,

@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-
-from traces.analysis.lookahead import lookahead_accuracy
+from moe_offload_lab.traces.analysis.lookahead import lookahead_accuracy
 
 
 def _lookahead(ids: np.ndarray, distance: int) -> np.ndarray:

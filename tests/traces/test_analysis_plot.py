@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from traces.analysis.plot import plot_stats
-from traces.analysis.report import compute_stats
-from traces.errors import ConfigError
+from moe_offload_lab.traces.analysis.plot import plot_stats
+from moe_offload_lab.traces.analysis.report import compute_stats
+from moe_offload_lab.traces.errors import ConfigError
 
 
 @pytest.mark.parametrize("with_lookahead", [True, False])

@@ -8,14 +8,13 @@ import math
 
 import numpy as np
 import pytest
-
-from traces.analysis.report import (
+from moe_offload_lab.traces.analysis.report import (
     DEFAULT_LRU_FRACTIONS,
     SCHEMA,
     cache_keys_for,
     compute_stats,
 )
-from traces.errors import ConfigError, TraceError
+from moe_offload_lab.traces.errors import ConfigError, TraceError
 
 TOP_LEVEL = ["schema", "trace", "entropy_bits", "power_law_alpha", "traffic",
              "mutual_information_bits", "conditional_entropy_bits", "adjacent_reuse_ratio",

@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
-from traces.cli import main
-from traces.format import Trace
+from moe_offload_lab.traces.cli import main
+from moe_offload_lab.traces.format import Trace
 
 STATS_KEYS = {
     "schema",

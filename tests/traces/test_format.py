@@ -13,14 +13,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import moe_offload_lab.traces.format as trace_format
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-import traces.format as trace_format
-from traces import DECODE, NO_EXPERT, PREFILL, SCHEMA_VERSION, ModelSpec, Trace, TraceError
-from traces.catalog import load_model
+from moe_offload_lab.traces import (
+    DECODE,
+    NO_EXPERT,
+    PREFILL,
+    SCHEMA_VERSION,
+    ModelSpec,
+    Trace,
+    TraceError,
+)
+from moe_offload_lab.traces.catalog import load_model
 
 # 5 transformer blocks, the first dense: 4 MoE layers of 8 experts, top-2.
 SPEC = ModelSpec(name="tiny-moe", num_layers=5, first_k_dense=1, num_experts=8, top_k=2,

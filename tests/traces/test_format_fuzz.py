@@ -21,9 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from traces import ModelSpec, Trace, TraceError
-from traces.errors import ConfigError
+from moe_offload_lab.traces import ModelSpec, Trace, TraceError
+from moe_offload_lab.traces.errors import ConfigError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -7,8 +7,7 @@ import json
 import math
 
 import pytest
-
-from traces import ConfigError, ModelSpec, available, load_model
+from moe_offload_lab.traces import ConfigError, ModelSpec, available, load_model
 
 # Reference values copied from the shared reference/models.md ("Real MoE model shapes"), one row
 # per bundled config (the table's Switch-Base row covers switch-base-8 and switch-base-128).
@@ -49,7 +48,9 @@ def as_printed(value: float, printed: str) -> str:
 
 # ---- the catalog against the reference table ----------------------------------------------------
 def test_every_bundled_model_is_in_the_table() -> None:
-    from traces.bundled import BUNDLED  # models trained here for the bundled real traces
+    from moe_offload_lab.traces.bundled import (
+        BUNDLED,  # models trained here for the bundled real traces
+    )
 
     assert sorted(row[0] for row in MODELS_MD) == [m for m in available("model")
                                                    if m not in BUNDLED]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from traces.errors import ConfigError
-from traces.format import DECODE, NO_EXPERT, PREFILL
-from traces.synthetic import LengthDist, SynthConfig, generate, presets
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import DECODE, NO_EXPERT, PREFILL
+from moe_offload_lab.traces.synthetic import LengthDist, SynthConfig, generate, presets
 
 SMALL = dict(
     prompt_tokens=LengthDist(kind="fixed", mean=12, min=1, max=64),
@@ -16,8 +15,8 @@ SMALL = dict(
 
 
 def test_every_model_has_a_preset_that_generates_a_valid_trace(tmp_path):
-    from traces.bundled import BUNDLED
-    from traces.catalog import available
+    from moe_offload_lab.traces.bundled import BUNDLED
+    from moe_offload_lab.traces.catalog import available
 
     # every catalog model but those of the bundled real traces (their routing is recorded)
     assert set(presets()) == set(available("model")) - set(BUNDLED)
@@ -146,8 +145,8 @@ def test_bad_configs_are_one_line_config_errors():
 
 # ---- calibration targets (reference/routing-statistics.md), measured with traces.analysis ----
 def test_mixtral_preset_meets_its_calibration_targets():
-    from traces.analysis.information import top1_cross_layer_mutual_information
-    from traces.analysis.locality import adjacent_reuse_ratio
+    from moe_offload_lab.traces.analysis.information import top1_cross_layer_mutual_information
+    from moe_offload_lab.traces.analysis.locality import adjacent_reuse_ratio
 
     trace = generate("mixtral-8x7b", tokens=30000, seed=11)
     mi = top1_cross_layer_mutual_information(trace, 1)[1]
@@ -157,7 +156,7 @@ def test_mixtral_preset_meets_its_calibration_targets():
 
 
 def test_qwen3_preset_meets_its_calibration_targets():
-    from traces.analysis.locality import adjacent_reuse_ratio, experts_for_95pct
+    from moe_offload_lab.traces.analysis.locality import adjacent_reuse_ratio, experts_for_95pct
 
     trace = generate("qwen3-30b-a3b", tokens=20000, seed=12)
     assert 0.35 <= experts_for_95pct(trace).mean() <= 0.65  # 95% of traffic on about half

@@ -16,7 +16,7 @@ Modules (each documents its definitions):
 The hot loops are numba kernels compiled on first use and cached on disk (``cache=True``).
 """
 
-from traces.analysis.cache_curves import (
+from moe_offload_lab.traces.analysis.cache_curves import (
     access_keys,
     belady_hit_ratio,
     belady_hit_ratios,
@@ -25,20 +25,20 @@ from traces.analysis.cache_curves import (
     lru_pass,
     stack_distances,
 )
-from traces.analysis.entropy import entropy_bits, expert_counts, power_law_alpha
-from traces.analysis.information import (
+from moe_offload_lab.traces.analysis.entropy import entropy_bits, expert_counts, power_law_alpha
+from moe_offload_lab.traces.analysis.information import (
     adjacent_mutual_information,
     conditional_entropy,
     cross_layer_mutual_information,
 )
-from traces.analysis.locality import (
+from moe_offload_lab.traces.analysis.locality import (
     adjacent_reuse_ratio,
     experts_for_95pct,
     reuse_distance_tokens,
     top_half_traffic,
 )
-from traces.analysis.lookahead import lookahead_accuracy
-from traces.analysis.report import SCHEMA, compute_stats
+from moe_offload_lab.traces.analysis.lookahead import lookahead_accuracy
+from moe_offload_lab.traces.analysis.report import SCHEMA, compute_stats
 
 __all__ = [
     "SCHEMA", "access_keys", "adjacent_mutual_information", "adjacent_reuse_ratio",

@@ -7,9 +7,8 @@ from typing import Any
 
 import numba
 import numpy as np
-
-from traces.errors import TraceError
-from traces.format import Trace
+from moe_offload_lab.traces.errors import TraceError
+from moe_offload_lab.traces.format import Trace
 
 
 def routing(trace: Trace) -> np.ndarray:

@@ -43,12 +43,11 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from moe_offload_lab.traces.analysis._common import routing
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
 from numba import types
 from numba.extending import intrinsic
-
-from traces.analysis._common import routing
-from traces.errors import ConfigError
-from traces.format import Trace
 
 
 # ---- kernels ------------------------------------------------------------------------------------

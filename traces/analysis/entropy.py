@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
-from traces.analysis._common import entropy_of_counts, routing
-from traces.format import Trace
+from moe_offload_lab.traces.analysis._common import entropy_of_counts, routing
+from moe_offload_lab.traces.format import Trace
 
 
 @numba.njit(cache=True, nogil=True)

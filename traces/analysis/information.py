@@ -46,10 +46,9 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-
-from traces.analysis._common import entropy_of_counts, layer_major, routing
-from traces.errors import ConfigError
-from traces.format import Trace
+from moe_offload_lab.traces.analysis._common import entropy_of_counts, layer_major, routing
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
 
 
 # ---- kernels ------------------------------------------------------------------------------------
@@ -413,7 +412,7 @@ def conditional_entropy(trace: Trace, context_layers: int = 3, *,
         raise ConfigError(f"context_layers must be at least 1, got {context_layers}")
     n_layers, num_experts = trace.spec.num_moe_layers, trace.spec.num_experts
     if marginal is None:
-        from traces.analysis.entropy import entropy_bits
+        from moe_offload_lab.traces.analysis.entropy import entropy_bits
         marginal = entropy_bits(trace)
     lengths = [c for c in range(1, context_layers + 1) if c < n_layers]
     per_layer = {c: np.full(n_layers, np.nan) for c in lengths}

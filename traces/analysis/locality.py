@@ -24,11 +24,10 @@ Reuse distance in tokens
 from __future__ import annotations
 
 import numpy as np
-
-from traces.analysis.cache_curves import lru_pass
-from traces.analysis.entropy import expert_counts
-from traces.analysis.information import adjacent_joint
-from traces.format import Trace
+from moe_offload_lab.traces.analysis.cache_curves import lru_pass
+from moe_offload_lab.traces.analysis.entropy import expert_counts
+from moe_offload_lab.traces.analysis.information import adjacent_joint
+from moe_offload_lab.traces.format import Trace
 
 
 def _counts(data: Trace | np.ndarray) -> np.ndarray:

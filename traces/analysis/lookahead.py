@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
-from traces.analysis._common import routing
-from traces.errors import TraceError
-from traces.format import Trace
+from moe_offload_lab.traces.analysis._common import routing
+from moe_offload_lab.traces.errors import TraceError
+from moe_offload_lab.traces.format import Trace
 
 
 @numba.njit(cache=True, nogil=True)

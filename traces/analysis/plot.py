@@ -17,9 +17,8 @@ import numpy as np
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from traces.atomic import atomic_path
-from traces.errors import ConfigError
+from moe_offload_lab.traces.atomic import atomic_path
+from moe_offload_lab.traces.errors import ConfigError
 
 _SCHEMA = "moe-trace-stats/1"
 

@@ -19,12 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
-
-from traces.analysis._common import json_float, json_list, nanmean
-from traces.analysis.cache_curves import belady_hit_ratios, lru_pass
-from traces.analysis.entropy import entropy_bits, expert_counts, power_law_alpha
-from traces.analysis.information import (
+from moe_offload_lab.traces.analysis._common import json_float, json_list, nanmean
+from moe_offload_lab.traces.analysis.cache_curves import belady_hit_ratios, lru_pass
+from moe_offload_lab.traces.analysis.entropy import entropy_bits, expert_counts, power_law_alpha
+from moe_offload_lab.traces.analysis.information import (
     adjacent_joint,
     adjacent_mutual_information,
     conditional_entropy,
@@ -32,10 +30,15 @@ from traces.analysis.information import (
     layer_major_routing,
     top1_cross_layer_mutual_information,
 )
-from traces.analysis.locality import adjacent_reuse_ratio, experts_for_95pct, top_half_traffic
-from traces.analysis.lookahead import lookahead_accuracy
-from traces.errors import ConfigError, TraceError
-from traces.format import DECODE, PREFILL, Trace
+from moe_offload_lab.traces.analysis.locality import (
+    adjacent_reuse_ratio,
+    experts_for_95pct,
+    top_half_traffic,
+)
+from moe_offload_lab.traces.analysis.lookahead import lookahead_accuracy
+from moe_offload_lab.traces.errors import ConfigError, TraceError
+from moe_offload_lab.traces.format import DECODE, PREFILL, Trace
+from tqdm import tqdm
 
 SCHEMA = "moe-trace-stats/1"
 DEFAULT_LRU_FRACTIONS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))

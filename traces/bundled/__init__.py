@@ -3,7 +3,7 @@
 ``tiny-moe-stdlib``: a 4-layer, 16-expert, top-2 Mixtral-style byte-level model trained on the CPU
 on docstrings of the Python standard library, recorded on held-out docstrings with lookahead
 distances 1 and 2 and 16 features per layer. ``traces/bundled/README.md`` gives its provenance;
-``python -m traces.bundled.build`` rebuilds it.
+``python -m moe_offload_lab.traces.bundled.build`` rebuilds it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 BUNDLED = ("tiny-moe-stdlib",)
 
@@ -23,12 +23,12 @@ def path(name: str = "tiny-moe-stdlib") -> Path:
     found = Path(str(resources.files(__name__) / f"{name}.parquet"))
     if not found.is_file():
         raise ConfigError(f"the bundled trace {found.name} is missing from the installation "
-                          f"(rebuild it with python -m traces.bundled.build)")
+                          f"(rebuild it with python -m moe_offload_lab.traces.bundled.build)")
     return found
 
 
 def load(name: str = "tiny-moe-stdlib", columns: str = "all"):
     """The bundled trace ``name`` as a :class:`~traces.format.Trace`."""
-    from traces.format import Trace
+    from moe_offload_lab.traces.format import Trace
 
     return Trace.load(path(name), columns=columns)

@@ -1,6 +1,7 @@
 """Build the bundled trace ``tiny-moe-stdlib``: train a tiny MoE LM on the CPU, then record it.
 
-    python -m traces.bundled.build [--steps 1200] [--seed 0] [--out-dir traces/bundled]
+    python -m moe_offload_lab.traces.bundled.build [--steps 1200] [--seed 0] \
+        [--out-dir traces/bundled]
 
 1. Corpus: the docstrings (``ast.get_docstring`` of every module, class and function) of the
    running Python's standard library ``.py`` files, read from ``sysconfig``'s ``stdlib`` folder
@@ -177,9 +178,8 @@ def build(out_dir: Path, steps: int = 1000, seed: int = 0, threads: int | None =
     """Run the whole build; returns the build report (also written next to the trace)."""
     import torch
     import transformers
-
-    from traces.record.prompts import ByteTokenizer
-    from traces.record.recorder import RecordSettings, record_requests
+    from moe_offload_lab.traces.record.prompts import ByteTokenizer
+    from moe_offload_lab.traces.record.recorder import RecordSettings, record_requests
 
     if threads:
         torch.set_num_threads(threads)
@@ -198,7 +198,7 @@ def build(out_dir: Path, steps: int = 1000, seed: int = 0, threads: int | None =
     model, training = train_model(data, held, steps, seed, progress=progress)
     settings = RecordSettings(max_new_tokens=64, batch_size=8, lookahead=2, features=16,
                               feature_seed=seed, temperature=0.8, seed=seed)
-    from traces.record.prompts import load_prompts
+    from moe_offload_lab.traces.record.prompts import load_prompts
 
     loaded = load_prompts(prompts_path)  # exactly what the CLI would read
     t1 = time.perf_counter()
@@ -209,7 +209,7 @@ def build(out_dir: Path, steps: int = 1000, seed: int = 0, threads: int | None =
                                 "held_out": corpus["held_out_rule"],
                                 "python": corpus["python"]},
                     "training": {k: v for k, v in training.items() if k != "log"},
-                    "builder": "traces.bundled.build"})
+                    "builder": "moe_offload_lab.traces.bundled.build"})
     record_s = time.perf_counter() - t1
     trace = recording.trace
     trace_path = trace.save(out_dir / f"{NAME}.parquet")
@@ -235,7 +235,7 @@ def build(out_dir: Path, steps: int = 1000, seed: int = 0, threads: int | None =
 
 def main(argv: list[str] | None = None) -> int:
     """Command line of the build (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m traces.bundled.build",
+    parser = argparse.ArgumentParser(prog="python -m moe_offload_lab.traces.bundled.build",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=0)

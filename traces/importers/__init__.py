@@ -20,13 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from traces.errors import ConfigError
-from traces.format import Trace
-from traces.importers.megatron import export_megatron, import_megatron
-from traces.importers.moe_infinity import export_moe_infinity, import_moe_infinity
-from traces.importers.plain import export_csv, export_npz, import_csv, import_npz
-from traces.importers.vllm import export_vllm, import_vllm
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.importers.megatron import export_megatron, import_megatron
+from moe_offload_lab.traces.importers.moe_infinity import export_moe_infinity, import_moe_infinity
+from moe_offload_lab.traces.importers.plain import export_csv, export_npz, import_csv, import_npz
+from moe_offload_lab.traces.importers.vllm import export_vllm, import_vllm
+from moe_offload_lab.traces.spec import ModelSpec
 
 IMPORTERS: dict[str, Callable[..., Trace]] = {
     "vllm": import_vllm,

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-
-from traces.atomic import atomic_path
-from traces.catalog import load_named_or_path
-from traces.errors import ConfigError, TraceError, first_line  # noqa: F401 - re-exported
-from traces.format import DECODE, PREFILL, Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.atomic import atomic_path
+from moe_offload_lab.traces.catalog import load_named_or_path
+from moe_offload_lab.traces.errors import ConfigError, TraceError, first_line  # noqa: F401 - re-exported
+from moe_offload_lab.traces.format import DECODE, PREFILL, Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 def load_spec(model: str | ModelSpec) -> ModelSpec:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from traces.errors import ConfigError, run_command
+from moe_offload_lab.traces.errors import ConfigError, run_command
 
 PROG = "moe-trace"
 FORMATS = ("vllm", "megatron", "moe-infinity", "csv", "npy")
@@ -58,7 +58,7 @@ def add_parsers(subparsers: Any) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     """Handler of ``moe-trace import``."""
-    from traces.importers import IMPORTERS, import_trace
+    from moe_offload_lab.traces.importers import IMPORTERS, import_trace
 
     if args.fmt not in IMPORTERS:
         raise ConfigError(f"unknown import format {args.fmt!r}; known: {', '.join(IMPORTERS)}")
@@ -79,8 +79,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``moe-trace export``."""
-    from traces.format import Trace
-    from traces.importers import EXPORTERS, export_trace
+    from moe_offload_lab.traces.format import Trace
+    from moe_offload_lab.traces.importers import EXPORTERS, export_trace
 
     if args.fmt not in EXPORTERS:
         raise ConfigError(f"unknown export format {args.fmt!r}; known: {', '.join(EXPORTERS)}")
@@ -102,7 +102,7 @@ HANDLERS = {"import": run_import, "export": run_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m traces.importers.cli import ...``)."""
+    """Stand-alone entry point (``python -m moe_offload_lab.traces.importers.cli import ...``)."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

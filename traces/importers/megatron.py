@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-
-from traces.errors import TraceError
-from traces.format import PREFILL, Trace
-from traces.importers import _common as c
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.errors import TraceError
+from moe_offload_lab.traces.format import PREFILL, Trace
+from moe_offload_lab.traces.importers import _common as c
+from moe_offload_lab.traces.spec import ModelSpec
 
 _TOKEN_FIELDS = ("request_id", "position", "phase")
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from traces.errors import ConfigError, TraceError
-from traces.format import Trace
-from traces.importers import _common as c
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.errors import ConfigError, TraceError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.importers import _common as c
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 def import_moe_infinity(path: str | Path, model: str | ModelSpec) -> Trace:

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from traces.errors import ConfigError, TraceError
-from traces.format import PREFILL, Trace
-from traces.importers import _common as c
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.errors import ConfigError, TraceError
+from moe_offload_lab.traces.format import PREFILL, Trace
+from moe_offload_lab.traces.importers import _common as c
+from moe_offload_lab.traces.spec import ModelSpec
 
 CSV_COLUMNS = ("request_id", "position", "phase", "layer", "rank", "expert", "gate")
 _CSV_REQUIRED = ("request_id", "position", "layer", "rank", "expert")

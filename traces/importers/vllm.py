@@ -24,11 +24,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-
-from traces.errors import ConfigError, TraceError
-from traces.format import Trace
-from traces.importers import _common as c
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.errors import ConfigError, TraceError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.importers import _common as c
+from moe_offload_lab.traces.spec import ModelSpec
 
 _SINGLE = "routed_experts"
 _SIDE_ARRAYS = ("lengths", "prompt_lengths", "request_ids")

@@ -4,6 +4,11 @@ Importing this package needs no torch; the recording functions import torch and 
 called. See ``traces/record/README.md``.
 """
 
-from traces.record.recorder import Recording, RecordSettings, record, record_requests
+from moe_offload_lab.traces.record.recorder import (
+    Recording,
+    RecordSettings,
+    record,
+    record_requests,
+)
 
 __all__ = ["RecordSettings", "Recording", "record", "record_requests"]

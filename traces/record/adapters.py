@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 
 def _every_layer(config: Any) -> list[int]:

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from traces.errors import ConfigError
-from traces.record.loading import DTYPES
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.record.loading import DTYPES
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -59,8 +59,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``moe-trace record``; MoeLabError for user mistakes, 130 when interrupted."""
-    from traces.record.prompts import load_prompts, load_tokenizer
-    from traces.record.recorder import RecordSettings, record_requests
+    from moe_offload_lab.traces.record.prompts import load_prompts, load_tokenizer
+    from moe_offload_lab.traces.record.recorder import RecordSettings, record_requests
 
     settings = RecordSettings(
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, lookahead=args.lookahead,
@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
-    from traces.record.loading import load_checkpoint, load_random
-    from traces.record.tiny import config_from_spec
+    from moe_offload_lab.traces.record.loading import load_checkpoint, load_random
+    from moe_offload_lab.traces.record.tiny import config_from_spec
 
     if args.config is not None:
         config, name = config_from_spec(args.config)
@@ -111,8 +111,9 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m traces.record.cli``); same as ``moe-trace record``."""
-    from traces.errors import run_command
+    """Stand-alone entry point (``python -m moe_offload_lab.traces.record.cli``); same as
+    ``moe-trace record``."""
+    from moe_offload_lab.traces.errors import run_command
 
     parser = argparse.ArgumentParser(prog="moe-trace")
     add_parser(parser.add_subparsers(dest="command", required=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
-from traces.record.adapters import ArchAdapter
+from moe_offload_lab.traces.record.adapters import ArchAdapter
 
 
 class RouterCapture:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from traces.errors import ConfigError
-from traces.record.adapters import adapter_for
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.record.adapters import adapter_for
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -52,7 +52,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu", dtype: str = "auto") 
 
 def load_random(config: Any, seed: int, device: str = "cpu", dtype: str = "auto") -> Any:
     """A randomly initialised model (seeded) for a transformers config, in eval mode."""
-    from traces.record.tiny import build_model
+    from moe_offload_lab.traces.record.tiny import build_model
 
     adapter_for(config)
     model = build_model(config, seed)

@@ -17,9 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from traces.format import NO_EXPERT
-from traces.record.adapters import ArchAdapter
+from moe_offload_lab.traces.format import NO_EXPERT
+from moe_offload_lab.traces.record.adapters import ArchAdapter
 
 
 def lookahead_rows(routers: list[Any], adapter: ArchAdapter, inputs: list[Any], rows: Any,

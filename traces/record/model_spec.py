@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from traces.errors import ConfigError
-from traces.record.adapters import ArchAdapter
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.record.adapters import ArchAdapter
+from moe_offload_lab.traces.spec import ModelSpec
 
 _EXPERT_PARAM = re.compile(r"\.experts\.")
 _BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "float64": 8.0,

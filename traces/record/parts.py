@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 MANIFEST = "manifest.json"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 
 def load_prompts(path: str | Path) -> list[str]:

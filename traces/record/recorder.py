@@ -25,17 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import DECODE, PREFILL, Trace
+from moe_offload_lab.traces.record.adapters import find_routers
+from moe_offload_lab.traces.record.hooks import RouterCapture
+from moe_offload_lab.traces.record.lookahead import FeatureProjection, lookahead_rows
+from moe_offload_lab.traces.record.model_spec import spec_from_model
+from moe_offload_lab.traces.record.parts import PartStore
+from moe_offload_lab.traces.record.prompts import ByteTokenizer
 
-from traces.errors import ConfigError
-from traces.format import DECODE, PREFILL, Trace
-from traces.record.adapters import find_routers
-from traces.record.hooks import RouterCapture
-from traces.record.lookahead import FeatureProjection, lookahead_rows
-from traces.record.model_spec import spec_from_model
-from traces.record.parts import PartStore
-from traces.record.prompts import ByteTokenizer
-
-RECORDER = "traces.record"
+RECORDER = "moe_offload_lab.traces.record"
 
 
 @dataclass(frozen=True)

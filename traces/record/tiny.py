@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 _COMMON: dict[str, Any] = {
     "vocab_size": 256,

@@ -1,5 +1,5 @@
 """The predictor networks; :func:`build_model` makes one by kind (see :data:`MODELS`)."""
 
-from policies.learned.models.base import MODELS, LearnedModel, Shape, build_model
+from moe_offload_lab.policies.learned.models.base import MODELS, LearnedModel, Shape, build_model
 
 __all__ = ["MODELS", "LearnedModel", "Shape", "build_model"]

@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from moe_offload_lab.traces.errors import ConfigError
 from torch import nn
-
-from traces.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ def build_model(kind: str, shape: Shape | dict, **hp: Any) -> LearnedModel:
 
 
 def _load_all() -> None:
-    from policies.learned.models import (  # noqa: F401 - registration side effects
+    from moe_offload_lab.policies.learned.models import (  # noqa: F401 - registration side effects
         baselines,
         gate_lookahead,
         history_transformer,

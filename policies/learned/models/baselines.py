@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from moe_offload_lab.policies.learned.features import FeatureEncoder
+from moe_offload_lab.policies.learned.models.base import (
+    LearnedModel,
+    Shape,
+    multi_hot,
+    register_model,
+)
+from moe_offload_lab.traces.errors import ConfigError
 from torch import nn
-
-from policies.learned.features import FeatureEncoder
-from policies.learned.models.base import LearnedModel, Shape, multi_hot, register_model
-from traces.errors import ConfigError
 
 
 class _Inputs(LearnedModel):

@@ -10,9 +10,8 @@ of ``l``, feeds a linear head of ``h * E`` logits.
 from __future__ import annotations
 
 import torch
+from moe_offload_lab.policies.learned.models.base import LearnedModel, Shape, register_model
 from torch import nn
-
-from policies.learned.models.base import LearnedModel, Shape, register_model
 
 
 @register_model

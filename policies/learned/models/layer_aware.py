@@ -9,10 +9,9 @@ layers, whose routing is the hardest to predict, get ``middle_blocks`` gated res
 from __future__ import annotations
 
 import torch
+from moe_offload_lab.policies.learned.features import FeatureEncoder
+from moe_offload_lab.policies.learned.models.base import PerLayerFeatureModel, Shape, register_model
 from torch import nn
-
-from policies.learned.features import FeatureEncoder
-from policies.learned.models.base import PerLayerFeatureModel, Shape, register_model
 
 
 class GatedResidual(nn.Module):

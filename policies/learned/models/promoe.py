@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
+from moe_offload_lab.policies.learned.features import FeatureEncoder
+from moe_offload_lab.policies.learned.models.base import PerLayerFeatureModel, Shape, register_model
 from torch import nn
-
-from policies.learned.features import FeatureEncoder
-from policies.learned.models.base import PerLayerFeatureModel, Shape, register_model
 
 
 @register_model

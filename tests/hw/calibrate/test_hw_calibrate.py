@@ -9,12 +9,11 @@ import json
 import pytest
 import torch
 import yaml
-
-from hw.calibrate.cli import main
-from sim.compute import ComputeModel
-from sim.hardware import HardwareProfile, load_hardware
-from sim.measured import _KEYS, Measured
-from traces.catalog import load_model
+from moe_offload_lab.hw.calibrate.cli import main
+from moe_offload_lab.sim.compute import ComputeModel
+from moe_offload_lab.sim.hardware import HardwareProfile, load_hardware
+from moe_offload_lab.sim.measured import _KEYS, Measured
+from moe_offload_lab.traces.catalog import load_model
 
 TINY = ["model=tiny-moe-stdlib", "sizes_mb=[1,8,32]", "tokens=[8,1,2,2]", "batches=[1,4]",
         "contexts=[16,64]", "reference_context=16", "repeats=2", "warmup=1", "policy_tokens=16",
@@ -60,7 +59,7 @@ def test_measured_block_has_the_simulator_layout(cpu_profile):
     assert set(tables["policy_decision_per_layer_s"]) == {"lru", "gate-lookahead"}
     assert all(v > 0 for v in tables["policy_decision_per_layer_s"].values())
     assert prov["h2d_peak_gb_per_s"] > 0
-    replay = importlib.util.find_spec("hw.replay") is not None
+    replay = importlib.util.find_spec("moe_offload_lab.hw.replay") is not None
     assert prov["source"] == ("executor" if replay else "module")
     if replay:
         assert len(tables["replay_layer"]["seconds"]) == 2
@@ -125,7 +124,7 @@ def test_cuda_calibration(tmp_path):
 
 
 def test_dash_o_is_the_output_override():
-    from hw.calibrate.cli import output_override
+    from moe_offload_lab.hw.calibrate.cli import output_override
 
     assert output_override(["-o", "x.yaml", "device=cpu"]) == ["out=x.yaml", "device=cpu"]
     assert output_override(["--output=y.yaml"]) == ["out=y.yaml"]

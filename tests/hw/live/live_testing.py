@@ -6,12 +6,11 @@ from functools import cache
 from typing import Any
 
 import torch
-
-from hw.live import greedy_generate
-from hw.live.runner import encode_inputs
-from policies.base import Policy
-from traces.record.adapters import find_routers
-from traces.record.tiny import build_tiny_model
+from moe_offload_lab.hw.live import greedy_generate
+from moe_offload_lab.hw.live.runner import encode_inputs
+from moe_offload_lab.policies.base import Policy
+from moe_offload_lab.traces.record.adapters import find_routers
+from moe_offload_lab.traces.record.tiny import build_tiny_model
 
 ARCHS = ["mixtral", "qwen2-moe", "qwen3-moe", "olmoe", "deepseek-v2", "deepseek-v3", "gpt-oss"]
 CAPACITY = 6  # slots of the tiny models' 16..32 routed experts: fetches and evictions happen

@@ -13,8 +13,7 @@ from live_testing import (
     prompt,
     reference,
 )
-
-from hw.live import run_live
+from moe_offload_lab.hw.live import run_live
 
 
 @pytest.mark.parametrize("policy", ["lru", "gate-lookahead"])

@@ -19,13 +19,12 @@ from live_testing import (
     padded_rows,
     prompt,
 )
-
-from hw.live import LiveRunner, greedy_generate, run_live
-from hw.live.runner import encode_inputs
-from policies.config import build_policy
-from traces.errors import ConfigError
-from traces.format import DECODE, PREFILL
-from traces.record.adapters import find_routers
+from moe_offload_lab.hw.live import LiveRunner, greedy_generate, run_live
+from moe_offload_lab.hw.live.runner import encode_inputs
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import DECODE, PREFILL
+from moe_offload_lab.traces.record.adapters import find_routers
 
 REAL = sum(PADDED_LENGTHS)  # real prompt tokens of padded_rows()
 TOP_K = 2  # every tiny config routes each token to 2 experts
@@ -139,9 +138,8 @@ def test_equal_prompts_are_unpadded() -> None:
 
 def test_pad_ids() -> None:
     """Pads are the config's pad_token_id (else 0), on the left."""
+    from moe_offload_lab.traces.record.tiny import tiny_config_dict
     from transformers import AutoConfig
-
-    from traces.record.tiny import tiny_config_dict
 
     values = tiny_config_dict("tiny-mixtral")
     model_type = values.pop("model_type")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from live_testing import CAPACITY, NEW_TOKENS, CallLog, model, prompt
-
-from hw.live import LiveRunner, greedy_generate, run_live
-from policies.config import build_policy
-from traces.errors import ConfigError
-from traces.format import DECODE, PREFILL
+from moe_offload_lab.hw.live import LiveRunner, greedy_generate, run_live
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import DECODE, PREFILL
 
 
 def test_one_step_per_forward_call_in_replay_order() -> None:

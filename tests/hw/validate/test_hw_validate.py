@@ -8,13 +8,12 @@ import json
 import pandas as pd
 import pytest
 import torch
-
-from hw.validate.accuracy import overall
-from hw.validate.cells import simulate_cell
-from hw.validate.cli import main
-from hw.validate.matrix import ValidationConfig, model_spec
-from hw.validate.run import validate
-from sim.hardware import load_hardware
+from moe_offload_lab.hw.validate.accuracy import overall
+from moe_offload_lab.hw.validate.cells import simulate_cell
+from moe_offload_lab.hw.validate.cli import main
+from moe_offload_lab.hw.validate.matrix import ValidationConfig, model_spec
+from moe_offload_lab.hw.validate.run import validate
+from moe_offload_lab.sim.hardware import load_hardware
 
 TINY = {"model": "tiny-moe-stdlib", "layers": 2,
         "model_overrides": {"hidden_size": 64, "expert_intermediate_size": 64},
@@ -70,7 +69,7 @@ def test_pipeline_with_standin_executor(tmp_path):
 
 
 def test_end_to_end_with_the_executor(tmp_path):
-    pytest.importorskip("hw.replay")
+    pytest.importorskip("moe_offload_lab.hw.replay")
     args = [*TINY_ARGS, "device=cpu", "policies=[lru,gate-lookahead]", "cache.fractions=[0.5]",
             "batches=[1,4]", f"out={tmp_path}"]
     assert main(args) == 0
@@ -112,7 +111,7 @@ def test_cuda_without_cuda_is_a_user_error(tmp_path, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_end_to_end_on_cuda(tmp_path):
-    pytest.importorskip("hw.replay")
+    pytest.importorskip("moe_offload_lab.hw.replay")
     args = [*TINY_ARGS, "device=cuda", "policies=[lru]", "cache.fractions=[0.5]",
             "batches=[1]", f"out={tmp_path}"]
     assert main(args) == 0
@@ -120,7 +119,7 @@ def test_end_to_end_on_cuda(tmp_path):
 
 
 def test_cache_sizes_from_fractions_and_budgets():
-    from hw.validate.matrix import cache_sizes
+    from moe_offload_lab.hw.validate.matrix import cache_sizes
 
     spec = model_spec(ValidationConfig(model="mixtral-8x7b", layers=4))
     hardware = load_hardware("h100-sxm")

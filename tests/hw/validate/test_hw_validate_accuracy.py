@@ -6,9 +6,8 @@ import math
 
 import pandas as pd
 import pytest
-
-from hw.validate.accuracy import add_errors, overall, relative_error, step_stats_ms
-from hw.validate.report import combined_trace, markdown
+from moe_offload_lab.hw.validate.accuracy import add_errors, overall, relative_error, step_stats_ms
+from moe_offload_lab.hw.validate.report import combined_trace, markdown
 
 
 def test_relative_error():
@@ -62,8 +61,8 @@ def test_combined_trace_has_both_pids():
 
 
 def test_median_run_picks_the_middle_repeat():
-    from hw.validate.cells import SideResult
-    from hw.validate.run import median_run
+    from moe_offload_lab.hw.validate.cells import SideResult
+    from moe_offload_lab.hw.validate.run import median_run
 
     def run(ms):
         return SideResult(pd.DataFrame(), pd.DataFrame({"latency_s": [ms / 1e3] * 3}), {})

@@ -6,14 +6,13 @@ from __future__ import annotations
 import gc
 import weakref
 
+import moe_offload_lab.hw.replay as hw_replay
 import pytest
 import torch
-
-import hw.replay
-from hw.replay import ExpertStore
-from hw.validate.cells import CellRunner, measure_cell
-from hw.validate.matrix import ValidationConfig, make_trace, model_spec
-from hw.validate.run import validate
+from moe_offload_lab.hw.replay import ExpertStore
+from moe_offload_lab.hw.validate.cells import CellRunner, measure_cell
+from moe_offload_lab.hw.validate.matrix import ValidationConfig, make_trace, model_spec
+from moe_offload_lab.hw.validate.run import validate
 
 TINY = {"model": "tiny-moe-stdlib", "layers": 2,
         "model_overrides": {"hidden_size": 64, "expert_intermediate_size": 64},
@@ -30,7 +29,7 @@ def stores(monkeypatch):  # noqa: ANN001, ANN201
             super().__init__(*args, **kwargs)
             built.append(weakref.ref(self))
 
-    monkeypatch.setattr(hw.replay, "ExpertStore", Counting)
+    monkeypatch.setattr(hw_replay, "ExpertStore", Counting)
     return built
 
 

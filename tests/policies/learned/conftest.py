@@ -13,8 +13,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from learned_testing import planted_trace  # noqa: E402
-
-from traces.format import Trace  # noqa: E402
+from moe_offload_lab.traces.format import Trace  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import moe_offload_lab.traces.bundled as bundled_traces
 import numpy as np
-
-import traces.bundled
-from traces.format import Trace, read_spec
+from moe_offload_lab.traces.format import Trace, read_spec
 
 N_EXPERTS = 8
 
@@ -20,7 +19,7 @@ def planted_trace(requests: int = 24, tokens_per_request: int = 10, seed: int = 
     """4 MoE layers, 8 experts, top-2: layer 0 random, every later layer = successor of the
     previous one (a permutation, so ids stay distinct); features = multi-hot of the layer's
     experts plus noise (8 wide)."""
-    spec = read_spec(traces.bundled.path()).with_overrides(name="planted", num_experts=N_EXPERTS)
+    spec = read_spec(bundled_traces.path()).with_overrides(name="planted", num_experts=N_EXPERTS)
     rng = np.random.default_rng(seed)
     n = requests * tokens_per_request
     ids = np.zeros((n, 4, 2), dtype=np.int16)  # [T, L, k]

@@ -7,12 +7,11 @@ import json
 import pandas as pd
 import pytest
 from learned_testing import planted_trace
-
-from policies import load_policy
-from policies.learned.cli import main
-from policies.learned.evaluate import score
-from policies.learned.timing import fit_cost, measure_cpu, measure_cuda
-from traces.errors import ConfigError
+from moe_offload_lab.policies import load_policy
+from moe_offload_lab.policies.learned.cli import main
+from moe_offload_lab.policies.learned.evaluate import score
+from moe_offload_lab.policies.learned.timing import fit_cost, measure_cpu, measure_cuda
+from moe_offload_lab.traces.errors import ConfigError
 
 FAST = ["progress=false", "train.max_steps=40", "train.epochs=2", "cost.repeats=2",
         "cost.warmup=1", "split.val=0.2", "split.test=0.2"]
@@ -105,8 +104,7 @@ def test_policy_configs_build_with_the_cost_aware_planner() -> None:
 
 def test_timing_fit_and_cuda_path() -> None:
     import torch
-
-    from policies.learned.models import Shape, build_model
+    from moe_offload_lab.policies.learned.models import Shape, build_model
 
     assert fit_cost({1: 1e-4, 32: 4.1e-4}) == pytest.approx((9e-5, 1e-5))
     assert fit_cost({1: 2e-4, 32: 1e-4}) == (2e-4, 0.0)
@@ -121,7 +119,7 @@ def test_timing_fit_and_cuda_path() -> None:
 
 
 def test_score_of_a_perfect_and_of_an_empty_predictor(planted) -> None:
-    from policies.learned.data import build_examples
+    from moe_offload_lab.policies.learned.data import build_examples
 
     ex = build_examples(planted, None, 1, 2)
     rows, curve = score(ex.targets.astype("float32"), ex, top_k=2)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from policies.learned.data import build_examples, concat, split_by_request
-from traces.errors import ConfigError
+from moe_offload_lab.policies.learned.data import build_examples, concat, split_by_request
+from moe_offload_lab.traces.errors import ConfigError
 
 
 def test_split_by_request_has_no_overlap_and_covers_all(planted) -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from policies.learned import checkpoint
-from policies.learned.data import build_examples, split_by_request
-from policies.learned.evaluate import learned_probs, score
-from policies.learned.models import Shape, build_model
-from policies.learned.runner import Runner
-from policies.learned.train import (
+from moe_offload_lab.policies.learned import checkpoint
+from moe_offload_lab.policies.learned.data import build_examples, split_by_request
+from moe_offload_lab.policies.learned.evaluate import learned_probs, score
+from moe_offload_lab.policies.learned.models import Shape, build_model
+from moe_offload_lab.policies.learned.runner import Runner
+from moe_offload_lab.policies.learned.train import (
     TrainParams,
     _Tensors,
     evaluate_loss,
@@ -19,7 +18,7 @@ from policies.learned.train import (
     seed_all,
     train_model,
 )
-from traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError
 
 PREDICTORS = [
     ("history-transformer", {"d_model": 16, "heads": 2, "layers": 1, "ff": 32}),

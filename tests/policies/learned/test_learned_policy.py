@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from moe_offload_lab.policies.cache import SlotCache
+from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.learned import checkpoint
+from moe_offload_lab.policies.learned.data import build_examples
+from moe_offload_lab.policies.learned.runner import Runner
+from moe_offload_lab.policies.registry import PREDICTORS
+from moe_offload_lab.traces.errors import ConfigError
 from omegaconf import OmegaConf
-
-from policies.cache import SlotCache
-from policies.config import build_policy
-from policies.context import LayerContext
-from policies.learned import checkpoint
-from policies.learned.data import build_examples
-from policies.learned.runner import Runner
-from policies.registry import PREDICTORS
-from traces.errors import ConfigError
 
 NAMES = ["history-transformer", "llapor", "probe", "promoe", "logreg-history",
          "logreg-features", "mlp-history", "mlp-features"]
@@ -40,9 +39,9 @@ def _drive(pred, trace, rows, batch):
 
 @pytest.mark.parametrize("name", ["history-transformer", "promoe"])
 def test_predictor_matches_the_model_at_batch_one_and_unions_batches(name) -> None:
-    import traces.bundled
+    import moe_offload_lab.traces.bundled as bundled_traces
 
-    trace = traces.bundled.load()
+    trace = bundled_traces.load()
     pred = PREDICTORS.build({"name": "learned", "checkpoint": CKPT.format(name),
                              "min_score": 0.0})
     pred.reset(trace.spec, 3, trace)
@@ -83,7 +82,7 @@ def test_decision_cost_comes_from_the_checkpoint() -> None:
 
 
 def test_bad_predictor_inputs_are_one_line_errors(tmp_path) -> None:
-    from traces.synthetic import generate
+    from moe_offload_lab.traces.synthetic import generate
 
     with pytest.raises(ConfigError, match="needs checkpoint"):
         PREDICTORS.build({"name": "learned"})
@@ -102,9 +101,9 @@ def test_bad_predictor_inputs_are_one_line_errors(tmp_path) -> None:
     pred = PREDICTORS.build({"name": "learned", "checkpoint": CKPT.format("mlp-history")})
     with pytest.raises(ConfigError, match="was trained for 4 MoE layers"):
         pred.reset(synth.spec, 3, synth)
-    import traces.bundled
+    import moe_offload_lab.traces.bundled as bundled_traces
 
-    trace = traces.bundled.load()
+    trace = bundled_traces.load()
     no_features = trace.select(np.arange(10))
     no_features.features = None
     pred = PREDICTORS.build({"name": "learned", "checkpoint": CKPT.format("llapor")})
@@ -114,8 +113,8 @@ def test_bad_predictor_inputs_are_one_line_errors(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_runs_in_the_simulator_and_charges_its_cost(name) -> None:
-    from sim.cli import compose
-    from sim.run import RunConfig, simulate
+    from moe_offload_lab.sim.cli import compose
+    from moe_offload_lab.sim.run import RunConfig, simulate
 
     cfg = OmegaConf.to_container(compose(["model=tiny-moe-stdlib",
                                           "trace.bundled=tiny-moe-stdlib", "batch=16"]),
@@ -145,13 +144,12 @@ def test_runs_in_the_simulator_and_charges_its_cost(name) -> None:
 def test_bundled_policy_configs_keep_the_contract(name) -> None:
     """The contract checks of tests/policies/test_policy_contract.py, on the one model shape
     the shipped checkpoints fit (that test's random shapes cannot run a trained model)."""
+    import moe_offload_lab.traces.bundled as bundled_traces
+    from moe_offload_lab.policies import load_policy
+    from moe_offload_lab.policies.evaluation import evaluate
     from policy_testing import delayed_replay
 
-    import traces.bundled
-    from policies import load_policy
-    from policies.evaluation import evaluate
-
-    trace = traces.bundled.load()
+    trace = bundled_traces.load()
     trace = trace.select(np.isin(trace.request_id, [0, 1, 2]))
     delayed_replay(load_policy(f"learned-{name}"), trace, 16, batch=4, seed=0)
     first = evaluate(trace, load_policy(f"learned-{name}"), 16, batch=4).to_dict()

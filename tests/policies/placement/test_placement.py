@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from policies import CPU, GPU, CostModel, LayerContext, SlotCache
-from policies.registry import PLACEMENTS
-from policies.toy_traces import toy_spec
+from moe_offload_lab.policies import CPU, GPU, CostModel, LayerContext, SlotCache
+from moe_offload_lab.policies.registry import PLACEMENTS
+from moe_offload_lab.policies.toy_traces import toy_spec
 
 SPEC = toy_spec(2, 8, 2)
 

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from moe_offload_lab.policies import CostModel, LayerContext, SlotCache
+from moe_offload_lab.policies.keys import is_valid_key
+from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.policies.registry import PLANNERS
+from moe_offload_lab.policies.toy_traces import toy_spec
 from policy_testing import policy_settings
-
-from policies import CostModel, LayerContext, SlotCache
-from policies.keys import is_valid_key
-from policies.prediction import Prediction
-from policies.registry import PLANNERS
-from policies.toy_traces import toy_spec
 
 SPEC = toy_spec(6, 8, 2)
 

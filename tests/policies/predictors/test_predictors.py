@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from moe_offload_lab.policies import build_policy
+from moe_offload_lab.policies.evaluation import evaluate
+from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.policies.toy_traces import make_trace, toy_spec
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import DECODE, Trace
 from policy_testing import random_trace
-
-from policies import build_policy
-from policies.evaluation import evaluate
-from policies.prediction import Prediction
-from policies.toy_traces import make_trace, toy_spec
-from traces.errors import ConfigError
-from traces.format import DECODE, Trace
 
 
 def _quality(trace: Trace, predictor: dict, horizon: int = 1, batch: int = 1,
@@ -33,7 +32,7 @@ def test_oracle_recall_is_one(batch: int) -> None:
 
 def test_oracle_needs_the_trace() -> None:
     policy = build_policy({"name": "o", "predictor": {"name": "oracle"}})
-    from policies import CostModel
+    from moe_offload_lab.policies import CostModel
 
     spec = toy_spec()
     with pytest.raises(ConfigError, match="oracle"):

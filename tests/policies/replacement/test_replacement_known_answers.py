@@ -6,10 +6,9 @@ One MoE layer, top-1, batch 1: every token is one access, so the classic paging 
 from __future__ import annotations
 
 import pytest
+from moe_offload_lab.policies import build_policy, load_policy
+from moe_offload_lab.policies.evaluation import evaluate
 from policy_testing import sequence_trace
-
-from policies import build_policy, load_policy
-from policies.evaluation import evaluate
 
 # Silberschatz et al.'s reference string with 3 frames: FIFO 15 faults, LRU 12, OPT 9.
 TEXTBOOK = [7, 0, 1, 2, 0, 3, 0, 4, 2, 3, 0, 3, 2, 1, 2, 0, 1, 7, 0, 1]

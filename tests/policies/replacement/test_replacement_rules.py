@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
+from moe_offload_lab.policies import CostModel, LayerContext, SlotCache, build_policy
+from moe_offload_lab.policies.evaluation import evaluate
+from moe_offload_lab.policies.needs import consecutive_batches, step_experts
+from moe_offload_lab.policies.registry import REPLACEMENTS
 from policy_testing import policy_settings, random_trace, sequence_trace
-
-from policies import CostModel, LayerContext, SlotCache, build_policy
-from policies.evaluation import evaluate
-from policies.needs import consecutive_batches, step_experts
-from policies.registry import REPLACEMENTS
 
 RULES = REPLACEMENTS.names()
 
@@ -63,9 +62,9 @@ def test_evict_never_touches_current_or_in_flight_keys(rule: str, seed: int,
 
 
 def test_confidence_rule_keeps_predicted_experts() -> None:
-    from policies.prediction import Prediction
-    from policies.replacement.confidence import ConfidenceAware
-    from policies.toy_traces import toy_spec
+    from moe_offload_lab.policies.prediction import Prediction
+    from moe_offload_lab.policies.replacement.confidence import ConfidenceAware
+    from moe_offload_lab.policies.toy_traces import toy_spec
 
     spec = toy_spec(4, 4, 1)
     rule = ConfidenceAware(ConfidenceAware.Params(keep_threshold=0.5))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-
-from traces.catalog import load_model
-from traces.format import Trace
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.catalog import load_model
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 def small_spec(name: str = "olmoe-1b-7b", **overrides: object) -> ModelSpec:

@@ -12,11 +12,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster_testing import routed_trace, small_spec  # noqa: E402
-
-from policies.balancing.base import round_robin_home  # noqa: E402
-from policies.balancing.planners import greedy_replicate, replicate_heaviest  # noqa: E402
-from policies.balancing.split import rank_loads, rank_loads_float, split_tokens  # noqa: E402
-from sim.cluster import simulate_cluster  # noqa: E402
+from moe_offload_lab.policies.balancing.base import round_robin_home  # noqa: E402
+from moe_offload_lab.policies.balancing.planners import greedy_replicate, replicate_heaviest  # noqa: E402
+from moe_offload_lab.policies.balancing.split import rank_loads, rank_loads_float, split_tokens  # noqa: E402
+from moe_offload_lab.sim.cluster import simulate_cluster  # noqa: E402
 
 CLUSTER8 = {"base": "h100x8-nvswitch", "redundant_slots": 2}
 POLICIES = ["static", {"name": "eplb", "period": 1}, "probe", "probe-oracle", "probe-history"]
@@ -115,7 +114,7 @@ def test_split_conserves_tokens_and_respects_holders() -> None:
 def test_lookahead_beats_history_when_hot_experts_shift() -> None:
     # Hot experts move every 4 requests and in bursts: history-only balancing (EPLB-style and
     # the PROBE planner fed by history) lags; the gate-lookahead predictor does not.
-    from sim.cluster import build_trace
+    from moe_offload_lab.sim.cluster import build_trace
 
     trace = build_trace({"preset": "olmoe-1b-7b", "tokens": 800, "seed": 2,
                          "overrides": {"alpha_first": 1.2, "alpha_last": 1.4},

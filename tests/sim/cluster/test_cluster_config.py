@@ -10,11 +10,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster_testing import routed_trace, small_spec  # noqa: E402
-
-from policies.balancing import load_balancer  # noqa: E402
-from sim.cluster import build_trace, load_cluster, simulate_cluster  # noqa: E402
-from sim.cluster.cli import main  # noqa: E402
-from traces.errors import ConfigError  # noqa: E402
+from moe_offload_lab.policies.balancing import load_balancer  # noqa: E402
+from moe_offload_lab.sim.cluster import build_trace, load_cluster, simulate_cluster  # noqa: E402
+from moe_offload_lab.sim.cluster.cli import main  # noqa: E402
+from moe_offload_lab.traces.errors import ConfigError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

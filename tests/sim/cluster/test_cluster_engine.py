@@ -13,9 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster_testing import routed_trace, small_spec  # noqa: E402
-
-from sim.cluster import load_cluster, simulate_cluster, volatile_trace  # noqa: E402
-from sim.cluster.alltoall import alltoall  # noqa: E402
+from moe_offload_lab.sim.cluster import load_cluster, simulate_cluster, volatile_trace  # noqa: E402
+from moe_offload_lab.sim.cluster.alltoall import alltoall  # noqa: E402
 
 EPS = 1e-12
 

@@ -10,14 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-from sim.cli import main as sim_main
-from sim.report import build
-from sim.report.cli import main
-from sim.report.style import save
-from sim.tune.space import load_space
-from sim.tune.storage import default_storage
-from sim.tune.study import run_worker
+from moe_offload_lab.sim.cli import main as sim_main
+from moe_offload_lab.sim.report import build
+from moe_offload_lab.sim.report.cli import main
+from moe_offload_lab.sim.report.style import save
+from moe_offload_lab.sim.tune.space import load_space
+from moe_offload_lab.sim.tune.storage import default_storage
+from moe_offload_lab.sim.tune.study import run_worker
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

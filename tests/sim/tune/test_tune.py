@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from moe_offload_lab.sim.cli import compose, run_config
+from moe_offload_lab.sim.run import simulate
+from moe_offload_lab.sim.tune.cli import main
+from moe_offload_lab.sim.tune.export import export_trial, pick_trial, split_overrides
+from moe_offload_lab.sim.tune.space import check_space, load_space, parse_space
+from moe_offload_lab.sim.tune.storage import open_storage
+from moe_offload_lab.sim.tune.study import finished, open_study, run_parallel, run_worker
+from moe_offload_lab.traces.errors import ConfigError
 from optuna.trial import TrialState
-
-from sim.cli import compose, run_config
-from sim.run import simulate
-from sim.tune.cli import main
-from sim.tune.export import export_trial, pick_trial, split_overrides
-from sim.tune.space import check_space, load_space, parse_space
-from sim.tune.storage import open_storage
-from sim.tune.study import finished, open_study, run_parallel, run_worker
-from traces.errors import ConfigError
 
 SPACE = {
     "objective": "tpot_ms_mean",
@@ -218,8 +217,8 @@ def test_killed_worker_process_resumes(tmp_path: Path) -> None:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(SPACE), encoding="utf-8")
     spec = f"journal:{tmp_path / 'study.log'}"
-    cmd = [sys.executable, "-m", "sim.tune.cli", "run", str(path), "--study", "k", "--storage",
-           spec, "--no-progress"]
+    cmd = [sys.executable, "-m", "moe_offload_lab.sim.tune.cli", "run", str(path), "--study", "k",
+           "--storage", spec, "--no-progress"]
     proc = subprocess.Popen([*cmd, "--trials", "200"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-
-from traces.format import Trace
-from traces.spec import ModelSpec
-from traces.synthetic import SynthConfig, generate
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.spec import ModelSpec
+from moe_offload_lab.traces.synthetic import SynthConfig, generate
 
 
 @pytest.fixture(scope="session")

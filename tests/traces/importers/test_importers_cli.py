@@ -9,9 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-
-from traces.format import Trace
-from traces.importers.cli import add_parsers, main
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.importers.cli import add_parsers, main
 
 
 @pytest.fixture
@@ -115,13 +114,14 @@ def test_errors_are_one_line_exit_2_and_write_nothing(argv, message, saved, tiny
 
 def test_python_dash_m_runs(saved, tmp_path):
     out = tmp_path / "t.npz"
-    done = subprocess.run([sys.executable, "-m", "traces.importers.cli", "export", "--to", "npy",
-                           str(saved), "-o", str(out)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "moe_offload_lab.traces.importers.cli", "export",
+                           "--to", "npy", str(saved), "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert out.is_file()
-    bad = subprocess.run([sys.executable, "-m", "traces.importers.cli", "import", "--from", "npy",
-                          str(tmp_path / "none.npz"), "--model", "mixtral-8x7b", "-o",
-                          str(tmp_path / "x.parquet")], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "-m", "moe_offload_lab.traces.importers.cli", "import",
+                          "--from", "npy", str(tmp_path / "none.npz"), "--model", "mixtral-8x7b",
+                          "-o", str(tmp_path / "x.parquet")], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "none.npz: no such file" in bad.stderr

@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
-
-from traces.errors import ConfigError, MoeLabError, TraceError
-from traces.format import Trace
-from traces.importers import export_trace, import_trace
-from traces.importers._common import atomic_write
+from moe_offload_lab.traces.errors import ConfigError, MoeLabError, TraceError
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.importers import export_trace, import_trace
+from moe_offload_lab.traces.importers._common import atomic_write
 
 
 def fails(fmt, path, spec, match, **options):

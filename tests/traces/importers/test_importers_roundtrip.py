@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from traces.format import Trace
-from traces.importers import EXPORTERS, IMPORTERS, export_trace, import_trace
-from traces.importers.moe_infinity import activation_counts, reconstruct_tokens
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.importers import EXPORTERS, IMPORTERS, export_trace, import_trace
+from moe_offload_lab.traces.importers.moe_infinity import activation_counts, reconstruct_tokens
 
 EXACT = [("csv", "t.csv"), ("npy", "t.npz"), ("megatron", "t.jsonl")]
 

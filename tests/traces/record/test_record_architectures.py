@@ -12,12 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from moe_offload_lab.traces.format import DECODE, NO_EXPERT, PREFILL, Trace
+from moe_offload_lab.traces.record import RecordSettings, record_requests
+from moe_offload_lab.traces.record.lookahead import FeatureProjection
+from moe_offload_lab.traces.record.tiny import TINY_CONFIGS, build_tiny_model
 from record_helpers import PROMPTS, reference_routing, sort_slots
-
-from traces.format import DECODE, NO_EXPERT, PREFILL, Trace
-from traces.record import RecordSettings, record_requests
-from traces.record.lookahead import FeatureProjection
-from traces.record.tiny import TINY_CONFIGS, build_tiny_model
 
 NEW_TOKENS, LOOKAHEAD, FEATURES = 4, 2, 4
 

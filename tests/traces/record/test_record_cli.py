@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.record import cli as record_cli
+from moe_offload_lab.traces.record import recorder
+from moe_offload_lab.traces.record.tiny import build_tiny_model
 from record_helpers import PROMPTS
-
-from traces.format import Trace
-from traces.record import cli as record_cli
-from traces.record import recorder
-from traces.record.tiny import build_tiny_model
 
 
 def _prompt_file(tmp_path, lines=PROMPTS, name="prompts.txt"):
@@ -222,7 +221,7 @@ def test_a_checkpoint_with_a_tokenizer_uses_it(tmp_path, capsys):
 
 
 def test_a_request_stops_when_it_samples_the_end_of_sequence_token(prompts):
-    from traces.record.prompts import ByteTokenizer
+    from moe_offload_lab.traces.record.prompts import ByteTokenizer
 
     model = build_tiny_model("tiny-olmoe", seed=0)
     free = recorder.record_requests(model, prompts, settings=recorder.RecordSettings(

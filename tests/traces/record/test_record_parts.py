@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from traces.errors import ConfigError
-from traces.record.model_spec import layer_pattern
-from traces.record.prompts import ByteTokenizer, load_prompts, load_tokenizer
-from traces.spec import ModelSpec
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.record.model_spec import layer_pattern
+from moe_offload_lab.traces.record.prompts import ByteTokenizer, load_prompts, load_tokenizer
+from moe_offload_lab.traces.spec import ModelSpec
 
 
 @pytest.mark.parametrize("layers, blocks, expected", [
@@ -44,7 +43,7 @@ def test_byte_tokenizer_wraps_bytes_into_the_vocabulary():
 
 
 def test_bundled_trace_is_found_and_valid():
-    import traces.bundled as bundled
+    import moe_offload_lab.traces.bundled as bundled
 
     trace = bundled.load()
     assert bundled.path().name == "tiny-moe-stdlib.parquet"
@@ -59,8 +58,8 @@ def test_bundled_trace_is_found_and_valid():
 
 
 def test_a_model_whose_moe_blocks_have_no_modelspec_pattern_is_refused(prompts):
-    from traces.record import record
-    from traces.record.tiny import build_model, config_from_spec
+    from moe_offload_lab.traces.record import record
+    from moe_offload_lab.traces.record.tiny import build_model, config_from_spec
 
     config, _ = config_from_spec('{"model_type": "qwen2_moe", "vocab_size": 256, '
                                  '"hidden_size": 16, "num_hidden_layers": 4, '
@@ -81,9 +80,8 @@ def test_a_model_whose_moe_blocks_have_no_modelspec_pattern_is_refused(prompts):
 def test_spec_of_a_full_size_model_matches_the_published_shape(config_class, expected):
     import torch
     import transformers
-
-    from traces.record.adapters import find_routers
-    from traces.record.model_spec import spec_from_model
+    from moe_offload_lab.traces.record.adapters import find_routers
+    from moe_offload_lab.traces.record.model_spec import spec_from_model
 
     config = getattr(transformers, config_class)()
     config.dtype = torch.bfloat16
