@@ -152,13 +152,9 @@ def _run_one(run_cfg: RunConfig, out: Path, quiet: bool = False) -> None:
 
 
 def _run_cluster(run_cfg: RunConfig, out: Path) -> None:
-    from moe_offload_lab.sim.cluster.hydra_run import simulate_cluster_run
+    from moe_offload_lab.sim.cluster.hydra_run import run_cluster
 
-    result = simulate_cluster_run(run_cfg)
-    paths = result.write(out)
-    print("\n".join(f"{key:<32}{_number(value)}" for key, value in result.summary.items()
-                    if not isinstance(value, (dict, list))))
-    print(f"wrote {', '.join(str(p) for p in paths)}")
+    print("\n".join(run_cluster(run_cfg, out)))
 
 
 def _task(cfg: DictConfig) -> None:
@@ -214,7 +210,19 @@ def _hydra_args(args: list[str]) -> tuple[list[str], bool, Path | None]:
         return [*args, f"hydra.sweep.dir={sweep_dir}"], True, sweep_dir
     if out:
         args.append(f"hydra.run.dir={out}")
+    elif _cluster_run(args) and not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append(f"hydra.run.dir={CLUSTER_RUN_DIR}")  # not the offloading defaults' name
     return args, False, None
+
+
+CLUSTER_RUN_DIR = ("outputs/cluster/${now:%Y%m%d-%H%M%S}-${model.name}-${cluster.name}-"
+                   "${hydra:runtime.choices.balance}")
+
+
+def _cluster_run(args: list[str]) -> bool:
+    """Whether the command line picks a cluster (an expert-parallel run)."""
+    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("cluster=")]
+    return bool(values) and values[-1].lower() not in ("null", "none", "")
 
 
 def _finish_sweep(sweep_dir: Path) -> int:
