@@ -65,13 +65,17 @@ def test_bundled_configs_load() -> None:
         assert cluster.hardware().name == cluster.gpu
     for name in ("static", "eplb", "probe", "probe-oracle", "probe-history"):
         assert load_balancer(name) is not None
+    with pytest.raises(ConfigError, match="needs checkpoint"):
+        load_balancer("probe-learned")  # its checkpoint must be given
     assert load_balancer("probe-oracle").is_oracle
 
 
 def test_cli_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--balance", "nope"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("moe-cluster: error: unknown balance 'nope'")
+    # the prefix names the command the user ran (there is no moe-cluster command)
+    assert err.startswith("python -m moe_offload_lab.sim.cluster.cli: error: unknown balance "
+                          "'nope'")
     assert "\n" not in err and "Traceback" not in err
 
 
