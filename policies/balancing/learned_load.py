@@ -107,9 +107,11 @@ class LearnedLoad:
 
 def train_lookahead_model(trace: Trace, out: str | Path, horizon: int = 1, hidden: int = 32,
                           epochs: int = 20, max_steps: int = 0, seed: int = 0,
-                          progress: bool = False) -> Path:
+                          test: float = 0.15, progress: bool = False) -> Path:
     """Train a ``probe`` model with ``prior: lookahead`` on ``trace`` (which needs lookahead
-    columns and features) and write its checkpoint to ``out`` (``.pt`` and ``.json``)."""
+    columns and features) and write its checkpoint to ``out`` (``.pt`` and ``.json``).
+    Requests are split 15% validation (early stopping), ``test`` held out (ids in the
+    metadata), the rest training."""
     from moe_offload_lab.policies.learned import checkpoint
     from moe_offload_lab.policies.learned.data import fingerprint, split_by_request
     from moe_offload_lab.policies.learned.models import Shape, build_model
@@ -123,7 +125,7 @@ def train_lookahead_model(trace: Trace, out: str | Path, horizon: int = 1, hidde
         raise ConfigError(f"training PROBE's lookahead predictor needs lookahead distance(s) "
                           f"{missing}; the trace has {sorted(trace.lookahead) or 'none'}")
     spec = trace.spec
-    split = split_by_request(trace, 0.15, 0.0, seed)
+    split = split_by_request(trace, 0.15, test, seed)
     shape = Shape(spec.num_moe_layers, spec.num_experts, spec.top_k, horizon, 1,
                   int(trace.features.shape[2]))
     seed_all(seed)
@@ -136,7 +138,8 @@ def train_lookahead_model(trace: Trace, out: str | Path, horizon: int = 1, hidde
     meta = {"name": "probe-lookahead", "spec": spec.to_dict(),
             "trace": {"provenance": trace.provenance, "fingerprint": fingerprint(trace),
                       "train_requests": split.train_requests.tolist(),
-                      "val_requests": split.val_requests.tolist()},
+                      "val_requests": split.val_requests.tolist(),
+                      "test_requests": split.test_requests.tolist()},
             "train": {"epochs": epochs, "max_steps": max_steps, "seed": seed,
                       "history": history}, "cost": {}}
     return checkpoint.save(out, model, meta)

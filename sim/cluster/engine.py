@@ -127,6 +127,8 @@ class ClusterEngine:
         self.bank_layer = [-1, -1]
         self.bank = np.full((2, cluster.ranks, cluster.redundant_slots), -1, dtype=np.int64)
         self.links = ReplicaLinks(cluster, spec.expert_bytes)
+        self._earlier: dict[int, np.ndarray] = {}  # width -> [W, W] strictly-lower mask
+        self._no_replicas = np.full((cluster.ranks, cluster.redundant_slots), -1, dtype=np.int64)
         self.plan_ready = np.zeros(layers)
         self.decision_free = 0.0
         self.issued: dict[tuple[int, int], int] = {}  # (step, layer) -> copies started
@@ -140,6 +142,7 @@ class ClusterEngine:
         env, cluster, spec = self.env, self.cluster, self.spec
         ranks = cluster.ranks
         bytes_per_pair = spec.hidden_size * cluster.activation_bytes
+        n_layers = spec.num_moe_layers
         for step, rows in enumerate(self.schedule):
             loads = step_loads(self.trace, rows, ranks)
             phase = int(self.trace.phase[rows[0]]) if len(rows) else 1
@@ -147,14 +150,15 @@ class ClusterEngine:
                                              self.trace, rows))
             record = step in self.timeline_steps
             attn_s = self.compute.layer_other_s(-(-loads.num_tokens // ranks))
+            self.decision = self.policy.decision_s(-(-loads.num_tokens // ranks))
             self._plan(step, 0, phase, loads, window_s=attn_s)
-            for layer in range(spec.num_moe_layers):
+            for layer in range(n_layers):
                 start = env.now
                 yield env.timeout(attn_s)
                 load = loads.load[layer]  # [E]
                 inst = self._split(layer, load)  # [ranks, E]
                 rank_s = self.expert_times.per_rank_s(inst)  # [ranks]
-                if layer + 1 < spec.num_moe_layers:
+                if layer + 1 < n_layers:
                     self._plan(step, layer + 1, phase, loads,
                                window_s=float(rank_s.max()) + attn_s)
                 wait = max(self.plan_ready[layer] - env.now, 0.0)
@@ -208,14 +212,13 @@ class ClusterEngine:
         if self.policy.pool != "double-buffer":
             return self.slots[layer].copy()
         bank = layer % 2
-        extra = self.bank[bank] if self.bank_layer[bank] == layer else \
-            np.full_like(self.bank[bank], -1)
+        extra = self.bank[bank] if self.bank_layer[bank] == layer else self._no_replicas
         return np.concatenate([self.home_table, extra], axis=1)
 
     def _plan(self, step: int, layer: int, phase: int, loads: StepLoads, window_s: float) -> None:
         """Ask the policy for ``layer``'s placement (see the module docstring)."""
         cluster, now = self.cluster, self.env.now
-        predict_s, plan_s = self.policy.decision_s(-(-loads.num_tokens // cluster.ranks))
+        predict_s, plan_s = self.decision
         begin = max(now, self.decision_free)
         ready = begin + predict_s + plan_s
         self.decision_free = ready
@@ -242,30 +245,43 @@ class ClusterEngine:
         """Check the plan, enforce the pool, start the copies it needs, install it."""
         cluster, spec, name = self.cluster, self.spec, self.policy.name
         slots = np.asarray(plan.slots, dtype=np.int64)
+        base = self.setup.base_slots
+        pool = self.policy.pool
+        if pool != "resident" and (slots.shape != (cluster.ranks, self.width) or
+                                   not np.array_equal(slots[:, :base], self.home_table)):
+            raise ValueError(f"balance policy {name!r}, layer {layer}: a {pool!r} pool keeps "
+                             f"the home placement; only the last R columns may change "
+                             f"(placement must have shape {(cluster.ranks, self.width)})")
         try:
-            check_placement(slots, spec.num_experts, cluster.ranks, self.width)
+            if pool == "resident":  # the home columns, which hold every expert, may change
+                check_placement(slots, spec.num_experts, cluster.ranks, self.width)
+            elif slots.max() >= spec.num_experts or slots.min() < -1:
+                raise ValueError("placement holds an expert id out of range")
             frac = slot_fractions(slots, spec.num_experts, plan.share)
         except ValueError as exc:
             raise ValueError(f"balance policy {name!r}, layer {layer}: {exc}") from None
-        base = self.setup.base_slots
-        pool = self.policy.pool
-        if pool != "resident" and not np.array_equal(slots[:, :base], self.home_table):
-            raise ValueError(f"balance policy {name!r}, layer {layer}: a {pool!r} pool keeps "
-                             f"the home placement; only the last R columns may change")
         if pool == "none" and (slots[:, base:] >= 0).any():
             raise ValueError(f"balance policy {name!r} declares no redundant memory "
                              f"(pool 'none') but filled a redundant slot")
         self.links.forget(layer)
         want, have = (slots, current) if pool == "resident" else \
-            (slots[:, base:], self._current(layer)[:, base:])
+            (slots[:, base:], current[:, base:])
         need = (want >= 0) & ~(want[:, :, None] == have[:, None, :]).any(axis=2)  # [ranks, W]
         width = want.shape[1]
         if width > 1:  # an expert twice in a row is copied once
-            earlier = np.tril(np.ones((width, width), dtype=bool), -1)  # [W, W]: j < i
+            earlier = self._earlier.get(width)
+            if earlier is None:  # [W, W]: j < i
+                earlier = self._earlier[width] = np.tril(np.ones((width, width), bool), -1)
             need &= ~((want[:, :, None] == want[:, None, :]) & earlier).any(axis=2)
         ranks_to, cols = np.nonzero(need)
-        for r, e in zip(ranks_to.tolist(), want[ranks_to, cols].tolist(), strict=True):
-            self.links.copy(step, layer, e, self._source(layer, e, r), r, issued_s)
+        experts = want[ranks_to, cols]
+        if cluster.nodes == 1:
+            sources = self.home[experts].tolist()
+        else:
+            sources = [self._source(layer, e, r)
+                       for r, e in zip(ranks_to.tolist(), experts.tolist(), strict=True)]
+        for r, e, src in zip(ranks_to.tolist(), experts.tolist(), sources, strict=True):
+            self.links.copy(step, layer, e, src, r, issued_s)
         new = len(ranks_to)
         if pool == "double-buffer":
             bank = layer % 2

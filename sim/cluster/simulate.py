@@ -138,10 +138,10 @@ def simulate_cluster(config: Mapping[str, Any], trace: Trace | None = None) -> C
     sampled = sorted({int(s) for s in np.linspace(0, len(schedule) - 1, n_timeline)})
 
     compute = ComputeModel(spec, cluster.hardware())
-    wall = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     engine = ClusterEngine(cluster, trace, policy, compute, schedule, set(sampled), spec)
     engine.run()
-    wall = time.perf_counter() - wall
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 
     layers = pd.DataFrame(engine.layers, columns=list(LAYER_COLUMNS))
     for name in ("step", "layer", "phase", "tokens", "replica_copies", "replicas"):
@@ -159,7 +159,7 @@ def simulate_cluster(config: Mapping[str, Any], trace: Trace | None = None) -> C
         "balance": getattr(policy, "name", "?"), "oracle": bool(policy.is_oracle),
         "pool": policy.pool, "balance_params": repr(getattr(policy, "params", None)),
         "trace_tokens": trace.num_tokens, "batch": batch, **memory,
-        "sim_wall_s": wall,
+        "sim_wall_s": wall, "sim_cpu_s": cpu,
     })
     timeline = cluster_chrome_trace(engine.rank_events, transfers, cluster.ranks, sampled)
     return ClusterResult(summary, layers, steps, transfers, timeline)

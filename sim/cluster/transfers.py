@@ -94,6 +94,8 @@ class ReplicaLinks:
         (copies issued later than ``now`` counted as if they started at once)."""
         now_open = self.open_at(now)
         out = [max(free - now_open, 0.0) for free in self._free]
+        if not any(self._queue):
+            return np.array(out)
         for dst, queue in enumerate(self._queue):
             if not queue:
                 continue

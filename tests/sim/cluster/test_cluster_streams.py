@@ -136,7 +136,7 @@ def test_slow_decisions_delay_the_dispatch() -> None:
 
 
 def test_the_pool_holds_at_most_r_replicas_per_rank_and_layer() -> None:
-    with pytest.raises(ValueError, match="placement must have shape"):
+    with pytest.raises(ValueError, match="only the last R columns may change"):
         _run(Scripted(0.0, 0.0, extra=1))
 
 
