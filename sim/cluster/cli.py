@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 value = result.summary.get(key)
                 text = f"{value:.4g}" if isinstance(value, float) else str(value)
                 print(f"{key:26s} {text}")
-        from moe_offload_lab.sim.cluster.hydra_run import memory_note
+        from moe_offload_lab.sim.cli import memory_note
 
         note = memory_note([result.summary])
         if note:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from moe_offload_lab.sim.cli import memory_note
+from moe_offload_lab.sim.cluster.predictor_cache import resolve_checkpoints
 from moe_offload_lab.sim.cluster.simulate import simulate_cluster
 from moe_offload_lab.traces.errors import ConfigError
 
@@ -81,18 +83,6 @@ def simulate_cluster_run(cfg: RunConfig) -> ClusterResult:
     return simulate_cluster(cluster_config(cfg), trace=_recorded(cfg))
 
 
-def memory_note(summaries: list[dict[str, Any]]) -> str | None:
-    """A line for runs whose weights do not fit a rank's GPU (None when all fit)."""
-    over = [s for s in summaries if not s.get("fits_gpu_memory", True)]
-    if not over:
-        return None
-    worst = max(over, key=lambda s: s["gpu_memory_needed_gb"])
-    return (f"note: {len(over)} of {len(summaries)} runs need more GPU memory per rank than "
-            f"{worst['gpu']} has (up to {worst['gpu_memory_needed_gb']:.1f} GB of weights against "
-            f"{worst['gpu_memory_gb']:.1f} GB; experts at {worst['expert_bytes_per_param']:g} "
-            f"bytes per parameter); cache.strict_memory=true refuses such runs")
-
-
 def _number(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
@@ -124,11 +114,15 @@ def _run_comparison(cfg: RunConfig, out: Path) -> list[str]:
     runs = comparison_runs(spec)
     config = cluster_config(cfg)
     trace = _recorded(cfg)
+    synthetic = trace is None
     if trace is None:
         trace = build_trace(config["trace"], config["model"]["name"])
+    balances = resolve_checkpoints([run["balance"] for run in runs], config["trace"],
+                                   config["model"]["name"], None if synthetic else trace)
     summaries, results = [], {}
-    for run in tqdm(runs, desc="compare", unit="run", leave=False, disable=None):
-        result = simulate_cluster({**config, "balance": run["balance"]}, trace=trace)
+    for run, balance in tqdm(list(zip(runs, balances, strict=True)), desc="compare",
+                             unit="run", leave=False, disable=None):
+        result = simulate_cluster({**config, "balance": balance}, trace=trace)
         label = run["balance"] if isinstance(run["balance"], str) else result.summary["balance"]
         summaries.append({"label": run["label"], "balance_label": label, **result.summary})
         results[run["label"]] = result

@@ -7,7 +7,8 @@ Config keys (all but ``model`` or ``trace.preset`` optional)::
     model: deepseek-v3                # conf/model name, or a full ModelSpec mapping (overrides
                                       #   such as expert_bytes_per_param: 1.0 for FP8 kept)
     balance: probe                    # name in conf/balance, or {name: probe, predictor: oracle}
-                                      #   or {policy: eplb, period: 8}
+                                      #   or {policy: eplb, period: 8}; checkpoint: auto trains
+                                      #   PROBE's learned predictor once (predictor_cache)
     trace: {preset, tokens, requests, seed, overrides, model_overrides,
             volatile: {shift_every, burst_every, burst_len, seed}}
     batch: 16                         # requests per static batch (sim.workload.static_batches)
@@ -35,6 +36,7 @@ from moe_offload_lab.policies.balancing import load_balancer
 from moe_offload_lab.sim.cluster.config import ClusterSpec, load_cluster
 from moe_offload_lab.sim.cluster.engine import LAYER_COLUMNS, ClusterEngine, pool_experts
 from moe_offload_lab.sim.cluster.metrics import step_frame, summarize
+from moe_offload_lab.sim.cluster.predictor_cache import resolve_checkpoints
 from moe_offload_lab.sim.cluster.result import ClusterResult
 from moe_offload_lab.sim.cluster.timeline import cluster_chrome_trace
 from moe_offload_lab.sim.cluster.transfers import ReplicaLinks
@@ -105,13 +107,17 @@ def simulate_cluster(config: Mapping[str, Any], trace: Trace | None = None) -> C
         raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid: "
                           f"{', '.join(_KEYS)}")
     cluster = load_cluster(config.get("cluster", "h100x8-nvswitch"))
-    policy = load_balancer(config.get("balance", "static"))
+    balance = config.get("balance", "static")
+    load_balancer(balance)  # a bad balance config fails before any trace is built
     spec = _model(config.get("model"))
+    recorded = trace
     if trace is None:
         trace = build_trace(config.get("trace") or {}, spec.name if spec else None)
         trace, spec = _with_spec(trace, spec, "the trace preset")
     else:
         trace, spec = _with_spec(trace, spec, "the trace")
+    balance = resolve_checkpoints([balance], config.get("trace") or {}, spec.name, recorded)[0]
+    policy = load_balancer(balance)
     if spec.num_experts < cluster.ranks:
         raise ConfigError(f"{spec.name} has {spec.num_experts} experts, fewer than the "
                           f"{cluster.ranks} ranks of cluster {cluster.name!r}")
@@ -153,7 +159,7 @@ def simulate_cluster(config: Mapping[str, Any], trace: Trace | None = None) -> C
     summary = summarize(layers, steps, transfers, spec.expert_bytes)
     hw = compute.hardware
     summary.update({
-        "cluster": cluster.name, "gpu": hw.name, "ranks": cluster.ranks,
+        "cluster": cluster.name, "gpu": hw.name, "hardware": hw.name, "ranks": cluster.ranks,
         "redundant_slots": cluster.redundant_slots, "model": spec.name,
         "expert_bytes_per_param": spec.expert_bytes_per_param, "expert_bytes": spec.expert_bytes,
         "balance": getattr(policy, "name", "?"), "oracle": bool(policy.is_oracle),

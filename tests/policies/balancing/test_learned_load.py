@@ -95,3 +95,20 @@ def test_a_lookahead_checkpoint_is_refused_where_it_cannot_work(trained) -> None
     with pytest.raises(ConfigError, match="not a probe model with prior: lookahead"):
         LearnedLoad.load(Path(__file__).resolve().parents[3] / "policies" / "learned"
                          / "checkpoints" / "probe.pt", setup, 1)
+
+
+def test_checkpoint_auto_trains_once_on_the_training_requests(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # the cache lives under outputs/cache/probe-predictor
+    trace = bundled.load("tiny-moe-stdlib")
+    cluster = {"base": "h100x8-nvswitch", "ranks": 4, "ranks_per_node": 4, "redundant_slots": 1}
+    config = {"cluster": cluster, "balance": {"name": "probe-learned", "checkpoint": "auto"},
+              "batch": 8, "max_steps": 5}
+    first = simulate_cluster(config, trace=trace)
+    assert "training PROBE's lookahead predictor" in capsys.readouterr().out
+    cached = list((tmp_path / "outputs" / "cache" / "probe-predictor").glob("*/model.pt"))
+    assert len(cached) == 1 and str(cached[0].parent.name) in first.summary["balance_params"]
+    again = simulate_cluster(config, trace=trace)  # loads, does not train again
+    assert "training" not in capsys.readouterr().out
+    assert again.summary["total_s"] == first.summary["total_s"]

@@ -37,7 +37,7 @@ def test_fp8_deepseek_fits_an_h200_and_bf16_is_reported(tmp_path: Path,
     bf16 = json.loads((tmp_path / "bf16" / "summary.json").read_text())
     assert bf16["fits_gpu_memory"] is False
     assert bf16["gpu_memory_needed_gb"] > bf16["gpu_memory_gb"]
-    assert "need more GPU memory per rank" in capsys.readouterr().out
+    assert "GB of weights per rank against" in capsys.readouterr().out
     assert main([*common, "cache.strict_memory=true", f"out={tmp_path / 'strict'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("moe-sim: error:") and "do not fit" in err and "\n" not in err

@@ -1,0 +1,90 @@
+"""PROBE's learned predictor for a cluster run: ``checkpoint: auto`` trains one once and caches it.
+
+A balance config ``{name: probe-learned, checkpoint: auto}`` needs a ``probe`` model trained
+with ``prior: lookahead`` on the run's model. :func:`resolve_checkpoints` replaces ``auto`` with
+a checkpoint under ``outputs/cache/probe-predictor/<key>/model.pt``, training it first when the
+cache does not have it:
+
+- for a synthetic trace, on a fresh trace of the same preset, overrides and volatility drawn with
+  another seed (``seed + 1000``): new requests, the same "model";
+- for a recorded trace (a file or a bundled trace), on the training split of that trace (by
+  request); the run then replays those requests too, which flatters the predictor (said in the
+  summary's ``balance_params``).
+
+The key hashes what the training depends on (trace config or trace fingerprint, training
+settings), so a later run with the same settings loads the cached model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.format import Trace
+
+CACHE_DIR = Path("outputs") / "cache" / "probe-predictor"
+TRAIN_TOKENS = 6000
+TRAIN = {"epochs": 8, "hidden": 32, "seed": 0}
+
+
+def _needs_training(balance: Any) -> bool:
+    from moe_offload_lab.policies.balancing.registry import load_balancer_config
+
+    if isinstance(balance, str):
+        data = load_balancer_config(balance)
+    elif isinstance(balance, Mapping):
+        data = {**(load_balancer_config(balance["name"]) if "name" in balance else {}),
+                **balance}
+    else:
+        return False
+    return data.get("predictor") == "learned" and data.get("checkpoint") == "auto"
+
+
+def resolve_checkpoints(balances: list[Any], trace_config: Mapping[str, Any], model: str,
+                        recorded: Trace | None = None,
+                        cache_dir: Path = CACHE_DIR) -> list[Any]:
+    """The balance configs with ``checkpoint: auto`` replaced by a cached (trained if need be)
+    checkpoint path; the others unchanged."""
+    out = []
+    for balance in balances:
+        if not _needs_training(balance):
+            out.append(balance)
+            continue
+        path = _checkpoint(trace_config, model, recorded, cache_dir)
+        base = {"name": balance} if isinstance(balance, str) else dict(balance)
+        out.append({**base, "checkpoint": str(path)})
+    return out
+
+
+def _checkpoint(trace_config: Mapping[str, Any], model: str, recorded: Trace | None,
+                cache_dir: Path) -> Path:
+    from moe_offload_lab.policies.balancing.learned_load import train_lookahead_model
+    from moe_offload_lab.policies.learned.data import fingerprint
+    from moe_offload_lab.sim.cluster.workloads import build_trace
+
+    if recorded is not None:
+        source: dict[str, Any] = {"recorded": fingerprint(recorded)}
+    else:
+        config = dict(trace_config)
+        seed = int(config.get("seed", 0)) + 1000
+        config.update(seed=seed, tokens=TRAIN_TOKENS)
+        config.pop("requests", None)
+        if config.get("volatile"):
+            config["volatile"] = {**config["volatile"], "seed": seed}
+        source = {"synthetic": config, "model": model}
+    key = hashlib.sha256(json.dumps({**source, **TRAIN}, sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    path = cache_dir / key / "model.pt"
+    if path.is_file() and path.with_suffix(".json").is_file():
+        return path
+    trace = recorded if recorded is not None else build_trace(source["synthetic"], model)
+    if trace.features is None:
+        raise ConfigError(f"checkpoint: auto trains PROBE's learned predictor on hidden-state "
+                          f"features, and the {model} trace has none (use predictor: gate)")
+    print(f"training PROBE's lookahead predictor for {model} (cached in {path.parent})")
+    return train_lookahead_model(trace, path, epochs=TRAIN["epochs"], hidden=TRAIN["hidden"],
+                                 seed=TRAIN["seed"])
