@@ -42,8 +42,8 @@ def test_an_empty_capture_is_an_error(tiny_spec, tmp_path):
 
 
 def test_unknown_format_names(tiny_spec, mixed_trace, tmp_path):
-    with pytest.raises(ConfigError, match="unknown import format 'sglang'"):
-        import_trace("sglang", tmp_path / "x", tiny_spec)
+    with pytest.raises(ConfigError, match="unknown import format 'hdf5'"):
+        import_trace("hdf5", tmp_path / "x", tiny_spec)
     with pytest.raises(ConfigError, match="unknown export format 'hdf5'"):
         export_trace("hdf5", mixed_trace, tmp_path / "x")
 
