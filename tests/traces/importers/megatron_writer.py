@@ -1,4 +1,4 @@
-"""Writes router-trace JSONL files the way Megatron-Core's RouterTracer does, for the importer tests.
+"""Writes router-trace JSONL files the way Megatron-Core's RouterTracer does (importer tests).
 
 Follows NVIDIA/Megatron-LM ``megatron/core/transformer/moe/router_trace.py`` (``RouterTracer``:
 ``_record`` for the forward-hook path, ``record_indices`` for the routing-replay sink path,
