@@ -169,8 +169,8 @@ def _from_table(model: Any) -> RouterSet:
     model_type = getattr(model.config, "model_type", None)
     if model_type not in ADAPTERS:
         raise ConfigError(f"{type(model).__name__} (model type {model_type!r}) declares no "
-                          f"router with (logits, weights, indices) outputs, and the fallback "
-                          f"table knows only {', '.join(sorted(ADAPTERS))}")
+                          f"router with (logits, weights, indices) outputs (is it a MoE model?), "
+                          f"and the fallback table knows only {', '.join(sorted(ADAPTERS))}")
     adapter = ADAPTERS[model_type]
     blocks, routers = [], []
     for i, layer in enumerate(decoder_layers(model)):
