@@ -36,31 +36,12 @@ CONFIGS = {
         "q_lora_rank": None, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
         "topk_method": "greedy", "tie_word_embeddings": False, "torch_dtype": "bfloat16",
         "v_head_dim": 128, "vocab_size": 102400},
-    "deepseek-v3": {
-        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
-        "first_k_dense_replace": 3, "hidden_size": 7168, "intermediate_size": 18432,
-        "kv_lora_rank": 512, "moe_intermediate_size": 2048, "moe_layer_freq": 1, "n_group": 8,
-        "n_routed_experts": 256, "n_shared_experts": 1, "num_attention_heads": 128,
-        "num_experts_per_tok": 8, "num_hidden_layers": 61, "num_key_value_heads": 128,
-        "num_nextn_predict_layers": 1, "q_lora_rank": 1536, "qk_nope_head_dim": 128,
-        "qk_rope_head_dim": 64, "topk_group": 4, "topk_method": "noaux_tc",
-        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "v_head_dim": 128,
-        "vocab_size": 129280,
-        "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3",
-                                "quant_method": "fp8", "weight_block_size": [128, 128]}},
     "qwen1.5-moe-a2.7b": {
         "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
         "decoder_sparse_step": 1, "hidden_size": 2048, "intermediate_size": 5632,
         "moe_intermediate_size": 1408, "num_attention_heads": 16, "num_experts": 60,
         "num_experts_per_tok": 4, "num_hidden_layers": 24, "num_key_value_heads": 16,
         "shared_expert_intermediate_size": 5632, "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16", "vocab_size": 151936},
-    "qwen2-57b-a14b": {
-        "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
-        "decoder_sparse_step": 1, "hidden_size": 3584, "intermediate_size": 18944,
-        "moe_intermediate_size": 2560, "num_attention_heads": 28, "num_experts": 64,
-        "num_experts_per_tok": 8, "num_hidden_layers": 28, "num_key_value_heads": 4,
-        "shared_expert_intermediate_size": 20480, "tie_word_embeddings": False,
         "torch_dtype": "bfloat16", "vocab_size": 151936},
     "qwen3-30b-a3b": {
         "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
@@ -69,13 +50,6 @@ CONFIGS = {
         "num_attention_heads": 32, "num_experts": 128, "num_experts_per_tok": 8,
         "num_hidden_layers": 48, "num_key_value_heads": 4, "norm_topk_prob": True,
         "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 151936},
-    "qwen3-235b-a22b": {
-        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
-        "decoder_sparse_step": 1, "head_dim": 128, "hidden_size": 4096,
-        "intermediate_size": 12288, "mlp_only_layers": [], "moe_intermediate_size": 1536,
-        "num_attention_heads": 64, "num_experts": 128, "num_experts_per_tok": 8,
-        "num_hidden_layers": 94, "num_key_value_heads": 4, "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16", "vocab_size": 151936},
     "olmoe-1b-7b": {
         "architectures": ["OlmoeForCausalLM"], "model_type": "olmoe", "hidden_size": 2048,
         "intermediate_size": 1024, "num_attention_heads": 16, "num_experts": 64,
@@ -103,6 +77,24 @@ CONFIGS = {
         "num_experts": 8, "num_heads": 12, "num_layers": 12, "num_sparse_decoder_layers": 6,
         "num_sparse_encoder_layers": 6, "torch_dtype": "float32", "vocab_size": 32128},
 }
+CONFIGS["deepseek-v3"] = {
+    **CONFIGS["deepseek-v2-lite"], "architectures": ["DeepseekV3ForCausalLM"],
+    "model_type": "deepseek_v3", "first_k_dense_replace": 3, "hidden_size": 7168,
+    "intermediate_size": 18432, "moe_intermediate_size": 2048, "n_group": 8,
+    "n_routed_experts": 256, "n_shared_experts": 1, "num_attention_heads": 128,
+    "num_experts_per_tok": 8, "num_hidden_layers": 61, "num_key_value_heads": 128,
+    "num_nextn_predict_layers": 1, "q_lora_rank": 1536, "topk_group": 4,
+    "topk_method": "noaux_tc", "vocab_size": 129280,
+    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                            "weight_block_size": [128, 128]}}
+CONFIGS["qwen3-235b-a22b"] = {**CONFIGS["qwen3-30b-a3b"], "hidden_size": 4096,
+                              "intermediate_size": 12288, "moe_intermediate_size": 1536,
+                              "num_attention_heads": 64, "num_hidden_layers": 94}
+CONFIGS["qwen2-57b-a14b"] = {**CONFIGS["qwen1.5-moe-a2.7b"], "hidden_size": 3584,
+                             "intermediate_size": 18944, "moe_intermediate_size": 2560,
+                             "num_attention_heads": 28, "num_experts": 64,
+                             "num_experts_per_tok": 8, "num_hidden_layers": 28,
+                             "num_key_value_heads": 4, "shared_expert_intermediate_size": 20480}
 CONFIGS["gpt-oss-120b"] = {**CONFIGS["gpt-oss-20b"], "num_hidden_layers": 36,
                            "num_local_experts": 128}
 CONFIGS["switch-base-128"] = {**CONFIGS["switch-base-8"], "num_experts": 128}
