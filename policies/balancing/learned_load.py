@@ -26,6 +26,8 @@ from moe_offload_lab.policies.balancing.base import BalanceSetup, StepBatch
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace
 
+LAYER_CELLS = 1 << 22  # tokens x experts x layers per batched forward (memory bound)
+
 
 class LearnedLoad:
     """Expected per-expert loads from a ``prior: lookahead`` probe model (see module)."""
@@ -57,6 +59,11 @@ class LearnedLoad:
         """Load checkpoint ``path`` and check it fits the run (one-line ConfigError if not)."""
         from moe_offload_lab.policies.learned import checkpoint
 
+        if str(path) == "auto":
+            raise ConfigError("checkpoint: auto is resolved by the cluster simulator "
+                              "(sim.cluster.simulate_cluster trains or loads one); give a path "
+                              "to a probe checkpoint when building the policy yourself")
+
         model, _ = checkpoint.load(path)
         if model.kind != "probe" or not getattr(model, "reads_lookahead", False):
             raise ConfigError(f"checkpoint {path} is not a probe model with prior: lookahead "
@@ -85,19 +92,31 @@ class LearnedLoad:
         feats = batch.features()
         ids = batch.lookahead_ids(d)
         assert feats is not None and ids is not None
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(
-                feats[:, :src].transpose(1, 0, 2), dtype=np.float32))  # [L', B, F]
-            x = ((x - self.mean[:src]) / self.std[:src]) @ self.proj[:src]  # [L', B, P]
-            hidden = torch.nn.functional.gelu(x @ self.w1[:src] + self.b1[:src])  # [L', B, H]
-            logits = hidden @ self.w2[:src] + self.b2[:src] + self.bias[:src]  # [L', B, E]
-            picked = torch.from_numpy(np.ascontiguousarray(
-                ids[:, :src].transpose(1, 0, 2), dtype=np.int64))  # [L', B, k]
-            ok = picked >= 0
-            gain = torch.where(ok, self.scale[:src].expand(-1, picked.shape[1], 1), 0.0)
-            logits.scatter_add_(2, picked.clamp(min=0), gain)
-            out[d:] = torch.sigmoid(logits).sum(1).double().numpy()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # small GEMMs: extra threads only wait on a busy machine
+        try:
+            step = max(1, LAYER_CELLS // max(batch.num_tokens * self.num_experts, 1))
+            with torch.inference_mode():
+                for lo in range(0, src, step):  # a few layers at a time: bounded memory
+                    hi = min(lo + step, src)
+                    out[lo + d:hi + d] = self._layers(feats[:, lo:hi], ids[:, lo:hi], lo, hi)
+        finally:
+            torch.set_num_threads(threads)
         return out
+
+    def _layers(self, feats: np.ndarray, ids: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Summed probabilities ``[hi - lo, E]`` of source layers ``lo .. hi - 1``."""
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(feats.transpose(1, 0, 2),
+                                                  dtype=np.float32))  # [l, B, F]
+        x = ((x - self.mean[lo:hi]) / self.std[lo:hi]) @ self.proj[lo:hi]  # [l, B, P]
+        hidden = torch.nn.functional.gelu(x @ self.w1[lo:hi] + self.b1[lo:hi])  # [l, B, H]
+        logits = hidden @ self.w2[lo:hi] + self.b2[lo:hi] + self.bias[lo:hi]  # [l, B, E]
+        picked = torch.from_numpy(np.ascontiguousarray(ids.transpose(1, 0, 2),
+                                                       dtype=np.int64))  # [l, B, k]
+        gain = torch.where(picked >= 0, self.scale[lo:hi].expand(-1, picked.shape[1], 1), 0.0)
+        logits.scatter_add_(2, picked.clamp(min=0), gain)
+        return torch.sigmoid_(logits).sum(1).double().numpy()
 
     def residual_s(self, matmul_s: Callable[[int, int, int], float], tokens: int) -> float:
         """Seconds of the residual MLP for ``tokens`` tokens on one GPU (two GEMMs)."""

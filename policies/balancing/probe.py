@@ -3,10 +3,11 @@
 PROBE's "continuous lookahead pipelining", as modelled here:
 
 1. **Predict** (its own stream, when layer ``l``'s router has run): the load of layer ``l + 1``
-   from the batch's layer-``l`` hidden state. ``predictor: learned`` is PROBE's gate-initialised
-   lookahead predictor (the next layer's real gate applied to the current hidden state as the
-   prior, plus a trained residual MLP; :mod:`policies.balancing.load_predictors`); ``gate`` is
-   the prior alone; ``history`` and ``oracle`` are the ablation and the upper bound. Layer 0 of a
+   from the batch's layer-``l`` hidden state. ``predictor: learned`` (the default,
+   ``conf/balance/probe.yaml``) is PROBE's gate-initialised lookahead predictor (the next
+   layer's real gate applied to the current hidden state as the prior, plus a trained residual
+   MLP; :mod:`policies.balancing.load_predictors`); ``gate`` is the prior alone
+   (``probe-gate``); ``history`` and ``oracle`` are the ablation and the upper bound. Layer 0 of a
    step has no earlier layer and uses the history. The predicted loads are summed over ranks (a
    small all-reduce).
 2. **Plan** (same stream): the greedy of :func:`~policies.balancing.planners.plan_replicas`:
@@ -58,16 +59,17 @@ class ProbeBalancer(BalancePolicy):
 
     @dataclass(frozen=True)
     class Params:
-        """``predictor``: gate | learned | history | oracle; ``checkpoint``: the ``learned``
-        model; ``distance``: lookahead distance read; ``decay``: history moving average;
+        """``predictor``: learned (PROBE's) | gate | history | oracle; ``checkpoint``: the
+        ``learned`` model (``auto``: trained once per trace setting and cached by the cluster
+        simulator, :mod:`sim.cluster.predictor_cache`); ``distance``: lookahead distance read; ``decay``: history moving average;
         ``candidates``: hot experts tried per round; ``targets``: light ranks tried per
         expert; ``min_gain``: smallest relative improvement of the largest rank time a round
         must make; ``time_aware``: score ranks by predicted expert time (false: token counts);
         ``window``: respect the hiding window (false: copy whatever helps, late or not);
         ``plan_s``: seconds the planner takes per layer (declared)."""
 
-        predictor: str = "gate"
-        checkpoint: str = ""
+        predictor: str = "learned"
+        checkpoint: str = "auto"
         distance: int = 1
         decay: float = 0.8
         candidates: int = 3

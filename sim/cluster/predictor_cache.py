@@ -1,12 +1,14 @@
 """PROBE's learned predictor for a cluster run: ``checkpoint: auto`` trains one once and caches it.
 
-A balance config ``{name: probe-learned, checkpoint: auto}`` needs a ``probe`` model trained
+A balance config ``{name: probe, checkpoint: auto}`` (PROBE as ``conf/balance/probe.yaml``
+has it) needs a ``probe`` model trained
 with ``prior: lookahead`` on the run's model. :func:`resolve_checkpoints` replaces ``auto`` with
 a checkpoint under ``outputs/cache/probe-predictor/<key>/model.pt``, training it first when the
 cache does not have it:
 
 - for a synthetic trace, on a fresh trace of the same preset, overrides and volatility drawn with
-  another seed (``seed + 1000``): new requests, the same "model";
+  another seed (``seed + 1000``): new requests, the same "model"; twice the run's tokens, at
+  least 1,000 and at most 6,000;
 - for a recorded trace (a file or a bundled trace), on the training split of that trace (by
   request); the run then replays those requests too, which flatters the predictor (said in the
   summary's ``balance_params``).
@@ -71,7 +73,8 @@ def _checkpoint(trace_config: Mapping[str, Any], model: str, recorded: Trace | N
     else:
         config = dict(trace_config)
         seed = int(config.get("seed", 0)) + 1000
-        config.update(seed=seed, tokens=TRAIN_TOKENS)
+        tokens = int(config.get("tokens") or TRAIN_TOKENS)
+        config.update(seed=seed, tokens=min(TRAIN_TOKENS, max(1000, 2 * tokens)))
         config.pop("requests", None)
         if config.get("volatile"):
             config["volatile"] = {**config["volatile"], "seed": seed}
@@ -83,8 +86,9 @@ def _checkpoint(trace_config: Mapping[str, Any], model: str, recorded: Trace | N
         return path
     trace = recorded if recorded is not None else build_trace(source["synthetic"], model)
     if trace.features is None:
-        raise ConfigError(f"checkpoint: auto trains PROBE's learned predictor on hidden-state "
-                          f"features, and the {model} trace has none (use predictor: gate)")
+        raise ConfigError(f"PROBE's learned predictor (checkpoint: auto) trains on hidden-state "
+                          f"features and the {model} trace has none; balance=probe-gate runs "
+                          f"PROBE with the gate prior alone")
     print(f"training PROBE's lookahead predictor for {model} (cached in {path.parent})")
     return train_lookahead_model(trace, path, epochs=TRAIN["epochs"], hidden=TRAIN["hidden"],
                                  seed=TRAIN["seed"])

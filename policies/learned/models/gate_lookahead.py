@@ -147,7 +147,7 @@ class GateLookahead(LearnedModel):
             if history is None:
                 raise ConfigError("this probe checkpoint's prior reads the trace's lookahead ids "
                                   "(prior: lookahead): use it through the probe balancer "
-                                  "(conf/balance/probe-learned.yaml), not an offload policy")
+                                  "(conf/balance/probe.yaml), not an offload policy")
             picked = self._picked(history).float()  # [B, h, E]
             prior = self.bias[layer][None, :, None] + self.scale[layer][None, :, None] * picked
         else:

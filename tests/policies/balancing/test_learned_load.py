@@ -70,11 +70,11 @@ def test_the_learned_predictor_beats_its_gate_prior_on_held_out_requests(trained
 def test_the_probe_balancer_runs_the_learned_predictor(trained) -> None:
     trace, path = trained
     cluster = {"base": "h100x8-nvswitch", "ranks": 4, "ranks_per_node": 4, "redundant_slots": 1}
-    balance = {"name": "probe-learned", "checkpoint": str(path)}
+    balance = {"name": "probe", "checkpoint": str(path)}
     result = simulate_cluster({"cluster": cluster, "balance": balance, "batch": 8,
                                "max_steps": 30}, trace=trace)
     assert result.summary["balance"] == "probe" and result.summary["decision_s"] > 0
-    gate = simulate_cluster({"cluster": cluster, "balance": "probe", "batch": 8,
+    gate = simulate_cluster({"cluster": cluster, "balance": "probe-gate", "batch": 8,
                              "max_steps": 30}, trace=trace)
     # the residual MLP's two GEMMs are charged on the decision stream
     assert result.summary["decision_s"] > gate.summary["decision_s"]
@@ -103,7 +103,7 @@ def test_checkpoint_auto_trains_once_on_the_training_requests(tmp_path: Path,
     monkeypatch.chdir(tmp_path)  # the cache lives under outputs/cache/probe-predictor
     trace = bundled.load("tiny-moe-stdlib")
     cluster = {"base": "h100x8-nvswitch", "ranks": 4, "ranks_per_node": 4, "redundant_slots": 1}
-    config = {"cluster": cluster, "balance": {"name": "probe-learned", "checkpoint": "auto"},
+    config = {"cluster": cluster, "balance": "probe",  # checkpoint: auto
               "batch": 8, "max_steps": 5}
     first = simulate_cluster(config, trace=trace)
     assert "training PROBE's lookahead predictor" in capsys.readouterr().out

@@ -99,7 +99,7 @@ def test_lookahead_beats_history_when_hot_experts_shift() -> None:
     for label, balance in [("eplb", {"name": "eplb", "period": 4, "warmup": 4}),
                            ("history", {"name": "probe-history", "time_aware": False,
                                         "window": False}),
-                           ("lookahead", {"name": "probe", "time_aware": False,
+                           ("lookahead", {"name": "probe-gate", "time_aware": False,
                                           "window": False})]:
         result = simulate_cluster({"balance": balance, "batch": 8, "max_steps": 60},
                                   trace=trace)

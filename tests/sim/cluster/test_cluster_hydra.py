@@ -55,14 +55,16 @@ def test_cluster_runs_are_named_after_the_cluster_and_balance(
     assert not (tmp_path / "outputs" / "sim").exists()  # not the offloading defaults' name
 
 
-def test_probe_experiment_writes_its_comparison(tmp_path: Path,
+def test_probe_experiment_writes_its_comparison(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)  # PROBE's predictor is trained into outputs/cache here
     out = tmp_path / "probe"
     short = ["+trace.overrides.prompt_tokens={kind:fixed,mean:32,min:32,max:32}",
              "+trace.overrides.decode_tokens={kind:fixed,mean:8,min:8,max:8}"]
     assert main(["experiment=probe", "trace.tokens=600", "batch=4", *short, f"out={out}"]) == 0
     table = pd.read_csv(out / "compare.csv")
-    assert table["label"].tolist() == ["static-ep", "eplb-r2", "probe", "probe-oracle"]
+    assert table["label"].tolist() == ["static-ep", "eplb-r2", "probe", "probe-gate",
+                                       "probe-oracle"]
     for column in ("imbalance_after_mean", "prefill_latency_ms_mean", "decode_tokens_per_s",
                    "prefill_speedup", "decode_speedup"):
         assert column in table and table[column].notna().all()
@@ -74,3 +76,5 @@ def test_probe_experiment_writes_its_comparison(tmp_path: Path,
     summary = json.loads((out / "runs" / "probe" / "summary.json").read_text())
     assert summary["gpu"] == "h200" and summary["expert_bytes_per_param"] == 1.0
     assert summary["pool"] == "double-buffer" and summary["fits_gpu_memory"] is True
+    assert "'learned'" in summary["balance_params"]  # PROBE runs its trained predictor
+    assert list((tmp_path / "outputs" / "cache" / "probe-predictor").glob("*/model.pt"))

@@ -179,9 +179,11 @@ def test_gate_predictors_need_the_lookahead_distance_they_read() -> None:
     # learned predictors, not silently balanced from history
     trace = _trace()
     config = {"cluster": {"base": "h100x8-nvswitch", "ranks": 2, "ranks_per_node": 2},
-              "balance": "probe"}
+              "balance": "probe-gate"}
     with pytest.raises(ConfigError, match="distance 1; the trace has distances: none"):
         simulate_cluster(config, trace=trace)
+    with pytest.raises(ConfigError, match="has none; balance=probe-gate runs PROBE"):
+        simulate_cluster({**config, "balance": "probe"}, trace=trace)  # no features either
     ok = simulate_cluster({**config, "balance": {"name": "probe", "predictor": "history"}},
                           trace=trace)
     assert ok.summary["steps"] == 1
