@@ -8,6 +8,7 @@ megatron       Megatron-Core router trace ``.jsonl``   ``.jsonl`` (+ probs and r
 moe-infinity   expert activation matrices ``.npy``     ``.npy`` [requests, L, E] counts
 csv            long CSV                                long CSV
 npy            plain ``.npz`` arrays                   plain ``.npz`` arrays
+flame          FLAME-MoE per-layer files (a folder)    -
 =============  ======================================  ==========================================
 
 ``import_trace(fmt, path, model, **options)`` and ``export_trace(fmt, trace, path, **options)``
@@ -22,6 +23,7 @@ from typing import Any
 
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.importers.flame import import_flame
 from moe_offload_lab.traces.importers.megatron import export_megatron, import_megatron
 from moe_offload_lab.traces.importers.moe_infinity import export_moe_infinity, import_moe_infinity
 from moe_offload_lab.traces.importers.plain import export_csv, export_npz, import_csv, import_npz
@@ -34,6 +36,7 @@ IMPORTERS: dict[str, Callable[..., Trace]] = {
     "moe-infinity": import_moe_infinity,
     "csv": import_csv,
     "npy": import_npz,
+    "flame": import_flame,
 }
 EXPORTERS: dict[str, Callable[..., Path]] = {
     "csv": export_csv,
@@ -44,7 +47,8 @@ EXPORTERS: dict[str, Callable[..., Path]] = {
 }
 
 
-def import_trace(fmt: str, path: str | Path, model: str | ModelSpec, **options: Any) -> Trace:
+def import_trace(fmt: str, path: str | Path, model: str | ModelSpec | None,
+                 **options: Any) -> Trace:
     """Read ``path`` in format ``fmt`` as a validated trace of ``model`` (name, YAML or spec)."""
     if fmt not in IMPORTERS:
         raise ConfigError(f"unknown import format {fmt!r}; known: {', '.join(IMPORTERS)}")

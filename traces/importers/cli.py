@@ -5,10 +5,11 @@
     moe-trace import --from megatron router_trace_rank0.jsonl --model qwen3-30b-a3b -o t.parquet
     moe-trace import --from moe-infinity eam.npy --model mixtral-8x7b -o t.parquet
     moe-trace import --from csv routing.csv --model mixtral-8x7b -o t.parquet
+    moe-trace import --from flame flame-moe-290m/ -o flame.parquet
     moe-trace export --to csv mixtral.parquet -o routing.csv
     moe-trace export --to vllm mixtral.parquet -o routed.npz [--all-layers]
 
-Formats: vllm, megatron, moe-infinity, csv, npy (both directions). ``add_parsers`` adds both
+Formats: vllm, megatron, moe-infinity, csv, npy (both directions); flame (import only). ``add_parsers`` adds both
 subcommands to an existing ``moe-trace`` parser; each sets ``handler`` (a function of the parsed
 arguments returning the exit status). User errors raise MoeLabError; :func:`main` (and the
 ``moe-trace`` entry point) prints them as one line and returns 2.
@@ -25,7 +26,8 @@ from typing import Any
 from moe_offload_lab.traces.errors import ConfigError, run_command
 
 PROG = "moe-trace"
-FORMATS = ("vllm", "megatron", "moe-infinity", "csv", "npy")
+FORMATS = ("vllm", "megatron", "moe-infinity", "csv", "npy", "flame")
+MODEL_OPTIONAL = ("flame",)  # formats whose files name the model
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -36,10 +38,13 @@ def add_parsers(subparsers: Any) -> None:
     imp.add_argument("input", type=Path, help="file to import")
     imp.add_argument("--from", dest="fmt", required=True, metavar="FORMAT",
                      help=f"input format: {', '.join(FORMATS)}")
-    imp.add_argument("--model", required=True,
-                     help="model the capture comes from: a name from conf/model or a YAML path")
+    imp.add_argument("--model",
+                     help="model the capture comes from: a name from conf/model or a YAML path "
+                          "(required except for flame, whose files name it)")
     imp.add_argument("--lengths", type=Path, metavar="FILE",
-                     help="vllm only: request lengths, one 'TOKENS [PROMPT_TOKENS]' per line")
+                     help="vllm and flame: request lengths, one 'TOKENS [PROMPT_TOKENS]' per line")
+    imp.add_argument("--max-tokens", type=int, metavar="N",
+                     help="flame only: import the first N tokens (the dataset's files hold 52M)")
     imp.add_argument("-o", "--output", required=True, type=Path, help="trace file to write")
     imp.set_defaults(handler=run_import)
 
@@ -48,7 +53,7 @@ def add_parsers(subparsers: Any) -> None:
         description="Write a trace in another format (what the format cannot hold is dropped).")
     exp.add_argument("trace", type=Path, help="trace file to export")
     exp.add_argument("--to", dest="fmt", required=True, metavar="FORMAT",
-                     help=f"output format: {', '.join(FORMATS)}")
+                     help=f"output format: {', '.join(f for f in FORMATS if f != 'flame')}")
     exp.add_argument("--all-layers", action="store_true",
                      help="vllm only: size the layer axis by every transformer block, as vLLM "
                           "does (dense blocks hold 0)")
@@ -63,10 +68,16 @@ def run_import(args: argparse.Namespace) -> int:
     if args.fmt not in IMPORTERS:
         raise ConfigError(f"unknown import format {args.fmt!r}; known: {', '.join(IMPORTERS)}")
     options = {}
+    if args.model is None and args.fmt not in MODEL_OPTIONAL:
+        raise ConfigError(f"--model is required for --from {args.fmt}")
     if args.lengths is not None:
-        if args.fmt != "vllm":
-            raise ConfigError("--lengths applies to --from vllm only")
+        if args.fmt not in ("vllm", "flame"):
+            raise ConfigError("--lengths applies to --from vllm and flame only")
         options["lengths"] = args.lengths
+    if args.max_tokens is not None:
+        if args.fmt != "flame":
+            raise ConfigError("--max-tokens applies to --from flame only")
+        options["max_tokens"] = args.max_tokens
     trace = import_trace(args.fmt, args.input, args.model, **options)
     try:
         trace.save(args.output)
