@@ -7,7 +7,8 @@ successive tokens of one request):
 
 - ``lru_hit_ratio`` / ``belady_hit_ratio``: global LRU and Belady (MIN) hit ratio of the
   (layer, expert) access stream with a fraction of all ``L * E`` keys cached
-  (:mod:`traces.analysis.cache_curves`; HybriMoE's "global LRU" measure at batch 1).
+  (:mod:`traces.analysis.cache_curves`; HybriMoE's "global LRU" measure at batch 1);
+  ``lru_curve`` the LRU hit ratio at 41 evenly spaced fractions.
 - ``adjacent_overlap``: ``observed`` = mean ``|S_t ∩ S_{t+1}| / k``; ``chance`` = the same for two
   tokens drawn independently from the trace's popularity, ``sum_e (n_e / T)^2 / k``; ``ratio``.
 - ``top1_reuse``: ``observed`` = ``P(T_{t+1} = T_t)``; ``chance`` = ``sum_e q_e^2`` with ``q``
@@ -47,6 +48,7 @@ from moe_offload_lab.traces.format import Trace
 
 FRACTIONS: tuple[float, ...] = (0.25, 0.5, 0.75)
 LAGS: tuple[int, ...] = (1, 4, 16, 64)
+CURVE_POINTS = 40  # the LRU curve is reported at fractions 0, 1/40, ..., 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -182,6 +184,9 @@ def routing_profile(trace: Trace, *, fractions: Sequence[float] = FRACTIONS,
                   "moe_layers": spec.num_moe_layers, "experts": spec.num_experts,
                   "top_k": spec.top_k},
         "lru_hit_ratio": {format(f, "g"): json_float(curve[c]) for f, c in zip(fractions, sizes)},
+        "lru_curve": {"fraction": [round(i / CURVE_POINTS, 4) for i in range(CURVE_POINTS + 1)],
+                      "hit_ratio": json_list(curve[[int(np.floor(i / CURVE_POINTS * n_keys + 0.5))
+                                                    for i in range(CURVE_POINTS + 1)]])},
         "belady_hit_ratio": {},
         "adjacent_overlap": _ratio(observed, chance),
         "top1_reuse": _ratio(reuse, reuse_chance),

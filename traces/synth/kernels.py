@@ -213,3 +213,24 @@ def lookahead_overlap(predicted, source, fresh, noise_draws, bias, sigma,
             for b in range(k):
                 hits += idx[a] == predicted[i, b]
     return hits / (n * k)
+
+
+@numba.njit(cache=True, fastmath=_FAST)
+def route_states(states, router, bias, sigma, noise, k):  # pragma: no cover - compiled
+    """Top-k ids [N, k] of one layer's router [E, D] (bias [E]) applied to states [N, D] plus
+    sigma * noise [N, E]: the routing step of :func:`route_tokens` for sampled states."""
+    n, dim = states.shape
+    n_experts = router.shape[0]
+    out = np.empty((n, k), np.int64)
+    logits = np.empty(n_experts)
+    idx = np.empty(k, np.int64)
+    val = np.empty(k)
+    for i in range(n):
+        for e in range(n_experts):
+            acc = bias[e] + sigma * noise[i, e]
+            for j in range(dim):
+                acc += router[e, j] * states[i, j]
+            logits[e] = acc
+        _top_k(logits, idx, val)
+        out[i] = idx
+    return out
