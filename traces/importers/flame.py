@@ -317,7 +317,10 @@ def _common_meta(layers: dict[int, _Layer]) -> dict[str, Any]:
     metas = [l.meta for l in layers.values()]
     if not metas:
         return {}
-    keys = set.intersection(*(set(m) for m in metas)) - {"layer"}
+    # num_sequences / sequence_length in the excerpt's files are its copier's assumption, not
+    # recorded boundaries: left out rather than passed on as facts
+    keys = set.intersection(*(set(m) for m in metas)) - {"layer", "num_sequences",
+                                                         "sequence_length"}
     return {k: metas[0][k] for k in sorted(keys) if all(m[k] == metas[0][k] for m in metas)}
 
 
