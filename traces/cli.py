@@ -168,7 +168,7 @@ def _compare(args: argparse.Namespace) -> int:
     if len(set(labels)) < 2:
         labels = [str(path) for path in args.traces]
     if args.json:
-        json.dump(dict(zip(labels, profiles)), sys.stdout, indent=1)
+        json.dump({"traces": labels, "profiles": profiles}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         shapes = "; ".join(f"{label}: {p['trace']['model']}, {p['trace']['tokens']} tokens, "

@@ -530,6 +530,17 @@ def _config(trace: Trace, best: dict[str, Any], dim: int, gates: str,
     return config
 
 
+def _rounded(value: Any) -> Any:
+    """Floats rounded to 4 decimals, recursively (for the report in the YAML header)."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return round(float(value), 4)
+    return value
+
+
 # ---- writing ------------------------------------------------------------------------------------
 def write_preset(result: FitResult, path: str | Path, *, source: str = "",
                  tokens: int = 0, requests: int = 0) -> tuple[Path, Path]:
@@ -544,7 +555,7 @@ def write_preset(result: FitResult, path: str | Path, *, source: str = "",
     structure = path.with_suffix(".npz")
     config = json.loads(json.dumps(result.config))
     config["structure"]["file"] = structure.name
-    report = json.dumps(result.report, default=float)
+    report = json.dumps(_rounded(result.report))
     header = (f"# Fitted by moe-trace fit ({dt.datetime.now(dt.UTC):%Y-%m-%d}) from {source} "
               f"({tokens} tokens, {requests} requests).\n"
               f"# Router rows and biases: {structure.name}. Generate with\n"
@@ -563,3 +574,45 @@ def write_preset(result: FitResult, path: str | Path, *, source: str = "",
             structure.unlink(missing_ok=True)
         raise
     return path, structure
+
+
+# ---- the held-out check -------------------------------------------------------------------------
+def mean_profile(profiles: list[dict[str, Any]]) -> dict[str, Any]:
+    """The element-wise mean of several routing profiles (numbers and lists of numbers; None
+    where any profile has None)."""
+
+    def merge(values: list[Any]) -> Any:
+        first = values[0]
+        if isinstance(first, dict):
+            return {key: merge([v[key] for v in values]) for key in first}
+        if isinstance(first, list):
+            return [merge([v[i] for v in values]) for i in range(len(first))]
+        if isinstance(first, (int, float)) and not isinstance(first, bool):
+            if any(v is None for v in values):
+                return None
+            return float(np.mean(values))
+        return first
+
+    return merge(profiles)
+
+
+def holdout_check(trace: Trace, *, seeds: int = 4, seed: int = 0,
+                  progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Fit on the first half of ``trace``'s tokens, generate ``seeds`` traces as long as the
+    second half, and return the routing profiles of the real first half, the real second half
+    and the mean over the generated traces (keys ``first``, ``second``, ``synthetic``)."""
+    from moe_offload_lab.traces.analysis.profile import routing_profile
+
+    half = trace.num_tokens // 2
+    first = trace.select(np.arange(half))
+    second = trace.select(np.arange(half, trace.num_tokens))
+    result = fit_trace(first, seed=seed, where="the first half", progress=progress)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path, _ = write_preset(result, Path(folder) / "first-half.yaml")
+        cfg = SynthConfig.preset(str(path))
+        synthetic = [routing_profile(generate(cfg, tokens=second.num_tokens, seed=seed + s,
+                                              features=0)) for s in range(seeds)]
+    return {"first": routing_profile(first), "second": routing_profile(second),
+            "synthetic": mean_profile(synthetic)}

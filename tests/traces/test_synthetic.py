@@ -151,7 +151,7 @@ def test_persistence_knobs_move_the_statistics_they_name():
     assert shared["lag64"] > still["lag64"] + 0.2  # request-level locality reaches far
     low = stats(layer_persistence=(0.2,))["profile"]["top1_transition"]["accuracy"]
     high = stats(layer_persistence=(0.98,))["profile"]["top1_transition"]["accuracy"]
-    assert high > low + 0.1  # a persistent state makes the next layer's expert predictable
+    assert high > 2 * low + 0.03  # a persistent state makes the next layer's expert predictable
 
 
 def test_a_preset_file_by_path_and_its_structure_file(tmp_path):

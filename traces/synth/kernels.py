@@ -234,3 +234,19 @@ def route_states(states, router, bias, sigma, noise, k):  # pragma: no cover - c
         _top_k(logits, idx, val)
         out[i] = idx
     return out
+
+
+@numba.njit(cache=True, fastmath=_FAST)
+def project(states, router):  # pragma: no cover - compiled
+    """states [N, D] times router [E, D] transposed -> [N, E] (one thread; BLAS threads cost more
+    than they save on these small products, above all on a busy machine)."""
+    n, dim = states.shape
+    n_experts = router.shape[0]
+    out = np.empty((n, n_experts))
+    for i in range(n):
+        for e in range(n_experts):
+            acc = 0.0
+            for j in range(dim):
+                acc += router[e, j] * states[i, j]
+            out[i, e] = acc
+    return out
