@@ -145,11 +145,11 @@ def solve(name: str, tokens: int) -> dict[str, float]:
 
     def loss(x: np.ndarray) -> float:
         x = np.clip(x, lows, highs)
-        profile = profile_of(_with(cfg, dict(zip(names, x))), tokens, belady=False)
+        profile = profile_of(_with(cfg, dict(zip(names, x, strict=False))), tokens, belady=False)
         misses = [((t.measure(profile) or 0.0) - t.value) / max(t.tolerance, 1e-3)
                   for t in targets if t.key.split("|")[0] != "lookahead_accuracy"]
         value = float(np.sum(np.square(misses)))
-        print(f"  {dict(zip(names, np.round(x, 4)))} -> {value:.3f}", flush=True)
+        print(f"  {dict(zip(names, np.round(x, 4), strict=False))} -> {value:.3f}", flush=True)
         return value
 
     start = np.array([np.clip(_current(cfg, n), free[n][0], free[n][1]) for n in names])
@@ -179,7 +179,7 @@ def solve(name: str, tokens: int) -> dict[str, float]:
         if max(scores) - min(scores) < 1e-3:
             break
     best = np.clip(simplex[int(np.argmin(scores))], lows, highs)
-    return dict(zip(names, np.round(best, 4).tolist()))
+    return dict(zip(names, np.round(best, 4).tolist(), strict=False))
 
 
 def _current(cfg: SynthConfig, name: str) -> float:
@@ -202,7 +202,8 @@ def table_row(name: str, profile: dict) -> tuple[str, list[str]]:
         " / ".join(_fmt(belady.get(f), 2) for f in ("0.25", "0.5", "0.75")),
         f"{_fmt(profile['adjacent_overlap']['observed'], 2)} "
         f"({_fmt(profile['adjacent_overlap']['ratio'], 2)}x)",
-        f"{_fmt(profile['top1_reuse']['observed'], 2)} ({_fmt(profile['top1_reuse']['ratio'], 2)}x)",
+        f"{_fmt(profile['top1_reuse']['observed'], 2)} "
+        f"({_fmt(profile['top1_reuse']['ratio'], 2)}x)",
         _fmt(profile["hottest_share"]["max"], 2),
         _fmt(look),
     ]
@@ -240,7 +241,7 @@ def main() -> None:
             print("| " + " | ".join([row_name, *cells]) + " |", flush=True)
         else:
             print(f"{row_name} ({time.perf_counter() - start:.1f} s)")
-            for head, cell in zip(heads[1:], cells):
+            for head, cell in zip(heads[1:], cells, strict=False):
                 print(f"    {head:<32} {cell}")
             print(flush=True)
 

@@ -173,7 +173,7 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         shapes = "; ".join(f"{label}: {p['trace']['model']}, {p['trace']['tokens']} tokens, "
                            f"{p['trace']['requests']} requests" for label, p in
-                           zip(labels, profiles))
+                           zip(labels, profiles, strict=False))
         print(shapes)
         print(format_rows(comparison_rows(profiles), labels, markdown=args.markdown))
     if args.output is not None:

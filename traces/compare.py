@@ -85,8 +85,9 @@ def format_rows(rows: list[tuple[str, list[float | None]]], labels: Sequence[str
         return "\n".join(lines)
     width = max(len(label) for label, _ in body)
     cols = [max(len(h), 8) for h in heads]
-    lines = [" " * width + "  " + "  ".join(h.rjust(c) for h, c in zip(heads, cols))]
-    lines += [label.ljust(width) + "  " + "  ".join(v.rjust(c) for v, c in zip(cells, cols))
+    lines = [" " * width + "  " + "  ".join(h.rjust(c) for h, c in zip(heads, cols, strict=True))]
+    lines += [label.ljust(width) + "  "
+              + "  ".join(v.rjust(c) for v, c in zip(cells, cols, strict=True))
               for label, cells in body]
     return "\n".join(lines)
 
@@ -112,10 +113,11 @@ def plot_comparison(profiles: Sequence[dict[str, Any]], labels: Sequence[str],
         fig = Figure(figsize=(13, 8.5), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(2, 2)
-        for i, (profile, label) in enumerate(zip(profiles, labels)):
+        for i, (profile, label) in enumerate(zip(profiles, labels, strict=False)):
             color = palette[i % 10]
             curve = profile["lru_curve"]
-            axes[0, 0].plot(curve["fraction"], curve["hit_ratio"], color=color, label=f"{label} LRU")
+            axes[0, 0].plot(curve["fraction"], curve["hit_ratio"], color=color,
+                            label=f"{label} LRU")
             belady = profile.get("belady_hit_ratio") or {}
             if belady:
                 axes[0, 0].plot([float(f) for f in belady], list(belady.values()), "s--",

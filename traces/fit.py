@@ -183,8 +183,7 @@ def fit_trace(trace: Trace, *, dim: int = 16, seed: int = 0, where: str = "trace
     """Fit the generator to ``trace`` (see the module docstring); deterministic per ``seed``."""
     check_fittable(trace, where)
     say = progress or (lambda _message: None)
-    spec = trace.spec
-    n_layers, n_experts, k = spec.num_moe_layers, spec.num_experts, spec.top_k
+    n_experts = trace.spec.num_experts
     if dim < 1:
         raise ConfigError("the state dimension must be at least 1")
     width = 0 if trace.features is None else min(int(trace.features.shape[2]), dim)
@@ -367,7 +366,7 @@ def _fit_at_noise(trace: Trace, ids: np.ndarray, counts: np.ndarray, real: dict[
     if real["pair_mi_d2"] is not None:
         corr2 = [share + (1 - share) * rho[l - 1] * rho[l] for l in range(2, n_layers)]
         mi_d2 = float(np.mean([pair_stat(l - 2, l, c, mi) for l, c in
-                               zip(range(2, n_layers), corr2)]))
+                               zip(range(2, n_layers), corr2, strict=False)]))
         score += abs(mi_d2 - real["pair_mi_d2"]) / 0.02
     return {"sigma": sigma, "bias": bias, "share": share, "rho": rho, "phi": phi,
             "score": score, "mi_d2": mi_d2, "lru75": achieved_lru, "transition": transition,
@@ -402,10 +401,10 @@ def _gates(trace: Trace, router: np.ndarray, bias: np.ndarray, sigma: float,
     states = sampler.h[0]
     noise = sampler.noise_a[0]
     temperature = []
+    k = gates.shape[2]
     for layer in range(router.shape[0]):
         logits = states @ router[layer].T + bias[layer] + sigma * noise  # [N, E]
         top = -np.sort(-logits, axis=1)
-        k = gates.shape[2]
         wanted = float(gates[:, layer].max(axis=1).mean())
 
         def top1_share(log_t: float, top: np.ndarray = top, logits: np.ndarray = logits) -> float:

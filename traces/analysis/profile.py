@@ -183,7 +183,8 @@ def routing_profile(trace: Trace, *, fractions: Sequence[float] = FRACTIONS,
                   "requests": int(np.unique(trace.request_id).size),
                   "moe_layers": spec.num_moe_layers, "experts": spec.num_experts,
                   "top_k": spec.top_k},
-        "lru_hit_ratio": {format(f, "g"): json_float(curve[c]) for f, c in zip(fractions, sizes)},
+        "lru_hit_ratio": {format(f, "g"): json_float(curve[c])
+                          for f, c in zip(fractions, sizes, strict=True)},
         "lru_curve": {"fraction": [round(i / CURVE_POINTS, 4) for i in range(CURVE_POINTS + 1)],
                       "hit_ratio": json_list(curve[[int(np.floor(i / CURVE_POINTS * n_keys + 0.5))
                                                     for i in range(CURVE_POINTS + 1)]])},
@@ -204,5 +205,5 @@ def routing_profile(trace: Trace, *, fractions: Sequence[float] = FRACTIONS,
     if belady:
         ratios = belady_hit_ratios(trace, sizes, next_uses=lru.next_uses)
         out["belady_hit_ratio"] = {format(f, "g"): json_float(r)
-                                   for f, r in zip(fractions, ratios)}
+                                   for f, r in zip(fractions, ratios, strict=False)}
     return out

@@ -9,10 +9,10 @@
     moe-trace export --to csv mixtral.parquet -o routing.csv
     moe-trace export --to vllm mixtral.parquet -o routed.npz [--all-layers]
 
-Formats: vllm, megatron, moe-infinity, csv, npy (both directions); flame (import only). ``add_parsers`` adds both
+Formats: vllm, megatron, moe-infinity, csv, npy (both directions). ``add_parsers`` adds both
 subcommands to an existing ``moe-trace`` parser; each sets ``handler`` (a function of the parsed
 arguments returning the exit status). User errors raise MoeLabError; :func:`main` (and the
-``moe-trace`` entry point) prints them as one line and returns 2.
+``moe-trace`` entry point) prints them as one line and returns 2. flame: import only.
 """
 
 from __future__ import annotations

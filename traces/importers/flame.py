@@ -298,7 +298,7 @@ def _requests(samples: np.ndarray | None, n: int, file_lengths: tuple | None, wi
         cuts += [int(i) + 1 for i in np.flatnonzero(samples[: n - 1] == END_OF_TEXT)]
     cuts.append(n)
     lengths = []
-    for lo, hi in zip(cuts[:-1], cuts[1:]):
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=False):
         while hi - lo > window:
             lengths.append(window)
             lo += window

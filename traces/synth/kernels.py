@@ -1,4 +1,4 @@
-"""Compiled kernels of the synthetic generator (numba; the model is in :mod:`traces.synth.generate`).
+"""Compiled kernels of the synthetic generator (numba; the model: :mod:`traces.synth.generate`).
 
 :func:`route_tokens` walks the tokens in row order and the MoE layers in forward order, evolving
 each token's latent state and applying every router to it: the routing, the lookahead columns and
