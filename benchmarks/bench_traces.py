@@ -9,9 +9,10 @@ small trace first so the timings show steady-state cost, and prints the warm-up 
 Generation is timed as the trace the simulator replays (routing, gates, lookahead columns) and
 again with the preset's feature columns (16 float16 per layer and token: 1 GB for this trace, so
 save, load and stats run on the trace without them, as before). ``--baseline DIR`` also times
-the generator of an older checkout of this repository in the same run (``git worktree add DIR <commit>``; its
-``traces/synthetic.py`` with its own ``conf/``), on the same preset and token count, and prints
-the ratio: machines shared with other work make timings from separate runs incomparable.
+the generator of an older checkout of this repository in the same run (``git worktree add DIR
+<commit>``; its ``traces/synthetic.py`` with its own ``conf/``), on the same preset and token
+count, and prints the ratio: on a machine shared with other work, timings from separate runs are
+not comparable.
 """
 
 from __future__ import annotations
