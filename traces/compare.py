@@ -41,7 +41,7 @@ ROWS: list[tuple[str, Getter]] = [
       for f, s in (("25", "0.25"), ("50", "0.5"), ("75", "0.75"))],
     *[(f"Belady hit ratio at {f}%", _get("belady_hit_ratio", s))
       for f, s in (("25", "0.25"), ("50", "0.5"), ("75", "0.75"))],
-    ("adjacent-token overlap |S_t ∩ S_t+1|/k", _get("adjacent_overlap", "observed")),
+    ("adjacent-token overlap, shared experts / k", _get("adjacent_overlap", "observed")),
     ("  chance (from popularity)", _get("adjacent_overlap", "chance")),
     ("  ratio to chance", _get("adjacent_overlap", "ratio")),
     ("top-1 reuse P(T_t+1 = T_t)", _get("top1_reuse", "observed")),
