@@ -35,7 +35,13 @@ from typing import Any
 
 import numba
 import numpy as np
-from moe_offload_lab.traces.analysis._common import json_float, json_list, nanmean, routing
+from moe_offload_lab.traces.analysis._common import (
+    json_float,
+    json_list,
+    nanmean,
+    routing,
+    set_overlap,
+)
 from moe_offload_lab.traces.analysis.cache_curves import belady_hit_ratios, lru_pass
 from moe_offload_lab.traces.analysis.entropy import entropy_bits, expert_counts
 from moe_offload_lab.traces.analysis.information import (
@@ -54,17 +60,11 @@ CURVE_POINTS = 40  # the LRU curve is reported at fractions 0, 1/40, ..., 1
 @numba.njit(cache=True, nogil=True)
 def _pair_overlap(ids, earlier, later):  # pragma: no cover - compiled
     """Summed |S_a ∩ S_b| per layer over the row pairs (earlier[i], later[i]) -> int64 [L]."""
-    n_layers, k = ids.shape[1], ids.shape[2]
+    n_layers = ids.shape[1]
     out = np.zeros(n_layers, np.int64)
     for i in range(earlier.shape[0]):
-        a, b = earlier[i], later[i]
         for layer in range(n_layers):
-            m = 0
-            for x in range(k):
-                e = ids[a, layer, x]
-                for y in range(k):
-                    m += ids[b, layer, y] == e
-            out[layer] += m
+            out[layer] += set_overlap(ids[earlier[i], layer], ids[later[i], layer])
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from moe_offload_lab.traces.analysis._common import set_overlap
 
 # reassociation lets LLVM vectorise the dot products; infinities and NaNs keep their meaning
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
@@ -209,9 +210,7 @@ def lookahead_overlap(predicted, source, fresh, noise_draws, bias, sigma,
         for e in range(n_experts):
             logits[e] = corr * source[i, e] + s * fresh[i, e] + bias[e] + sigma * noise_draws[i, e]
         _top_k(logits, idx, val)
-        for a in range(k):
-            for b in range(k):
-                hits += idx[a] == predicted[i, b]
+        hits += set_overlap(idx, predicted[i])
     return hits / (n * k)
 
 
