@@ -21,7 +21,7 @@ def grouped(trace: Trace) -> Trace:
 
 
 def test_the_registries_cover_the_formats():
-    assert set(IMPORTERS) == {"vllm", "megatron", "moe-infinity", "csv", "npy"}
+    assert set(IMPORTERS) == {"vllm", "megatron", "moe-infinity", "csv", "npy", "flame"}
     assert set(EXPORTERS) == {"vllm", "megatron", "moe-infinity", "csv", "npy"}
 
 
