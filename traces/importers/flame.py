@@ -7,8 +7,8 @@ read, all "one file per MoE layer, row ``i`` of every file is the same token":
 - ``layerNN.pt`` (the dataset's sample files, and the excerpt in the project's shared data): a
   torch dict with ``samples`` int64 ``[N]`` token ids, ``indices`` int64 ``[N, k]`` expert ids,
   highest score first, ``scores`` float32 ``[N, k]`` and metadata (``model``, ``layer``, ...).
-  Loaded with ``torch.load(weights_only=True)``; torch is imported only here, so this layout needs
-  torch installed (the ``learned`` extra) and the others do not.
+  Loaded with ``torch.load(weights_only=True)`` (:func:`traces.importers._common.load_torch_file`,
+  which imports torch only then), so this layout needs torch installed and the others do not.
 - ``posPP_layerNN.pt`` (``decoder_first10``): the same fields for position ``PP`` of each of
   several sequences (``token_position`` in the metadata): row ``s`` of every file is sequence
   ``s``, so the trace has one request per sequence, positions ``PP``.
@@ -124,35 +124,16 @@ def _find_files(folder: Path) -> tuple[str, dict[int, Path]]:
     return found[0]
 
 
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise ConfigError("reading FLAME .pt files needs torch (pip install torch, or the "
-                          "'learned' extra); the Parquet layout does not") from None
-    return torch
-
-
 def _read_pt(path: Path) -> _Layer:
-    torch = _torch()
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input file
-        raise TraceError(f"{path}: not a readable torch file ({c.first_line(exc)})") from None
+    data = c.load_torch_file(path, "a FLAME routing file")
     if not isinstance(data, dict):
         raise TraceError(f"{path}: expected a dict with samples, indices and scores, found "
                          f"{type(data).__name__}")
     missing = [k for k in ("indices", "scores") if k not in data]
     if missing:
         raise TraceError(f"{path}: missing field(s) {', '.join(missing)}")
-    arrays = {}
-    for key in ("samples", "indices", "scores"):
-        value = data.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, torch.Tensor):
-            raise TraceError(f"{path}: {key} must be a tensor, found {type(value).__name__}")
-        arrays[key] = value.detach().cpu().numpy()
+    arrays = {key: c.to_numpy(data[key], key, str(path))
+              for key in ("samples", "indices", "scores") if data.get(key) is not None}
     meta = {k: v for k, v in data.items() if isinstance(v, (str, int, float, list))
             and k not in ("samples", "indices", "scores")}
     return _layer(path, arrays.get("indices"), arrays.get("scores"), arrays.get("samples"), meta)

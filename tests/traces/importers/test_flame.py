@@ -134,7 +134,7 @@ def test_the_parquet_release_with_its_samples_folder(tmp_path, model_yaml):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("garbage", "not a readable torch file"),
+    ("garbage", "not a readable torch.save file"),
     ("missing-layer", "found layer files [2, 3]"),
     ("rows", "different numbers of tokens"),
     ("samples", "different token streams"),
@@ -218,4 +218,4 @@ def test_without_torch_the_pt_layout_says_what_to_install(tmp_path, model_yaml, 
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     assert main(["import", "--from", "flame", str(tmp_path / "s"), "--model", str(model_yaml),
                  "-o", str(tmp_path / "o.parquet")]) == 2
-    assert "needs torch" in capsys.readouterr().err
+    assert "needs torch" in capsys.readouterr().err  # and nothing else
