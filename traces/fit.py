@@ -46,7 +46,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,14 +198,17 @@ def fit_trace(trace: Trace, *, dim: int = 16, seed: int = 0, where: str = "trace
     say("router geometry")
     router = _geometry(ids, n_experts, dim, rng)
     best = None
-    for sigma in NOISE_LEVELS:
-        say(f"router noise {sigma}")
-        candidate = _fit_at_noise(trace, ids, counts, real, router, sigma, sampler, seed)
-        if best is None or candidate["score"] < best["score"]:
-            best = candidate
-    assert best is not None
-    gates, temperature = _gates(trace, router, best["bias"], best["sigma"], sampler)
-    features = _features(trace, width, best, router, seed) if width else None
+    with tempfile.TemporaryDirectory(prefix="moe-fit-") as folder:  # candidates' structures
+        scratch = Path(folder)
+        for sigma in NOISE_LEVELS:
+            say(f"router noise {sigma}")
+            candidate = _fit_at_noise(trace, ids, counts, real, router, sigma, sampler, seed,
+                                      scratch)
+            if best is None or candidate["score"] < best["score"]:
+                best = candidate
+        assert best is not None
+        gates, temperature = _gates(trace, router, best["bias"], best["sigma"], sampler)
+        features = _features(trace, width, best, router, seed, scratch) if width else None
     config = _config(trace, best, dim, gates, temperature, width, features, seed)
     report = {"target": {"pair_mi_d1": real["pair_mi"].tolist(),
                          "pair_mi_d2": real["pair_mi_d2"],
@@ -296,8 +301,8 @@ def _fit_bias(router: np.ndarray, counts: np.ndarray, k: int, sigma: float,
 
 
 def _fit_at_noise(trace: Trace, ids: np.ndarray, counts: np.ndarray, real: dict[str, Any],
-                  router: np.ndarray, sigma: float, sampler: _Sampler,
-                  seed: int) -> dict[str, Any]:
+                  router: np.ndarray, sigma: float, sampler: _Sampler, seed: int,
+                  scratch: Path) -> dict[str, Any]:
     """Steps 3-6 at one router noise level; returns the parameters and a score (step 7)."""
     n_layers, n_experts = counts.shape
     k = ids.shape[2]
@@ -346,7 +351,7 @@ def _fit_at_noise(trace: Trace, ids: np.ndarray, counts: np.ndarray, real: dict[
 
     def simulate(share: float) -> list[Trace]:
         rho, phi = dynamics(share)
-        cfg = _synth_config(trace, router, bias, sigma, share, rho, phi, lengths)
+        cfg = _synth_config(trace, router, bias, sigma, share, rho, phi, lengths, scratch)
         return [generate(cfg, tokens=trace.num_tokens, seed=seed * 1000 + r, features=0)
                 for r in range(_REPEATS)]
 
@@ -437,13 +442,13 @@ def _readout_accuracy(features: np.ndarray, ids: np.ndarray, n_experts: int) -> 
 
 
 def _features(trace: Trace, width: int, best: dict[str, Any], router: np.ndarray,
-              seed: int) -> dict[str, Any]:
+              seed: int, scratch: Path) -> dict[str, Any]:
     """Feature noise matching the real read-out accuracy (step 9)."""
     n_experts = trace.spec.num_experts
     real_ids = np.asarray(trace.expert_ids, dtype=np.int64)
     wanted = _readout_accuracy(trace.features[:, :, :width], real_ids, n_experts)
     cfg = _synth_config(trace, router, best["bias"], best["sigma"], best["share"], best["rho"],
-                        best["phi"], best["lengths"])
+                        best["phi"], best["lengths"], scratch)
     synthetic = generate(cfg.with_overrides(features_width=width), tokens=trace.num_tokens,
                          seed=seed, features=width)
     clean = synthetic.features.astype(np.float64)  # [T, L, F]
@@ -460,10 +465,13 @@ def _features(trace: Trace, width: int, best: dict[str, Any], router: np.ndarray
 
 def _synth_config(trace: Trace, router: np.ndarray, bias: np.ndarray, sigma: float,
                   share: float, rho: np.ndarray, phi: np.ndarray,
-                  lengths: tuple[LengthDist, LengthDist, int]) -> SynthConfig:
-    """A SynthConfig of the candidate parameters with an in-memory structure file."""
+                  lengths: tuple[LengthDist, LengthDist, int], scratch: Path) -> SynthConfig:
+    """A SynthConfig of the candidate parameters, its structure in a file under ``scratch``."""
     spec = trace.spec
-    path = _scratch_structure(router, bias)
+    digest = hashlib.sha1(router.tobytes() + bias.tobytes()).hexdigest()[:16]
+    path = scratch / f"{digest}.npz"
+    if not path.is_file():
+        np.savez(path, router=router, bias=bias)
     model, overrides = _model_reference(spec)
     return SynthConfig(model=model, name="fit-candidate", model_overrides=overrides,
                        prompt_tokens=lengths[0], decode_tokens=lengths[1], requests=lengths[2],
@@ -472,22 +480,6 @@ def _synth_config(trace: Trace, router: np.ndarray, bias: np.ndarray, sigma: flo
                        layer_persistence=tuple(float(v) for v in rho[1:]) or (0.0,),
                        router_noise=(float(sigma),), lookahead_distances=0, features_width=0,
                        structure_file=str(path))
-
-
-_SCRATCH: dict[int, Path] = {}
-
-
-def _scratch_structure(router: np.ndarray, bias: np.ndarray) -> Path:
-    """A temporary structure file for candidate configs (one per router/bias pair)."""
-    import tempfile
-
-    key = hash((router.tobytes(), bias.tobytes()))
-    if key not in _SCRATCH or not _SCRATCH[key].is_file():
-        folder = Path(tempfile.mkdtemp(prefix="moe-fit-"))
-        path = folder / "structure.npz"
-        np.savez(path, router=router, bias=bias)
-        _SCRATCH[key] = path
-    return _SCRATCH[key]
 
 
 def _model_reference(spec: Any) -> tuple[str, dict[str, Any]]:
@@ -606,8 +598,6 @@ def holdout_check(trace: Trace, *, seeds: int = 4, seed: int = 0,
     first = trace.select(np.arange(half))
     second = trace.select(np.arange(half, trace.num_tokens))
     result = fit_trace(first, seed=seed, where="the first half", progress=progress)
-    import tempfile
-
     with tempfile.TemporaryDirectory() as folder:
         path, _ = write_preset(result, Path(folder) / "first-half.yaml")
         cfg = SynthConfig.preset(str(path))
