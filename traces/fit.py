@@ -58,6 +58,7 @@ import numpy as np
 import yaml
 from moe_offload_lab.traces.analysis.cache_curves import lru_pass
 from moe_offload_lab.traces.analysis.entropy import expert_counts
+from moe_offload_lab.traces.analysis.information import mutual_information_bits
 from moe_offload_lab.traces.analysis.profile import lag_pairs, overlap_ratio, top1_transition
 from moe_offload_lab.traces.atomic import atomic_path
 from moe_offload_lab.traces.catalog import available, load_model
@@ -133,15 +134,16 @@ def _lru_at(curve: np.ndarray, fraction: float) -> float:
     return float(curve[max(1, int(np.floor(fraction * keys + 0.5)))])
 
 
+def _slot_pair_joint(a: np.ndarray, b: np.ndarray, n_experts: int) -> np.ndarray:
+    """Counts [E, E] of (expert in a row of a, expert in the same row of b) over all k x k slot
+    pairs of two [N, k] routings."""
+    cells = (a[:, :, None] * n_experts + b[:, None, :]).ravel()
+    return np.bincount(cells, minlength=n_experts**2).reshape(n_experts, n_experts)
+
+
 def _pair_mi(a: np.ndarray, b: np.ndarray, n_experts: int) -> float:
     """Plug-in mutual information (bits) over all slot pairs of two [N, k] routings."""
-    cells = (a[:, :, None] * n_experts + b[:, None, :]).ravel()
-    joint = np.bincount(cells, minlength=n_experts**2).astype(np.float64)
-    joint /= joint.sum()
-    table = joint.reshape(n_experts, n_experts)
-    pa, pb = table.sum(axis=1), table.sum(axis=0)
-    nz = table > 0
-    return float((table[nz] * np.log2(table[nz] / np.outer(pa, pb)[nz])).sum())
+    return float(mutual_information_bits(_slot_pair_joint(a, b, n_experts)))
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -252,9 +254,7 @@ def _geometry(ids: np.ndarray, n_experts: int, dim: int, rng: np.random.Generato
     router = np.empty((n_layers, n_experts, dim))
     router[0] = _unit_rows(rng.standard_normal((n_experts, dim)), rng)
     for layer in range(1, n_layers):
-        a, b = ids[:, layer - 1], ids[:, layer]
-        cells = (a[:, :, None] * n_experts + b[:, None, :]).ravel()
-        joint = np.bincount(cells, minlength=n_experts**2).reshape(n_experts, n_experts)
+        joint = _slot_pair_joint(ids[:, layer - 1], ids[:, layer], n_experts)
         joint = joint.astype(np.float64) + smoothing  # [E_prev, E]
         before = joint.sum(axis=1) / joint.sum()  # [E_prev] P(e at l-1)
         given = joint / joint.sum(axis=0, keepdims=True)  # [E_prev, E] P(e at l-1 | f at l)
