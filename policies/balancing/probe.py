@@ -61,12 +61,13 @@ class ProbeBalancer(BalancePolicy):
     class Params:
         """``predictor``: learned (PROBE's) | gate | history | oracle; ``checkpoint``: the
         ``learned`` model (``auto``: trained once per trace setting and cached by the cluster
-        simulator, :mod:`sim.cluster.predictor_cache`); ``distance``: lookahead distance read; ``decay``: history moving average;
-        ``candidates``: hot experts tried per round; ``targets``: light ranks tried per
-        expert; ``min_gain``: smallest relative improvement of the largest rank time a round
-        must make; ``time_aware``: score ranks by predicted expert time (false: token counts);
-        ``window``: respect the hiding window (false: copy whatever helps, late or not);
-        ``plan_s``: seconds the planner takes per layer (declared)."""
+        simulator, :mod:`sim.cluster.predictor_cache`); ``distance``: lookahead distance
+        read; ``decay``: history moving average; ``candidates``: hot experts tried per round;
+        ``targets``: light ranks tried per expert; ``min_gain``: smallest relative improvement
+        of the largest rank time a round must make; ``time_aware``: score ranks by predicted
+        expert time (false: token counts); ``window``: respect the hiding window (false: copy
+        whatever helps, late or not); ``plan_s``: seconds the planner takes per layer
+        (declared)."""
 
         predictor: str = "learned"
         checkpoint: str = "auto"

@@ -13,8 +13,9 @@ cache does not have it:
   request); the run then replays those requests too, which flatters the predictor (said in the
   summary's ``balance_params``).
 
-The key hashes what the training depends on (trace config or trace fingerprint, training
-settings), so a later run with the same settings loads the cached model.
+The key hashes what the training depends on (the training trace's routing fingerprint and the
+training settings), so a later run with the same settings loads the cached model and any change
+of the generator or the preset trains a new one.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _checkpoint(trace_config: Mapping[str, Any], model: str, recorded: Trace | N
     from moe_offload_lab.sim.cluster.workloads import build_trace
 
     if recorded is not None:
-        source: dict[str, Any] = {"recorded": fingerprint(recorded)}
+        trace = recorded
     else:
         config = dict(trace_config)
         seed = int(config.get("seed", 0)) + 1000
@@ -78,13 +79,13 @@ def _checkpoint(trace_config: Mapping[str, Any], model: str, recorded: Trace | N
         config.pop("requests", None)
         if config.get("volatile"):
             config["volatile"] = {**config["volatile"], "seed": seed}
-        source = {"synthetic": config, "model": model}
-    key = hashlib.sha256(json.dumps({**source, **TRAIN}, sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
+        trace = build_trace(config, model)
+    # the key is the training trace itself (any change of generator or preset retrains)
+    key = hashlib.sha256(json.dumps({"trace": fingerprint(trace), **TRAIN}, sort_keys=True)
+                         .encode()).hexdigest()[:16]
     path = cache_dir / key / "model.pt"
     if path.is_file() and path.with_suffix(".json").is_file():
         return path
-    trace = recorded if recorded is not None else build_trace(source["synthetic"], model)
     if trace.features is None:
         raise ConfigError(f"PROBE's learned predictor (checkpoint: auto) trains on hidden-state "
                           f"features and the {model} trace has none; balance=probe-gate runs "
