@@ -111,15 +111,18 @@ def _table(summary: dict[str, Any]) -> str:
     return "\n".join(f"{key:<24}{_number(summary.get(key))}" for key in _TABLE_KEYS)
 
 
-def _memory_note(summaries: list[dict[str, Any]]) -> str | None:
+def memory_note(summaries: list[dict[str, Any]]) -> str | None:
+    """A line for runs whose weights do not fit their GPU (``fits_gpu_memory``), single-GPU or
+    expert-parallel (per rank); None when all fit."""
     over = [s for s in summaries if not s.get("fits_gpu_memory", True)]
     if not over:
         return None
     worst = max(over, key=lambda s: s["gpu_memory_needed_gb"])
+    what = "of weights per rank" if "ranks" in worst else "of weights and cache"
     return (f"note: {len(over)} of {len(summaries)} runs need more GPU memory than "
-            f"{worst['hardware']} has (up to {worst['gpu_memory_needed_gb']:.1f} GB of weights "
-            f"and cache against {worst['gpu_memory_gb']:.1f} GB); cache.strict_memory=true "
-            f"refuses such runs")
+            f"{worst['hardware']} has (up to {worst['gpu_memory_needed_gb']:.1f} GB {what} "
+            f"against {worst['gpu_memory_gb']:.1f} GB); cache.strict_memory=true refuses such "
+            f"runs")
 
 
 def _run_compare(run_cfg: RunConfig, out: Path) -> None:
@@ -130,7 +133,7 @@ def _run_compare(run_cfg: RunConfig, out: Path) -> None:
     print(f"{run_cfg.model['name']} on {run_cfg.hardware['name']}, {summaries[0]['tokens']} "
           f"tokens, batch {run_cfg.batch}")
     print(text_table(table))
-    note = _memory_note(summaries)
+    note = memory_note(summaries)
     if note:
         print(note)
     print(f"wrote {', '.join(str(p) for p in paths)}")
@@ -145,20 +148,16 @@ def _run_one(run_cfg: RunConfig, out: Path, quiet: bool = False) -> None:
               f"{_number(s['tokens_per_s'])} tokens/s, hit rate {_number(s['hit_rate'])}")
         return
     print(_table(result.summary))
-    note = _memory_note([result.summary])
+    note = memory_note([result.summary])
     if note:
         print(note)
     print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 def _run_cluster(run_cfg: RunConfig, out: Path) -> None:
-    from moe_offload_lab.sim.cluster.hydra_run import simulate_cluster_run
+    from moe_offload_lab.sim.cluster.hydra_run import run_cluster
 
-    result = simulate_cluster_run(run_cfg)
-    paths = result.write(out)
-    print("\n".join(f"{key:<32}{_number(value)}" for key, value in result.summary.items()
-                    if not isinstance(value, (dict, list))))
-    print(f"wrote {', '.join(str(p) for p in paths)}")
+    print("\n".join(run_cluster(run_cfg, out)))
 
 
 def _task(cfg: DictConfig) -> None:
@@ -214,7 +213,19 @@ def _hydra_args(args: list[str]) -> tuple[list[str], bool, Path | None]:
         return [*args, f"hydra.sweep.dir={sweep_dir}"], True, sweep_dir
     if out:
         args.append(f"hydra.run.dir={out}")
+    elif _cluster_run(args) and not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append(f"hydra.run.dir={CLUSTER_RUN_DIR}")  # not the offloading defaults' name
     return args, False, None
+
+
+CLUSTER_RUN_DIR = ("outputs/cluster/${now:%Y%m%d-%H%M%S}-${model.name}-${cluster.name}-"
+                   "${hydra:runtime.choices.balance}")
+
+
+def _cluster_run(args: list[str]) -> bool:
+    """Whether the command line picks a cluster (an expert-parallel run)."""
+    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("cluster=")]
+    return bool(values) and values[-1].lower() not in ("null", "none", "")
 
 
 def _finish_sweep(sweep_dir: Path) -> int:

@@ -7,6 +7,8 @@ from moe_offload_lab.policies.balancing.base import (
     BalanceContext,
     BalancePolicy,
     BalanceSetup,
+    Plan,
+    StepBatch,
     round_robin_home,
 )
 from moe_offload_lab.policies.balancing.registry import BALANCERS
@@ -32,10 +34,10 @@ class StaticRoundRobin(BalancePolicy):
         assert self.setup is not None
         return round_robin_home(self.setup.num_experts, self.setup.ranks)
 
-    def begin_step(self, step: int, phase: int, num_tokens: int) -> None:
+    def begin_step(self, batch: StepBatch) -> None:
         """Nothing to decide."""
 
-    def plan(self, ctx: BalanceContext) -> np.ndarray | None:
+    def plan(self, ctx: BalanceContext) -> Plan | None:
         """Never replicates."""
         return None
 

@@ -6,10 +6,13 @@ Modules, one job each:
   :mod:`sim.cluster.workloads` (synthetic and volatile traces), :mod:`sim.cluster.loads`
   (per-step routing counts with numpy);
 - the model: :mod:`sim.cluster.alltoall` (dispatch and combine), :mod:`sim.cluster.rank_compute`
-  (per-rank expert time), :mod:`sim.cluster.transfers` (replica copies on per-rank links),
-  :mod:`sim.cluster.engine` (the SimPy loop over steps and layers);
+  (per-rank expert time), :mod:`sim.cluster.transfers` (replica copies on per-rank links that
+  yield to the all-to-all), :mod:`sim.cluster.engine` (the SimPy loop over steps and layers,
+  the decision stream, the replica pools);
 - outputs: :mod:`sim.cluster.metrics`, :mod:`sim.cluster.timeline`, :mod:`sim.cluster.result`;
-- running: :mod:`sim.cluster.simulate` (:func:`simulate_cluster`) and :mod:`sim.cluster.cli`.
+- running: :mod:`sim.cluster.simulate` (:func:`simulate_cluster`), :mod:`sim.cluster.hydra_run`
+  (``moe-sim cluster=...``), :mod:`sim.cluster.compare` (``moe-sim experiment=probe``) and
+  :mod:`sim.cluster.cli`.
 
 Balance policies live in :mod:`policies.balancing` (``conf/balance``).
 """

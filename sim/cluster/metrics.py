@@ -19,7 +19,7 @@ def step_frame(layers: pd.DataFrame) -> pd.DataFrame:
         a2a_s=("dispatch_s", "sum"), imbalance_before=("imbalance_before", "mean"),
         imbalance_after=("imbalance_after", "mean"),
         imbalance_after_max=("imbalance_after", "max"), replica_copies=("replica_copies", "sum"),
-        a2a_bytes=("a2a_bytes", "sum"))
+        a2a_bytes=("a2a_bytes", "sum"), plan_wait_s=("plan_wait_s", "sum"))
     steps["a2a_s"] *= 2  # dispatch and combine
     steps["duration_s"] = steps["end_s"] - steps["start_s"]
     return steps.reset_index()
@@ -32,7 +32,9 @@ def _p99(values: np.ndarray) -> float:
 def summarize(layers: pd.DataFrame, steps: pd.DataFrame, transfers: pd.DataFrame,
               expert_bytes: int) -> dict[str, Any]:
     """Imbalance (mean and p99 over step-layers, before and after balancing), prefill latency,
-    decode throughput, replica bytes and stall."""
+    decode throughput, replica bytes, and the exposed time of each side stream: copies
+    (``stall_s``) and prediction plus planning (``plan_wait_s``); ``decision_s`` and
+    ``copy_link_s`` are their total work, hidden or not."""
     before = layers["imbalance_before"].to_numpy()
     after = layers["imbalance_after"].to_numpy()
     prefill = steps[steps["phase"] == 0] if len(steps) else steps
@@ -65,6 +67,10 @@ def summarize(layers: pd.DataFrame, steps: pd.DataFrame, transfers: pd.DataFrame
         "replica_bytes": int(len(transfers) * expert_bytes),
         "stall_s": stall,
         "stall_share": stall / total_s if total_s > 0 else 0.0,
+        "plan_wait_s": float(layers["plan_wait_s"].sum()),
+        "decision_s": float(layers["decision_s"].sum()),
+        "copy_link_s": float(transfers["link_s"].sum()) if len(transfers) else 0.0,
+        "replicas_per_layer_mean": float(layers["replicas"].mean()) if len(layers) else 0.0,
         "expert_s": float(layers["expert_max_s"].sum()),
         "a2a_s": float(2 * layers["dispatch_s"].sum()),
         "a2a_bytes": float(2 * layers["a2a_bytes"].sum()),

@@ -20,6 +20,14 @@ class ExpertTimes:
         extra = np.array([self.compute.gpu_expert_s(t) for t in range(old, size)])
         self.table = np.concatenate([self.table, extra])
 
+    def of(self, tokens: np.ndarray) -> np.ndarray:
+        """Seconds of one expert instance for each token count in ``tokens`` (any shape)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        top = int(tokens.max()) if tokens.size else 0
+        if top >= len(self.table):
+            self._grow(top)
+        return self.table[tokens]
+
     def per_rank_s(self, inst: np.ndarray) -> np.ndarray:
         """Seconds of expert compute per rank for ``inst`` [ranks, E] tokens: ``[ranks]``."""
         top = int(inst.max()) if inst.size else 0

@@ -26,7 +26,7 @@ def reference(batch: int) -> torch.Tensor:
 
 def test_there_are_shape_free_policies_of_both_kinds() -> None:
     assert "lru" in POLICIES and "fiddler" in POLICIES and "belady" in POLICIES
-    assert "probe" in PREFETCHING and "oracle-prefetch" in PREFETCHING
+    assert "lookahead-budgeted" in PREFETCHING and "oracle-prefetch" in PREFETCHING
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -52,7 +52,7 @@ def test_in_flight_and_cancelled_copies_keep_numerics(name: str) -> None:
 
 
 def test_cancellation_happens_and_frees_slots() -> None:
-    result = run_replay(tiny_spec(), tiny_trace(), "probe", capacity_slots=CAPACITY,
+    result = run_replay(tiny_spec(), tiny_trace(), "lookahead-budgeted", capacity_slots=CAPACITY,
                         twin_copies_per_layer=0, check=True)
     assert result.stats["cancelled"] > 0
     cancelled = result.events[result.events["detail"] == "cancelled"]

@@ -14,7 +14,7 @@ from moe_offload_lab.sim.hardware import load_hardware
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-POLICIES = ["lru", "lru-per-layer", "on-demand", "fiddler", "belady", "probe",
+POLICIES = ["lru", "lru-per-layer", "on-demand", "fiddler", "belady", "lookahead-budgeted",
             "oracle-prefetch", "mixtral-offloading"]
 
 
@@ -60,7 +60,7 @@ def test_gpu_store_is_pinned_and_copies_are_timed() -> None:
     assert dev.event_time(dem.end) >= dev.event_time(dem.start) >= 0
 
 
-@pytest.mark.parametrize("name", ["lru", "probe"])
+@pytest.mark.parametrize("name", ["lru", "lookahead-budgeted"])
 def test_gpu_reused_assets_match_fresh_ones(name: str) -> None:
     from moe_offload_lab.hw.replay import build_assets
 

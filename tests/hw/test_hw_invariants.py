@@ -10,8 +10,8 @@ from moe_offload_lab.policies.needs import step_experts
 from moe_offload_lab.sim.eventlog import COLUMNS
 from moe_offload_lab.sim.metrics import step_frame, summarize
 
-CASES = [("lru", 1), ("lru-min-count", 3), ("on-demand", 1), ("fiddler", 3), ("probe", 1),
-         ("oracle-prefetch", 3), ("mixtral-offloading", 1)]
+CASES = [("lru", 1), ("lru-min-count", 3), ("on-demand", 1), ("fiddler", 3),
+         ("lookahead-budgeted", 1), ("oracle-prefetch", 3), ("mixtral-offloading", 1)]
 
 
 @pytest.fixture(autouse=True)

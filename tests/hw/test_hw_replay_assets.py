@@ -10,7 +10,7 @@ from hw_testing import CAPACITY, single_thread_torch, tiny_spec, tiny_trace
 from moe_offload_lab.hw.replay import ReplayAssets, build_assets, run_replay
 from moe_offload_lab.traces.errors import ConfigError
 
-POLICIES = ["lru", "fifo", "gate-lookahead", "probe"]  # on-demand and prefetching
+POLICIES = ["lru", "fifo", "gate-lookahead", "lookahead-budgeted"]  # on-demand and prefetching
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,8 @@ def test_list_and_show(capsys) -> None:
 
 
 def test_eval_text(trace_path: Path, capsys) -> None:
-    assert main(["eval", str(trace_path), "--policy", "probe", "--cache-fraction", "0.3"]) == 0
+    assert main(["eval", str(trace_path), "--policy", "lookahead-budgeted",
+                 "--cache-fraction", "0.3"]) == 0
     out = capsys.readouterr().out
     assert "hit ratio" in out and "precision" in out and "topk_acc" in out
 

@@ -14,7 +14,7 @@ CACHE_KEYS = {"slots", "fraction", "replacement", "accesses", "hits", "hit_ratio
 
 def test_json_keys_are_stable() -> None:
     trace = random_trace(1, 30, 3, 8, 2, lookahead=(1, 2))
-    result = evaluate(trace, load_policy("probe"), 8, batch=2).to_dict()
+    result = evaluate(trace, load_policy("lookahead-budgeted"), 8, batch=2).to_dict()
     assert list(result) == ["policy", "oracle", "model", "num_layers", "num_experts", "top_k",
                             "tokens", "batch", "steps", "cache", "prediction"]
     assert set(result["cache"]) == CACHE_KEYS

@@ -14,7 +14,8 @@ from moe_offload_lab.traces.errors import ConfigError
 from sim_testing import HW, check_log, spec
 
 POLICIES = ["lru", "fifo", "lfu", "lru-per-layer", "gate-lookahead", "mixtral-offloading",
-            "fiddler", "oracle-belady", "oracle-prefetch", "prophet", "probe", "moe-infinity"]
+            "fiddler", "oracle-belady", "oracle-prefetch", "prophet", "lookahead-budgeted",
+            "moe-infinity"]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -190,7 +190,7 @@ def test_cancelled_running_chunked_copy_counts_partial_chunk() -> None:
 
 # ---- the engine with chunking on -------------------------------------------------------------
 POLICIES = ["lru", "gate-lookahead", "oracle-prefetch", "prescope", "mixtral-offloading",
-            "probe"]
+            "lookahead-budgeted"]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -152,7 +152,7 @@ def test_expert_parallel_runs_through_moe_sim(tmp_path: Path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cluster"] == "h100x8-nvswitch" and summary["balance"] == "eplb"
     assert summary["ranks"] == 8 and summary["trace_tokens"] == 400
-    assert summary["imbalance_after_mean"] <= summary["imbalance_before_mean"] + 1e-9
+    assert summary["pool"] == "resident" and summary["fits_gpu_memory"] is True
     assert (out / "timeline.json").is_file() and (out / "layers.parquet").is_file()
     capsys.readouterr()
     assert main(["cluster=no-such-cluster", f"out={tmp_path / 'x'}"]) == 2

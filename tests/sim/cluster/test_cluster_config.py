@@ -63,21 +63,25 @@ def test_bundled_configs_load() -> None:
     for name in ("h100x8-nvswitch", "h200x8-nvswitch", "h100x16-2nodes-ib"):
         cluster = load_cluster(name)
         assert cluster.hardware().name == cluster.gpu
-    for name in ("static", "eplb", "probe", "probe-oracle", "probe-history"):
+    for name in ("static", "eplb", "probe", "probe-gate", "probe-oracle", "probe-history"):
         assert load_balancer(name) is not None
+    with pytest.raises(ConfigError, match="needs checkpoint"):
+        load_balancer({"name": "probe", "checkpoint": ""})  # a checkpoint or auto
     assert load_balancer("probe-oracle").is_oracle
 
 
 def test_cli_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--balance", "nope"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("moe-cluster: error: unknown balance 'nope'")
+    # the prefix names the command the user ran (there is no moe-cluster command)
+    assert err.startswith("python -m moe_offload_lab.sim.cluster.cli: error: unknown balance "
+                          "'nope'")
     assert "\n" not in err and "Traceback" not in err
 
 
 def test_cli_small_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ep"
-    code = main(["--model", "olmoe-1b-7b", "--balance", "probe", "--tokens", "300",
+    code = main(["--model", "olmoe-1b-7b", "--balance", "probe-gate", "--tokens", "300",
                  "--batch", "4", "--max-steps", "3", "--shift-every", "2", "-o", str(out)])
     assert code == 0
     assert (out / "summary.json").is_file() and (out / "timeline.json").is_file()

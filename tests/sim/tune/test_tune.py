@@ -26,11 +26,13 @@ SPACE = {
     "base": ["trace.tokens=400"],
     "prune": {"prefix": 0.75, "startup_trials": 2},
     "params": {
-        "policy": {"type": "categorical", "choices": ["lru", "probe", "gate-lookahead"]},
+        "policy": {"type": "categorical",
+                   "choices": ["lru", "lookahead-budgeted", "gate-lookahead"]},
         "policy.planner.min_confidence": {"type": "float", "low": 0.0, "high": 0.9,
-                                          "when": {"policy": ["probe", "gate-lookahead"]}},
+                                          "when": {"policy": ["lookahead-budgeted",
+                                                              "gate-lookahead"]}},
         "policy.planner.budget_experts": {"type": "int", "low": 1, "high": 6,
-                                          "when": {"policy": ["probe"]}},
+                                          "when": {"policy": ["lookahead-budgeted"]}},
     },
 }
 PARETO = {
@@ -39,7 +41,7 @@ PARETO = {
     "prune": {"prefix": None},
     "params": {
         "cache.fraction": {"type": "float", "low": 0.25, "high": 1.0, "step": 0.25},
-        "policy": {"type": "categorical", "choices": ["lru", "probe"]},
+        "policy": {"type": "categorical", "choices": ["lru", "lookahead-budgeted"]},
     },
 }
 
@@ -150,7 +152,7 @@ def test_multi_objective_returns_a_non_dominated_front(tmp_path: Path) -> None:
     ({"params": {"cachee.fraction": {"type": "float", "low": 0.1, "high": 1}}}, "cachee"),
     ({"params": {"policy": {"type": "categorical", "choices": ["lru", "no-such-policy"]}}},
      "unknown policy 'no-such-policy'"),
-    ({"params": {"policy": {"type": "categorical", "choices": ["lru", "probe"]},
+    ({"params": {"policy": {"type": "categorical", "choices": ["lru", "lookahead-budgeted"]},
                  "policy.planner.budget_experts": {"type": "int", "low": 1, "high": 4}}},
      "when"),
 ])
