@@ -26,13 +26,8 @@ import simpy
 from moe_offload_lab.policies.base import Policy
 from moe_offload_lab.policies.cache import SlotCache
 from moe_offload_lab.policies.context import LayerContext
-from moe_offload_lab.policies.evaluation import (
-    choose_victims,
-    place_and_admit,
-    plan_with_room,
-    validate_cancel,
-)
 from moe_offload_lab.policies.needs import step_experts
+from moe_offload_lab.policies.protocol import LayerProtocol, Transfers
 from moe_offload_lab.sim.compute import ComputeModel
 from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
 from moe_offload_lab.sim.hardware import HardwareProfile
@@ -43,7 +38,6 @@ from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.spec import ModelSpec
 
-_NO_KEYS: frozenset[int] = frozenset()
 _K_COMPUTE, _R_GPU = KIND["compute"], RESOURCE["gpu"]
 _R_CPU, _D_CPU = RESOURCE["cpu"], DETAIL["cpu"]
 
@@ -60,7 +54,7 @@ class EngineResult:
     expert_bytes: int
 
 
-class Engine:
+class Engine(Transfers):
     """Simulate ``trace`` under ``policy`` with a ``capacity_slots`` GPU expert cache.
 
     ``batch`` requests run together (static batching, :func:`sim.workload.static_batches`) unless
@@ -128,11 +122,11 @@ class Engine:
         policy.reset(spec, self.capacity_slots, self.compute.cost_model(), trace=self.trace,
                      schedule=None if self.batcher is not None else self.schedule)
         self.cache = SlotCache(self.capacity_slots, n_experts, n_layers, policy.partition_slots)
-        self.copies: dict[int, Copy] = {}  # key -> in-flight copy holding a slot
-        self.unused_prefetch: dict[int, Copy] = {}  # prefetched keys not accessed yet
         self.env = simpy.Environment()
         self.link = Link(self.env, self.compute.link_bytes_per_s, self.compute.link_latency_s,
                          n_experts, self.log, self._copy_done, self.chunk_bytes)
+        self.protocol = LayerProtocol(policy, self.cache, self, codes=DETAIL)
+        self._idle_until, self._served = 0.0, -1
         if self.preload:
             for key in range(n_layers * n_experts):
                 if self.cache.free_slots() <= 0:
@@ -140,11 +134,10 @@ class Engine:
                 if self.cache.free_slots(key // n_experts) > 0:
                     self.cache.insert(key)
                     policy.on_fetch_done(key)
-        self.env.process(self._main())
         gc_enabled = gc.isenabled()
         gc.disable()  # millions of short-lived objects: collection passes cost ~5% for nothing
         try:
-            self.env.run()  # the main process cancels leftover copies, so the link drains too
+            self._main()
         finally:
             if gc_enabled:
                 gc.enable()
@@ -152,29 +145,65 @@ class Engine:
         return EngineResult(self.log.to_frame(), self.end_s, tokens, len(self.schedule),
                             self.capacity_slots, spec.expert_bytes)
 
+    # ---- Transfers: the protocol's copy hooks (policies.protocol) -------------------------------
+    def start_copy(self, key: int, purpose: str, layer: int) -> Copy:
+        """A copy of ``key`` that starts once the layer's decisions are made (submitted with the
+        layer's other copies when the protocol returns)."""
+        copy = Copy(key, self._expert_bytes, purpose, self._step, layer, self._ready)
+        if self.host is not None:
+            copy.bytes_per_s = self.host.source_bytes_per_s(key)
+        self._to_submit.append(copy)
+        return copy
+
+    def cancel_copy(self, handle: Copy) -> None:
+        """Abandon a queued or running prefetch now (at the decision's time)."""
+        self.link.cancel(handle)
+
+    def awaited(self, handle: Copy) -> None:
+        """A layer needs this copy: demand priority from now on."""
+        self.link.promote(handle)
+
+    def prefetch_used(self, handle: Copy) -> None:
+        """Its log row (now or at completion) says ``prefetch_used``."""
+        handle.used = True
+        if handle.row >= 0:
+            self.log.set_detail(handle.row, "prefetch_used")
+
+    def before_cancel(self) -> None:
+        """A cancel acts at the link's time: bring it up to the decision's."""
+        self._sync(self._clock)
+
     def _copy_done(self, copy: Copy) -> None:
-        if copy.purpose == "stream":
-            return
-        del self.copies[copy.key]
-        self.cache.complete_fetch(copy.key)
-        self.policy.on_fetch_done(copy.key)
+        if copy.purpose != "stream":
+            self.protocol.copy_done(copy.key)
 
-    def _evict(self, need: int, layer: int, protected: list[int]) -> None:
-        """Free the slots of the policy's checked victims (:func:`choose_victims`)."""
-        policy, cache, unused = self.policy, self.cache, self.unused_prefetch
-        for key in choose_victims(policy, cache, need, layer, protected, self.spec.num_experts):
-            cache.remove(key)
-            unused.pop(key, None)
-            policy.on_evict(key)
+    # ---- time -----------------------------------------------------------------------------------
+    def _advance(self, t: float) -> None:
+        """Process every link event due by ``t`` (the GPU stream's clock). Between events the
+        link's own clock may lag behind: nothing happens on it until its next event."""
+        env = self.env
+        while env.peek() <= t:
+            env.step()
 
-    def _main(self):  # noqa: ANN202, C901 - SimPy generator; the contract's sequence in one place
-        env, log, cache, policy, link = self.env, self.log, self.cache, self.policy, self.link
-        spec, compute, trace = self.spec, self.compute, self.trace
-        n_layers, n_experts, expert_bytes = spec.num_moe_layers, spec.num_experts, spec.expert_bytes
+    def _sync(self, t: float) -> None:
+        """Process the link's events due by ``t`` and set its clock to ``t`` exactly."""
+        self._advance(t)
+        if self.env.now < t:
+            self.env.run(until=t)
+
+    def _wait(self, copy: Copy) -> None:
+        """Run the link until ``copy`` lands (the link's clock is then its completion time)."""
+        step = self.env.step
+        while copy.state != "done":
+            step()
+
+    def _main(self) -> None:  # noqa: C901 - the engine's timing loop in one place
+        env, log, cache, link = self.env, self.log, self.cache, self.link
+        spec, compute, trace, protocol = self.spec, self.compute, self.trace, self.protocol
+        n_layers, n_experts = spec.num_moe_layers, spec.num_experts
+        self._expert_bytes = spec.expert_bytes
         ctx = LayerContext(spec, cache)
-        copies, unused = self.copies, self.unused_prefetch
-        decision = policy.decision_cost
-        host = self.host
+        decision = self.policy.decision_cost
         ids_all, gates_all = trace.expert_ids, trace.gate_weights
         gpu_memo = self._gpu_memo = {}  # tokens -> seconds of one expert
         self._cpu_memo = {}
@@ -185,11 +214,9 @@ class Engine:
         r_gpu, r_none, r_decision = RESOURCE["gpu"], RESOURCE["none"], RESOURCE[decision.where]
         d_other, d_decision, d_step, d_wait = (DETAIL[n] for n in (
             "other", "decision", "step", "wait"))
-        d_hit, d_prefetch_hit, d_inflight, d_miss = (DETAIL[n] for n in (
-            "hit", "prefetch_hit", "inflight", "miss"))
         ahead: dict[int, np.ndarray] = {}
         ctx.lookahead = ahead  # filled in place at every layer
-        reads = policy.lookahead_distances  # None: every distance the trace carries
+        reads = self.policy.lookahead_distances  # None: every distance the trace carries
         lookahead = [(d, cols) for d, cols in sorted(trace.lookahead.items())
                      if reads is None or d in reads]
         # static schedules: every step's rows gathered once; a step then slices them (views)
@@ -208,23 +235,23 @@ class Engine:
             offsets = (np.arange(n_layers, dtype=np.int64) * n_experts)[None, :, None]  # [1, L, 1]
             keys_all = (sorted_ids.astype(np.int64) + offsets).tolist()  # [S][L][k]
             ones = [[1] * spec.top_k] * n_layers
-        resident = cache.resident  # a live set, never replaced
-        # hot calls, bound once (policies bind their methods in reset, before the run)
-        on_layer, prefetch, evict, check = policy.on_layer, policy.prefetch, self._evict, self.check
-        start_fetch, promote, submit_all, completion = (cache.start_fetch, link.promote,
-                                                        link.submit_all, link.completion)
-        # ``clock`` is the GPU stream's time. While nothing can happen on the link before a
-        # layer's end (no copy in flight, or the running one ends later), the main process skips
-        # the layer's timeout and lets ``clock`` run ahead of ``env.now``; it syncs (one timeout)
-        # otherwise, and before cancelling. Copies submitted while behind start at their
-        # ``ready_s``, an absolute time, so timing is unchanged. (Not with a batcher: arrivals
-        # are read against env.now.)
-        defer = self.batcher is None and self.defer_timeouts
-        clock = float(env.now)
-        for step, rows in enumerate(self._steps()):
-            if env.now < self._idle_until:  # continuous batching: wait for the next arrival
-                yield env.timeout(self._idle_until - env.now)
-                clock = env.now
+        to_submit: list[Copy] = []
+        self._to_submit = to_submit
+        layer_protocol, submit_all, advance = protocol.layer, link.submit_all, self._advance
+        peek = env.peek
+        check, wait_copy = self.check, self._wait
+        # ``clock`` is the GPU stream's time; the link's runs behind it and catches up (processes
+        # its events due by then) before each decision, so a copy submitted at the decision
+        # starts at its ``ready_s`` (an absolute time) and timing is exact.
+        eager = not self.defer_timeouts  # tests: set the link's clock at every layer's end
+        clock = 0.0
+        step = -1
+        while True:
+            rows = self._next_rows(clock)
+            if rows is None:
+                break
+            step += 1
+            clock = max(clock, self._idle_until)  # continuous batching: the next arrival
             step_start = clock
             n_tok = len(rows)
             if static:
@@ -244,8 +271,9 @@ class Engine:
                              for layer, layer_experts in enumerate(experts)]
             # per-layer lookahead views, built in one C loop each: [L] of [B, k]
             ahead_by_layer = [(d, list(cols.swapaxes(0, 1))) for d, cols in step_lookahead]
+            self._step = step
             ctx.begin_step(step, request_ids, phase, rows, ids, gates)
-            policy.begin_step(ctx)
+            protocol.begin_step(ctx)
             memo = step_memo.get(n_tok)
             if memo is None:
                 memo = step_memo[n_tok] = (compute.layer_other_s(n_tok), decision.seconds(n_tok))
@@ -253,10 +281,6 @@ class Engine:
             # non-expert work of layer 0
             buf += pack(k_compute, clock, clock + other_s, step, 0, -1, 0, r_gpu, d_other, n_tok)
             clock += other_s
-            if not (defer and (link.running is None and not copies
-                                  or link.running is not None and clock < link.busy_until)):
-                yield env.timeout(clock - env.now)
-                clock = env.now
             for layer in range(n_layers):
                 layer_experts, layer_tokens, keys = experts[layer], tokens[layer], step_keys[layer]
                 for d, la in ahead_by_layer:
@@ -265,89 +289,25 @@ class Engine:
                 # the step's arrays, see LayerContext.begin_step)
                 ctx.layer, ctx.experts, ctx.tokens_per_expert, ctx.keys = \
                     layer, layer_experts, layer_tokens, keys
-                on_layer(ctx)
-                ready = clock + decision_s  # when the policy's decisions are made
-                protected = keys  # a few keys: a list is as fast as a set here
-                outcome: list[int] = []
-                wait: list[Copy] = []
-                missing: list[int] = []
-                for key in keys:
-                    if key in resident:
-                        copy = unused.pop(key, None)
-                        if copy is not None:
-                            copy.used = True
-                            log.set_detail(copy.row, "prefetch_used")
-                            outcome.append(d_prefetch_hit)
-                        else:
-                            outcome.append(d_hit)
-                    elif key in copies:
-                        copy = copies[key]
-                        if unused.pop(key, None) is not None:
-                            copy.used = True
-                        promote(copy)
-                        wait.append(copy)
-                        outcome.append(d_inflight)
-                    else:
-                        missing.append(key)
-                        outcome.append(d_miss)
-                to_submit: list[Copy] = []
-                on_cpu: set[int] = _NO_KEYS
-                if missing:
-                    fetch, cpu, keep = place_and_admit(policy, ctx, missing, cache, layer,
-                                                       evict, protected)
-                    on_cpu = set(cpu)
-                    kept = set()
-                    for key in keep:
-                        if cache.free_slots(layer) > 0:
-                            start_fetch(key)
-                            copy = Copy(key, expert_bytes, "demand", step, layer, ready)
-                            if host is not None:
-                                copy.bytes_per_s = host.source_bytes_per_s(key)
-                            copies[key] = copy
-                            kept.add(key)
-                            to_submit.append(copy)
-                            wait.append(copy)
-                    for key in fetch:
-                        if key not in kept:  # not admitted, or no slot: a scratch-buffer copy
-                            copy = Copy(key, expert_bytes, "stream", step, layer, ready)
-                            if host is not None:
-                                copy.bytes_per_s = host.source_bytes_per_s(key)
-                            to_submit.append(copy)
-                            wait.append(copy)
-                plan = prefetch(ctx)
-                if plan.cancel and env.now < clock:  # a cancel acts at env.now: catch up
-                    yield env.timeout(clock - env.now)
-                    clock = env.now
-                for key in plan.cancel:
-                    copy = copies.get(key)
-                    validate_cancel(policy.name, key, copy and copy.purpose, protected)
-                    link.cancel(copy)
-                    del copies[key]
-                    unused.pop(key, None)
-                    cache.remove(key)
-                    policy.on_evict(key)
-                if plan.keys:
-                    fetch = plan_with_room(policy.name, plan.keys, cache, n_layers, n_experts,
-                                           evict, protected)
-                    for key in fetch:
-                        start_fetch(key)
-                        copy = Copy(key, expert_bytes, "prefetch", step, layer, ready)
-                        if host is not None:
-                            copy.bytes_per_s = host.source_bytes_per_s(key)
-                        copies[key] = copy
-                        unused[key] = copy
-                        to_submit.append(copy)
+                if eager:
+                    self._sync(clock)
+                elif peek() <= clock:
+                    advance(clock)  # link events due before the routing is known
+                self._clock = clock
+                ready = self._ready = clock + decision_s  # when the policy's decisions are made
+                outcome, wait, on_cpu = layer_protocol(ctx)
                 # the decision takes decision_s; copies start when it is made (no extra event)
                 if decision_s > 0:
                     buf += pack(k_policy, clock, ready, step, layer, -1, 0, r_decision, d_decision,
                                 n_tok)
                 if to_submit:
                     submit_all(to_submit)
+                    to_submit.clear()
                 waited = False
                 for copy in wait:  # the link serves them one at a time: wait in turn
                     if copy.state != "done":
                         waited = True
-                        yield completion(copy)
+                        wait_copy(copy)
                 if waited:
                     # the copies may land before the policy's decision ends: no stall then
                     clock = max(env.now, ready)
@@ -374,18 +334,16 @@ class Engine:
                                 d_other, n_tok)
                     end += other_s
                 clock = end
-                if not (defer and (link.running is None and not copies
-                                  or link.running is not None and clock < link.busy_until)):
-                    yield env.timeout(end - env.now)
-                    clock = env.now
-            policy.end_step(ctx)
+            protocol.end_step(ctx)
             buf += pack(k_step, step_start, clock, step, -1, -1, 0, r_none, d_step, n_tok)
         self.end_s = float(clock)
-        if copies and env.now < clock:
-            yield env.timeout(clock - env.now)
         # copies still queued or running when the last step ends are abandoned (logged as such)
-        for copy in list(copies.values()):
-            link.cancel(copy)
+        leftover = protocol.abandon_all()
+        if leftover:
+            self._sync(clock)
+            for copy in leftover:
+                link.cancel(copy)
+        env.run()
 
     def _log_experts(self, step: int, layer: int, start_s: float, experts: list[int],
                      keys: list[int], tokens: list[int], outcome: list[int], on_cpu: set[int]
@@ -411,22 +369,25 @@ class Engine:
                 gpu_t += dt
         return max(gpu_t, cpu_t)
 
-    def _steps(self):  # noqa: ANN202 - generator of each step's rows
-        self._idle_until = 0.0
+    def _next_rows(self, clock: float) -> np.ndarray | None:
+        """The rows of the next step starting at ``clock`` (None: the run is over). With a
+        batcher, a step waits for the next arrival when nobody is running (``_idle_until``)."""
         batcher = self.batcher
         if batcher is None:
-            yield from self.schedule
-            return
-        env = self.env
+            self._idle_until = clock
+            self._served += 1
+            index = self._served
+            return self.schedule[index] if index < len(self.schedule) else None
+        now = max(clock, self._idle_until)
         while not batcher.done():
-            now = max(env.now, self._idle_until)
             rows = batcher.next_step(now)
             if rows.size:
                 self._idle_until = now
                 self.schedule.append(rows)
-                yield rows
-            else:
-                self._idle_until = max(now, batcher.next_arrival_s())
+                return rows
+            now = max(now, batcher.next_arrival_s())
+            self._idle_until = now
+        return None
 
     def _check_layer(self, keys: list[int], on_cpu: set[int], wait: list[Copy]) -> None:
         cache = self.cache
