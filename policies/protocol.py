@@ -144,16 +144,10 @@ class LayerProtocol:
         self.memory.complete_fetch(key)
         self.policy.on_fetch_done(key)
 
-    def _fetch(self, key: int, purpose: str, layer: int) -> Any | None:
-        """Book a slot for ``key`` and start its copy; an instant copy lands here."""
-        self.memory.start_fetch(key)
-        handle = self.transfers.start_copy(key, purpose, layer)
-        if handle is None:
-            self.memory.complete_fetch(key)
-            self.policy.on_fetch_done(key)
-        else:
-            self.copies[key] = handle
-        return handle
+    def _landed(self, key: int) -> None:
+        """An instant slot copy of ``key`` completed at once."""
+        self.memory.complete_fetch(key)
+        self.policy.on_fetch_done(key)
 
     def _evict(self, need: int, layer: int, protected: Sequence[int]) -> None:
         """Free the slots of the policy's checked victims (:func:`choose_victims`)."""
@@ -225,12 +219,16 @@ class LayerProtocol:
         """Step 5's copies: the plan, checked, with room made (:func:`plan_with_room`)."""
         fetch = plan_with_room(self.policy.name, plan_keys, self.cache, self.n_layers,
                                self.n_experts, self._evict, protected)
-        unused, prefetching = self.unused, self.prefetching
+        unused, prefetching, copies = self.unused, self.prefetching, self.copies
+        start_copy, book = self.transfers.start_copy, self.memory.start_fetch
         for key in fetch:
-            handle = self._fetch(key, PREFETCH, layer)
+            book(key)
+            handle = start_copy(key, PREFETCH, layer)
             if handle is None:
+                self._landed(key)
                 unused[key] = _LANDED
             else:
+                copies[key] = handle
                 unused[key] = handle
                 prefetching.add(key)
         self.n_prefetch += len(fetch)
@@ -243,14 +241,18 @@ class LayerProtocol:
         fetch, cpu, keep = place_and_admit(self.policy, ctx, missing, cache, layer, self._evict,
                                            ctx.keys)
         kept = set()
+        start_copy, book, copies = self.transfers.start_copy, self.memory.start_fetch, self.copies
         for key in keep:
             if cache.free_slots(layer) > 0:
-                handle = self._fetch(key, DEMAND, layer)
-                if handle is not None:
+                book(key)
+                handle = start_copy(key, DEMAND, layer)
+                if handle is None:
+                    self._landed(key)
+                else:
+                    copies[key] = handle
                     wait.append(handle)
                 kept.add(key)
         self.n_demand += len(kept)
-        start_copy = self.transfers.start_copy
         for key in fetch:
             if key not in kept:  # not admitted, or no slot: a scratch-buffer copy
                 handle = start_copy(key, STREAM, layer)

@@ -1,17 +1,28 @@
-"""The SimPy engine: replays a trace through a policy on a hardware profile.
+"""The simulator's engine: replays a trace through a policy on a hardware profile and a runtime.
 
-One main process runs the GPU stream step by step and layer by layer, following the call order of
-:mod:`policies.base` exactly; a :class:`~sim.link.Link` serves the copies (one SimPy timeout per
-copy, with callbacks). Per MoE layer: the non-expert work (attention...) runs, then the routing is
-known and the policy is called (``on_layer``, ``place``, ``admit``, ``evict``, ``prefetch``), the
-demand copies are queued before the prefetches, the layer waits (a *stall*) for every copy it
-needs, then its experts run: GPU experts one after another on the GPU stream, CPU-placed ones on
-the host CPU in parallel, and the layer ends when both are done.
+A plain loop runs the GPU stream step by step and layer by layer; the contract's calls go through
+the one protocol every engine drives (:class:`policies.protocol.LayerProtocol`), and this engine
+supplies how time passes: a :class:`~sim.link.Link` serves the copies (SimPy events with
+callbacks, processed up to the GPU stream's clock before each decision), the host CPU runs
+CPU-placed experts, and the runtime's implementation profile (:class:`~sim.system.SystemProfile`)
+adds its overheads and decides what overlaps. Per MoE layer:
 
-Events: one per copy, plus one per wait for a copy that is still queued (a copy already running
-is waited on through its own timeout), plus a layer's timeout only when a copy ends during that
-layer (otherwise the main process runs ahead of the clock, see ``_main``). Event-log rows are
-packed records (:mod:`sim.eventlog`). ``benchmarks/bench_sim.py`` times the issue's two cases.
+1. the non-expert work (attention over the KV cache, router, norms: :mod:`sim.compute`) ends
+   and the routing is known; the policy decides (its declared decision time), and the copies it
+   asked for are queued, demand before prefetch (one transfer for the layer's demand copies when
+   the runtime batches them);
+2. CPU-placed experts start on the host at once, on ``cpu_cores`` (as many at a time as the
+   runtime's threads per expert allow), in parallel with the copies and the GPU;
+3. GPU experts: when the runtime computes while copying (ProMoE-style), the resident ones run
+   first and each missing one as soon as its copy lands; otherwise the layer waits for all its
+   copies (a *stall*), then runs them one after another. A runtime that does not overlap copies
+   with compute (one stream, or pageable memory) waits for every copy in flight, prefetches
+   included. Each wait for a copy costs the runtime's ``copy_sync_s`` when it ends;
+4. the layer ends when GPU and CPU experts are both done; the next layer's non-expert work
+   follows on the GPU stream.
+
+Events: one per copy (per chunk when chunked); nothing else is scheduled in SimPy. Event-log rows
+are packed records (:mod:`sim.eventlog`). ``benchmarks/bench_sim.py`` times the issue's cases.
 """
 
 from __future__ import annotations
@@ -33,13 +44,35 @@ from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
 from moe_offload_lab.sim.hardware import HardwareProfile
 from moe_offload_lab.sim.host import HostTier
 from moe_offload_lab.sim.link import Copy, Link
+from moe_offload_lab.sim.system import SystemProfile
 from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.spec import ModelSpec
 
-_K_COMPUTE, _R_GPU = KIND["compute"], RESOURCE["gpu"]
-_R_CPU, _D_CPU = RESOURCE["cpu"], DETAIL["cpu"]
+_K_COMPUTE, _K_STALL, _R_GPU = KIND["compute"], KIND["stall"], RESOURCE["gpu"]
+_R_CPU, _D_CPU, _D_WAIT = RESOURCE["cpu"], DETAIL["cpu"], DETAIL["wait"]
+
+
+def _attended(position: np.ndarray, request_ids: np.ndarray) -> tuple[int, int]:
+    """One step's attention work: the sum over its tokens of the context each attends to
+    (position + 1), and the KV-cache entries it reads (per request, its longest context).
+    ``position``, ``request_ids`` [B], each request's rows contiguous and ascending."""
+    ctx = position.astype(np.int64) + 1  # [B]
+    last = np.r_[request_ids[1:] != request_ids[:-1], True]  # [B] a request's last row
+    return int(ctx.sum()), int(ctx[last].sum())
+
+
+def _attended_by_step(position: np.ndarray, request_ids: np.ndarray, bounds: list[int]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_attended` of every step of a static schedule at once: ``position`` and
+    ``request_ids`` [R] are the schedule's rows in order, step ``s`` holding
+    ``bounds[s]:bounds[s + 1]``. Returns two arrays [S]."""
+    starts = np.asarray(bounds[:-1], dtype=np.int64)  # [S]
+    ctx = position.astype(np.int64) + 1  # [R]
+    last = np.r_[request_ids[1:] != request_ids[:-1], True]  # [R]
+    last[np.asarray(bounds[1:], dtype=np.int64) - 1] = True  # a step's last row ends a run
+    return np.add.reduceat(ctx, starts), np.add.reduceat(np.where(last, ctx, 0), starts)
 
 
 @dataclass
@@ -65,17 +98,21 @@ class Engine(Transfers):
     every layer (for tests). ``chunk_mb`` > 0 moves copies in chunks of at most that many MB
     (1e6 bytes) so a demand copy can overtake a running prefetch (:class:`~sim.link.Link`).
     ``host`` (:class:`sim.host.HostTier`) models host DRAM over NVMe when the experts do not all
-    fit in DRAM: each copy then runs at its source's bandwidth.
+    fit in DRAM: each copy then runs at its source's bandwidth. ``system`` is the runtime's
+    implementation profile (None: :meth:`~sim.system.SystemProfile.ideal`, no overheads).
     """
 
-    defer_timeouts = True  # skip SimPy timeouts while the link is idle (see _main); tests toggle it
+    # False (tests): set the link's clock to the GPU stream's at every layer, not only process
+    # its events due by then; timing must not change
+    defer_timeouts = True
 
     def __init__(self, spec: ModelSpec, trace: Trace, policy: Policy, hardware: HardwareProfile,
                  capacity_slots: int, batch: int = 1, *,
                  schedule: Sequence[np.ndarray] | None = None,
                  batcher: ContinuousBatcher | None = None,
                  preload: bool = False, prefill: bool = True, check: bool = False,
-                 chunk_mb: float = 0, host: HostTier | None = None) -> None:
+                 chunk_mb: float = 0, host: HostTier | None = None,
+                 system: SystemProfile | None = None) -> None:
         n_keys = spec.num_expert_keys
         if isinstance(capacity_slots, bool) or not isinstance(capacity_slots, (int, np.integer)):
             raise ConfigError(f"cache capacity must be an integer number of slots, "
@@ -110,7 +147,8 @@ class Engine(Transfers):
         self.chunk_bytes = int(chunk_mb * 1e6)  # 0: whole copies (no chunking)
         if chunk_mb > 0 and self.chunk_bytes < 1:
             raise ConfigError(f"link.chunk_mb of {chunk_mb!r} is under one byte")
-        self.compute = ComputeModel(spec, hardware)
+        self.compute = ComputeModel(spec, hardware, system)
+        self.system = self.compute.system
         self.host = host
         self.log = EventLog()
 
@@ -124,7 +162,8 @@ class Engine(Transfers):
         self.cache = SlotCache(self.capacity_slots, n_experts, n_layers, policy.partition_slots)
         self.env = simpy.Environment()
         self.link = Link(self.env, self.compute.link_bytes_per_s, self.compute.link_latency_s,
-                         n_experts, self.log, self._copy_done, self.chunk_bytes)
+                         n_experts, self.log, self._copy_done, self.chunk_bytes,
+                         engines=self.hardware.copy_engines)
         self.protocol = LayerProtocol(policy, self.cache, self, codes=DETAIL)
         self._idle_until, self._served = 0.0, -1
         if self.preload:
@@ -177,6 +216,14 @@ class Engine(Transfers):
         if copy.purpose != "stream":
             self.protocol.copy_done(copy.key)
 
+    def _submit(self, copies: list[Copy]) -> None:
+        """Queue the layer's copies; a batching runtime sends its demand copies as one."""
+        if self.system.batched_copies:
+            demand = [c for c in copies if c.purpose != "prefetch"]
+            if len(demand) > 1:
+                copies = [self.link.batch(demand), *(c for c in copies if c.purpose == "prefetch")]
+        self.link.submit_all(copies)
+
     # ---- time -----------------------------------------------------------------------------------
     def _advance(self, t: float) -> None:
         """Process every link event due by ``t`` (the GPU stream's clock). Between events the
@@ -207,7 +254,7 @@ class Engine(Transfers):
         ids_all, gates_all = trace.expert_ids, trace.gate_weights
         gpu_memo = self._gpu_memo = {}  # tokens -> seconds of one expert
         self._cpu_memo = {}
-        step_memo: dict[int, tuple[float, float]] = {}  # batch size -> (other_s, decision_s)
+        decision_memo: dict[int, float] = {}  # batch size -> decision_s
         buf, pack = log.buf, log.pack  # buf += pack(row): see EventLog.add_codes for the columns
         k_compute, k_stall, k_policy, k_step = (KIND[n] for n in (
             "compute", "stall", "policy", "step"))
@@ -227,6 +274,10 @@ class Engine(Transfers):
             ids_rows, gates_rows = ids_all[rows_all], gates_all[rows_all]  # [R, L, k]
             request_rows, phase_rows = trace.request_id[rows_all], trace.phase[rows_all]  # [R]
             lookahead_rows = [(d, cols[rows_all]) for d, cols in lookahead]  # [R, L, k] each
+            context_steps, kv_steps = _attended_by_step(trace.position[rows_all], request_rows,
+                                                        bounds)  # [S] each
+            other_steps = compute.layer_other_steps(np.diff(bounds), context_steps,
+                                                    kv_steps).tolist()  # [S]
         # batch-1 schedules: every step's sorted expert lists and keys in one numpy call
         single = static and all(len(r) == 1 for r in self.schedule)
         if single:
@@ -237,8 +288,12 @@ class Engine(Transfers):
             ones = [[1] * spec.top_k] * n_layers
         to_submit: list[Copy] = []
         self._to_submit = to_submit
-        layer_protocol, submit_all, advance = protocol.layer, link.submit_all, self._advance
-        peek = env.peek
+        layer_protocol, advance = protocol.layer, self._advance
+        submit = self._submit if self.system.batched_copies else link.submit_all
+        peek, system = env.peek, self.system
+        serial, reorder = not system.overlaps, system.compute_while_copying
+        sync_s = system.copy_sync_s
+        self._lanes = compute.cpu_lanes
         check, wait_copy = self.check, self._wait
         # ``clock`` is the GPU stream's time; the link's runs behind it and catches up (processes
         # its events due by then) before each decision, so a copy submitted at the decision
@@ -274,10 +329,14 @@ class Engine(Transfers):
             self._step = step
             ctx.begin_step(step, request_ids, phase, rows, ids, gates)
             protocol.begin_step(ctx)
-            memo = step_memo.get(n_tok)
-            if memo is None:
-                memo = step_memo[n_tok] = (compute.layer_other_s(n_tok), decision.seconds(n_tok))
-            other_s, decision_s = memo
+            if static:
+                other_s = other_steps[step]
+            else:
+                other_s = compute.layer_other_s(n_tok, *_attended(trace.position[rows],
+                                                                  request_ids))
+            decision_s = decision_memo.get(n_tok)
+            if decision_s is None:
+                decision_s = decision_memo[n_tok] = decision.seconds(n_tok)
             # non-expert work of layer 0
             buf += pack(k_compute, clock, clock + other_s, step, 0, -1, 0, r_gpu, d_other, n_tok)
             clock += other_s
@@ -301,26 +360,24 @@ class Engine(Transfers):
                     buf += pack(k_policy, clock, ready, step, layer, -1, 0, r_decision, d_decision,
                                 n_tok)
                 if to_submit:
-                    submit_all(to_submit)
+                    submit(to_submit)
                     to_submit.clear()
-                waited = False
-                for copy in wait:  # the link serves them one at a time: wait in turn
-                    if copy.state != "done":
-                        waited = True
-                        wait_copy(copy)
-                if waited:
-                    # the copies may land before the policy's decision ends: no stall then
-                    clock = max(env.now, ready)
-                    if clock > ready:
-                        buf += pack(k_stall, ready, clock, step, layer, -1, 0, r_gpu, d_wait, 0)
-                    ready = clock
-                if check:
-                    self._check_layer(keys, on_cpu, wait)
-                # experts: GPU ones in sequence, CPU ones in parallel on the host
-                if on_cpu:
-                    end = self._log_experts(step, layer, ready, layer_experts, keys,
-                                            layer_tokens, outcome, on_cpu)
-                else:  # the usual case: every expert on the GPU (the same rows, inlined)
+                if serial:  # one stream: every copy in flight lands before the experts run
+                    wait = [*wait, *protocol.copies.values()]
+                if on_cpu or (reorder and wait):
+                    end = self._layer_experts(step, layer, ready, layer_experts, keys,
+                                              layer_tokens, outcome, wait, on_cpu)
+                else:  # the usual case: every expert on the GPU once its copies landed
+                    waited = False
+                    for copy in wait:  # the link serves them one at a time: wait in turn
+                        if copy.state != "done":
+                            waited = True
+                            wait_copy(copy)
+                    # copies landing before the policy's decision ends cost no stall
+                    if waited and env.now > ready:
+                        resume = env.now + sync_s
+                        buf += pack(k_stall, ready, resume, step, layer, -1, 0, r_gpu, d_wait, 0)
+                        ready = resume
                     end = ready
                     # equal lengths by construction; strict=True would cost ~0.1 us a layer
                     for e, t, how in zip(layer_experts, layer_tokens, outcome, strict=False):
@@ -329,6 +386,8 @@ class Engine(Transfers):
                             dt = gpu_memo[t] = compute.gpu_expert_s(t)
                         buf += pack(k_compute, end, end + dt, step, layer, e, 0, r_gpu, how, t)
                         end += dt
+                if check:
+                    self._check_layer(keys, on_cpu, wait)
                 if layer + 1 < n_layers:  # the next layer's non-expert work follows at once
                     buf += pack(k_compute, end, end + other_s, step, layer + 1, -1, 0, r_gpu,
                                 d_other, n_tok)
@@ -345,29 +404,77 @@ class Engine(Transfers):
                 link.cancel(copy)
         env.run()
 
-    def _log_experts(self, step: int, layer: int, start_s: float, experts: list[int],
-                     keys: list[int], tokens: list[int], outcome: list[int], on_cpu: set[int]
-                     ) -> float:
-        """Log a layer's experts when some run on the host: GPU ones one after another on the GPU
-        stream, CPU ones one after another on the host, both from ``start_s``; returns when both
-        are done."""
-        compute, gpu_memo, cpu_memo = self.compute, self._gpu_memo, self._cpu_memo
-        buf, pack = self.log.buf, self.log.pack
-        gpu_t = cpu_t = start_s
-        for e, key, t, how in zip(experts, keys, tokens, outcome, strict=True):
-            if key in on_cpu:
-                dt = cpu_memo.get(t)
-                if dt is None:
-                    dt = cpu_memo[t] = compute.cpu_expert_s(t)
-                buf += pack(_K_COMPUTE, cpu_t, cpu_t + dt, step, layer, e, 0, _R_CPU, _D_CPU, t)
-                cpu_t += dt
-            else:
-                dt = gpu_memo.get(t)
-                if dt is None:
-                    dt = gpu_memo[t] = compute.gpu_expert_s(t)
-                buf += pack(_K_COMPUTE, gpu_t, gpu_t + dt, step, layer, e, 0, _R_GPU, how, t)
-                gpu_t += dt
-        return max(gpu_t, cpu_t)
+    def _layer_experts(self, step: int, layer: int, ready: float, experts: list[int],
+                       keys: list[int], tokens: list[int], outcome: list[int], wait: list[Copy],
+                       on_cpu: set[int] | frozenset[int]) -> float:
+        """Run a layer's experts from ``ready`` (the decision's end) when some run on the host or
+        the runtime computes while copying; returns when the last one is done.
+
+        CPU experts start at once on the host's lanes (each at ``1 / lanes`` of its throughput).
+        GPU experts: with ``compute_while_copying`` the ones not waiting for a copy first, then
+        each copied one once its copy lands (in the order the layer waits for them); otherwise
+        all of them once every copy landed. Each wait that stalls the GPU stream ends
+        ``copy_sync_s`` after the copy lands.
+        """
+        compute, cpu_memo = self.compute, self._cpu_memo
+        buf, pack, sync_s = self.log.buf, self.log.pack, self.system.copy_sync_s
+        cpu_end = ready
+        if on_cpu:
+            lanes = self._lanes
+            lane_t = [ready] * lanes
+            for e, key, t in zip(experts, keys, tokens, strict=True):
+                if key in on_cpu:
+                    dt = cpu_memo.get(t)
+                    if dt is None:
+                        dt = cpu_memo[t] = compute.cpu_expert_s(t)
+                    i = lane_t.index(min(lane_t))
+                    start = lane_t[i]
+                    lane_t[i] = start + dt * lanes
+                    buf += pack(_K_COMPUTE, start, lane_t[i], step, layer, e, 0, _R_CPU, _D_CPU, t)
+            cpu_end = max(lane_t)
+        copy_of = {c.key: c for c in wait}
+        gpu = [(e, key, t, how) for e, key, t, how in zip(experts, keys, tokens, outcome,
+                                                           strict=True) if key not in on_cpu]
+        if self.system.compute_while_copying:
+            first = [x for x in gpu if x[1] not in copy_of]
+            later = [x for x in gpu if x[1] in copy_of]
+        else:
+            first, later = [], gpu
+            for copy in wait:
+                if copy.state != "done":
+                    self._wait(copy)
+            landed = max((c.end_s for c in wait), default=ready)
+            copy_of = {}
+            if landed > ready:
+                ready = self._stall(step, layer, ready, landed + sync_s)
+        t = ready
+        for e, _, tok, how in first:
+            t = self._gpu_expert(step, layer, t, e, tok, how)
+        for e, key, tok, how in later:
+            copy = copy_of.get(key)
+            if copy is not None:
+                if copy.state != "done":
+                    self._wait(copy)
+                if copy.end_s > t:
+                    t = self._stall(step, layer, t, copy.end_s + sync_s)
+            t = self._gpu_expert(step, layer, t, e, tok, how)
+        return max(t, cpu_end)
+
+    def _gpu_expert(self, step: int, layer: int, start: float, expert: int, tokens: int,
+                    how: int) -> float:
+        """Log one GPU expert from ``start``; returns its end."""
+        dt = self._gpu_memo.get(tokens)
+        if dt is None:
+            dt = self._gpu_memo[tokens] = self.compute.gpu_expert_s(tokens)
+        self.log.buf += self.log.pack(_K_COMPUTE, start, start + dt, step, layer, expert, 0,
+                                      _R_GPU, how, tokens)
+        return start + dt
+
+    def _stall(self, step: int, layer: int, start: float, end: float) -> float:
+        """Log the GPU stream waiting for copies from ``start`` to ``end``; returns ``end``."""
+        self.log.buf += self.log.pack(_K_STALL, start, end, step, layer, -1, 0, _R_GPU, _D_WAIT,
+                                      0)
+        return end
 
     def _next_rows(self, clock: float) -> np.ndarray | None:
         """The rows of the next step starting at ``clock`` (None: the run is over). With a
