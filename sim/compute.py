@@ -87,12 +87,13 @@ class ComputeModel:
         return sorted(self.curves)
 
     def _dequant_s(self, params: float, bytes_per_param: float) -> float:
-        """Dequantizing ``params`` weights stored at ``bytes_per_param`` (0 at 2 bytes and up,
-        or when the runtime's kernels read quantized weights directly)."""
-        rate = self.system.dequant_gparams_per_s
+        """Dequantizing ``params`` weights stored at ``bytes_per_param``: their quantized bytes
+        at the runtime's dequantization throughput (0 at 2 bytes and up, or when the runtime's
+        kernels read quantized weights at full speed)."""
+        rate = self.system.dequant_gb_per_s
         if rate <= 0 or bytes_per_param >= 2.0:
             return 0.0
-        return params / (rate * 1e9) * self.gpu_scale
+        return params * bytes_per_param / (rate * 1e9) * self.gpu_scale
 
     def gpu_expert_s(self, tokens: int) -> float:
         """One routed expert's FFN on the GPU over ``tokens`` tokens."""

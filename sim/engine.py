@@ -216,6 +216,17 @@ class Engine(Transfers):
         if copy.purpose != "stream":
             self.protocol.copy_done(copy.key)
 
+    def _writebacks(self, evicted: int) -> None:
+        """``evicted`` slots were freed for this layer's copies: the first that many slot copies
+        also carry the evicted experts back to the host (``writeback_evicted``)."""
+        seconds = self._expert_bytes / self.compute.link_bytes_per_s
+        for copy in self._to_submit:
+            if evicted <= 0:
+                return
+            if copy.purpose != "stream":
+                copy.extra_s = seconds
+                evicted -= 1
+
     def _submit(self, copies: list[Copy]) -> None:
         """Queue the layer's copies; a batching runtime sends its demand copies as one."""
         if self.system.batched_copies:
@@ -292,6 +303,7 @@ class Engine(Transfers):
         submit = self._submit if self.system.batched_copies else link.submit_all
         peek, system = env.peek, self.system
         serial, reorder = not system.overlaps, system.compute_while_copying
+        writeback, evicted = system.writeback_evicted, 0
         sync_s = system.copy_sync_s
         self._lanes = compute.cpu_lanes
         check, wait_copy = self.check, self._wait
@@ -354,7 +366,11 @@ class Engine(Transfers):
                     advance(clock)  # link events due before the routing is known
                 self._clock = clock
                 ready = self._ready = clock + decision_s  # when the policy's decisions are made
+                if writeback:
+                    evicted = protocol.n_evicted
                 outcome, wait, on_cpu = layer_protocol(ctx)
+                if writeback and protocol.n_evicted > evicted:
+                    self._writebacks(protocol.n_evicted - evicted)
                 # the decision takes decision_s; copies start when it is made (no extra event)
                 if decision_s > 0:
                     buf += pack(k_policy, clock, ready, step, layer, -1, 0, r_decision, d_decision,
@@ -364,9 +380,12 @@ class Engine(Transfers):
                     to_submit.clear()
                 if serial:  # one stream: every copy in flight lands before the experts run
                     wait = [*wait, *protocol.copies.values()]
-                if on_cpu or (reorder and wait):
+                if on_cpu:
                     end = self._layer_experts(step, layer, ready, layer_experts, keys,
                                               layer_tokens, outcome, wait, on_cpu)
+                elif reorder and wait:
+                    end = self._compute_while_copying(step, layer, ready, layer_experts, keys,
+                                                      layer_tokens, outcome, wait)
                 else:  # the usual case: every expert on the GPU once its copies landed
                     waited = False
                     for copy in wait:  # the link serves them one at a time: wait in turn
@@ -407,8 +426,8 @@ class Engine(Transfers):
     def _layer_experts(self, step: int, layer: int, ready: float, experts: list[int],
                        keys: list[int], tokens: list[int], outcome: list[int], wait: list[Copy],
                        on_cpu: set[int] | frozenset[int]) -> float:
-        """Run a layer's experts from ``ready`` (the decision's end) when some run on the host or
-        the runtime computes while copying; returns when the last one is done.
+        """Run a layer's experts from ``ready`` (the decision's end) when some run on the host;
+        returns when the last one is done.
 
         CPU experts start at once on the host's lanes (each at ``1 / lanes`` of its throughput).
         GPU experts: with ``compute_while_copying`` the ones not waiting for a copy first, then
@@ -432,33 +451,55 @@ class Engine(Transfers):
                     lane_t[i] = start + dt * lanes
                     buf += pack(_K_COMPUTE, start, lane_t[i], step, layer, e, 0, _R_CPU, _D_CPU, t)
             cpu_end = max(lane_t)
-        copy_of = {c.key: c for c in wait}
-        gpu = [(e, key, t, how) for e, key, t, how in zip(experts, keys, tokens, outcome,
-                                                           strict=True) if key not in on_cpu]
-        if self.system.compute_while_copying:
-            first = [x for x in gpu if x[1] not in copy_of]
-            later = [x for x in gpu if x[1] in copy_of]
-        else:
-            first, later = [], gpu
-            for copy in wait:
-                if copy.state != "done":
-                    self._wait(copy)
-            landed = max((c.end_s for c in wait), default=ready)
-            copy_of = {}
-            if landed > ready:
-                ready = self._stall(step, layer, ready, landed + sync_s)
-        t = ready
-        for e, _, tok, how in first:
-            t = self._gpu_expert(step, layer, t, e, tok, how)
-        for e, key, tok, how in later:
-            copy = copy_of.get(key)
-            if copy is not None:
-                if copy.state != "done":
-                    self._wait(copy)
-                if copy.end_s > t:
-                    t = self._stall(step, layer, t, copy.end_s + sync_s)
+        gpu = [i for i, key in enumerate(keys) if key not in on_cpu]
+        experts, keys = [experts[i] for i in gpu], [keys[i] for i in gpu]
+        tokens, outcome = [tokens[i] for i in gpu], [outcome[i] for i in gpu]
+        if self.system.compute_while_copying and wait:
+            end = self._compute_while_copying(step, layer, ready, experts, keys, tokens,
+                                              outcome, wait)
+            return max(end, cpu_end)
+        for copy in wait:
+            if copy.state != "done":
+                self._wait(copy)
+        landed = max((c.end_s for c in wait), default=ready)
+        t = self._stall(step, layer, ready, landed + sync_s) if landed > ready else ready
+        for e, tok, how in zip(experts, tokens, outcome, strict=True):
             t = self._gpu_expert(step, layer, t, e, tok, how)
         return max(t, cpu_end)
+
+    def _compute_while_copying(self, step: int, layer: int, ready: float, experts: list[int],
+                               keys: list[int], tokens: list[int], outcome: list[int],
+                               wait: list[Copy]) -> float:
+        """:meth:`_layer_experts` when every expert runs on the GPU and the runtime computes
+        while copying (the hot case of such runtimes, without the CPU bookkeeping)."""
+        buf, pack, memo, sync_s = self.log.buf, self.log.pack, self._gpu_memo, \
+            self.system.copy_sync_s
+        copy_of = {c.key: c for c in wait}
+        t = ready
+        later = []
+        for e, key, tk, how in zip(experts, keys, tokens, outcome, strict=False):
+            copy = copy_of.get(key)
+            if copy is not None:
+                later.append((copy, e, tk, how))
+                continue
+            dt = memo.get(tk)
+            if dt is None:
+                dt = memo[tk] = self.compute.gpu_expert_s(tk)
+            buf += pack(_K_COMPUTE, t, t + dt, step, layer, e, 0, _R_GPU, how, tk)
+            t += dt
+        for copy, e, tk, how in later:
+            if copy.state != "done":
+                self._wait(copy)
+            if copy.end_s > t:
+                resume = copy.end_s + sync_s
+                buf += pack(_K_STALL, t, resume, step, layer, -1, 0, _R_GPU, _D_WAIT, 0)
+                t = resume
+            dt = memo.get(tk)
+            if dt is None:
+                dt = memo[tk] = self.compute.gpu_expert_s(tk)
+            buf += pack(_K_COMPUTE, t, t + dt, step, layer, e, 0, _R_GPU, how, tk)
+            t += dt
+        return t
 
     def _gpu_expert(self, step: int, layer: int, start: float, expert: int, tokens: int,
                     how: int) -> float:

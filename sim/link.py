@@ -18,6 +18,10 @@ latency of a copy that starts the moment the previous one ends is hidden (its se
 another engine while the previous one moved data); the bytes still share the link's bandwidth,
 so copies never overlap on the wire. With one engine every copy pays its latency.
 
+A copy's ``extra_s`` keeps the link busy beyond its own bytes: the runtime's writeback of the
+expert it evicted, on the same stream (:class:`~sim.system.SystemProfile`'s
+``writeback_evicted``); its log row spans both and counts its own bytes.
+
 Batches (:meth:`Link.batch`): several experts moved as one transfer (one latency, the sum of
 their bytes); all land together at its end, each logged as its own row, back to back within
 the transfer's span. Batches carry demand copies only and are never cancelled.
@@ -51,7 +55,7 @@ class Copy:
 
     __slots__ = ("key", "num_bytes", "priority", "purpose", "step", "layer", "seq", "state",
                  "start_s", "ready_s", "waiter", "used", "row", "moved", "bytes_per_s", "end_s",
-                 "members")
+                 "members", "extra_s")
 
     def __init__(self, key: int, num_bytes: int, purpose: str, step: int, layer: int,
                  ready_s: float = 0.0) -> None:
@@ -72,6 +76,7 @@ class Copy:
         self.bytes_per_s = 0.0  # > 0: a slower source than the link (NVMe, see sim.host)
         self.end_s = 0.0  # when it landed (done copies)
         self.members: list[Copy] | None = None  # a batch: the copies it moves
+        self.extra_s = 0.0  # link time beyond its own bytes (a writeback on the same stream)
 
 
 class Link:
@@ -124,6 +129,7 @@ class Link:
         seconds = sum(c.num_bytes / (c.bytes_per_s or self.bytes_per_s) for c in copies)
         batch = Copy(first.key, total, "demand", first.step, first.layer, first.ready_s)
         batch.bytes_per_s = total / seconds if seconds > 0 else 0.0
+        batch.extra_s = sum(c.extra_s for c in copies)
         batch.members = list(copies)
         return batch
 
@@ -228,7 +234,8 @@ class Link:
             return
         bw = copy.bytes_per_s or self.bytes_per_s
         self._cur_latency = self._latency(start)
-        self._arm(start - now + self._cur_latency + copy.num_bytes / bw, self._on_copy_end)
+        self._arm(start - now + self._cur_latency + copy.num_bytes / bw + copy.extra_s,
+                  self._on_copy_end)
 
     def _arm(self, delay: float, callback: Callable[[simpy.Event], None]) -> None:
         """Schedule the running copy's (chunk's) end ``delay`` seconds from now."""
@@ -291,11 +298,11 @@ class Link:
     def _complete_batch(self, batch: Copy) -> None:
         """A batch landed: its copies are done, logged back to back within its span."""
         now, bw = self.env.now, batch.bytes_per_s or self.bytes_per_s
-        t = now - batch.num_bytes / bw  # the data moved from t to now; the latency before it
+        t = now - batch.num_bytes / bw - batch.extra_s  # data from t, the latency before it
         buf = self._buf
         for i, copy in enumerate(batch.members):
             start = batch.start_s if i == 0 else t
-            t += copy.num_bytes / bw
+            t += copy.num_bytes / bw + copy.extra_s
             copy.state, copy.start_s, copy.end_s = "done", start, now
             buf += _pack(_K_COPY, start, min(t, now), copy.step, copy.layer,
                          copy.key % self.num_experts, copy.num_bytes, _R_LINK,
@@ -315,7 +322,9 @@ class Link:
         self._chunk_start, self._chunk_size = start, size
         bw = copy.bytes_per_s or self.bytes_per_s
         self._cur_latency = self._latency(start)
-        self._arm(start - self.env.now + self._cur_latency + size / bw, self._on_chunk_end)
+        extra = copy.extra_s if not copy.moved else 0.0  # a writeback rides on the first chunk
+        self._arm(start - self.env.now + self._cur_latency + size / bw + extra,
+                  self._on_chunk_end)
 
     def _on_chunk_end(self, timer: simpy.Event) -> None:
         if timer is not self._timer:  # the copy was cancelled meanwhile

@@ -10,7 +10,7 @@ there, and that time decides whether a prefetch can hide a copy (:mod:`sim.compu
 figures into times; :mod:`sim.engine` applies the overlap rules).
 
 Host-side figures are seconds and do not depend on the GPU. GPU-side figures
-(``layer_overhead_s``, ``dequant_gparams_per_s``) were measured or fitted on ``reference_gpu``
+(``layer_overhead_s``, ``dequant_gb_per_s``) were measured or fitted on ``reference_gpu``
 (a hardware profile name) and scale with the simulated GPU's memory bandwidth: a kernel that
 takes 1 ms on an A100 (2039 GB/s) takes 6.4 ms on a T4 (320 GB/s).
 
@@ -36,7 +36,8 @@ from moe_offload_lab.traces.errors import ConfigError
 _SECONDS = ("host_layer_s", "layer_overhead_s", "kernel_launch_s", "expert_dispatch_s",
             "copy_sync_s")
 _COUNTS = ("kernels_per_layer", "kernels_per_expert", "cpu_threads_per_expert")
-_FLAGS = ("pinned_memory", "overlap_copies", "compute_while_copying", "batched_copies")
+_FLAGS = ("pinned_memory", "overlap_copies", "compute_while_copying", "batched_copies",
+          "writeback_evicted")
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,10 @@ class SystemProfile:
 
     - ``expert_dispatch_s``: host time per routed expert (gathering its tokens, index syncs);
     - ``kernels_per_expert``: its kernel launches;
-    - ``dequant_gparams_per_s``: dequantization throughput (10^9 parameters per second on
-      ``reference_gpu``) for weights stored below 2 bytes per parameter, experts and non-expert
-      weights alike; ``0`` when the runtime's kernels read quantized weights directly (fused).
+    - ``dequant_gb_per_s``: throughput of the runtime's dequantizing kernels, in GB/s of
+      quantized weights on ``reference_gpu``, for weights stored below 2 bytes per parameter
+      (experts and non-expert weights alike): the time beyond the roofline that unpacking and
+      scaling them costs; ``0`` when the kernels read quantized weights at full speed (fused).
 
     A layer's non-expert work and each expert take ``max(host, GPU)``: the host launches
     asynchronously and the runtime syncs at least once per layer and per expert.
@@ -75,6 +77,10 @@ class SystemProfile:
       mixtral-offloading's ``unordered`` loading); needs ``overlap_copies``;
     - ``batched_copies``: a layer's demand copies go as one transfer (one per-copy latency, all
       landing together);
+    - ``writeback_evicted``: each copy into a slot freed by an eviction also moves the evicted
+      expert back to host memory on the same stream, right after it (mixtral-offloading's
+      swap-based cache keeps a fixed pool of pinned host buffers that rotate): the link is busy
+      twice as long for it, and the layer waits for both;
     - ``cpu_threads_per_expert``: host cores one CPU-placed expert uses (0: all of them, one
       expert at a time); the host's ``cpu_cores`` then run ``cores // threads`` experts at once,
       sharing its DRAM bandwidth and FLOPs.
@@ -93,12 +99,13 @@ class SystemProfile:
     layer_overhead_s: float
     expert_dispatch_s: float
     kernels_per_expert: int
-    dequant_gparams_per_s: float
+    dequant_gb_per_s: float
     copy_sync_s: float
     pinned_memory: bool
     overlap_copies: bool
     compute_while_copying: bool
     batched_copies: bool
+    writeback_evicted: bool
     cpu_threads_per_expert: int
     reserved_gpu_gib: float
     pageable_link_fraction: float = 1.0 / 3.0  # A100: 12.9 ms pageable vs 4.3 ms pinned
@@ -108,7 +115,7 @@ class SystemProfile:
         for field in ("name", "description", "provenance", "reference_gpu"):
             if not isinstance(getattr(self, field), str):
                 raise ConfigError(f"{where}: {field} must be a string")
-        for field in (*_SECONDS, "dequant_gparams_per_s", "reserved_gpu_gib"):
+        for field in (*_SECONDS, "dequant_gb_per_s", "reserved_gpu_gib"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value) or value < 0:
@@ -137,7 +144,7 @@ class SystemProfile:
     @property
     def gpu_bound_costs(self) -> bool:
         """Whether any figure scales with the GPU (and needs ``reference_gpu``)."""
-        return self.layer_overhead_s > 0 or self.dequant_gparams_per_s > 0
+        return self.layer_overhead_s > 0 or self.dequant_gb_per_s > 0
 
     @property
     def overlaps(self) -> bool:
@@ -169,9 +176,9 @@ class SystemProfile:
                    provenance="none: an upper bound on speed", reference_gpu="",
                    host_layer_s=0.0, kernels_per_layer=1, kernel_launch_s=0.0,
                    layer_overhead_s=0.0, expert_dispatch_s=0.0, kernels_per_expert=1,
-                   dequant_gparams_per_s=0.0, copy_sync_s=0.0, pinned_memory=True,
+                   dequant_gb_per_s=0.0, copy_sync_s=0.0, pinned_memory=True,
                    overlap_copies=True, compute_while_copying=False, batched_copies=False,
-                   cpu_threads_per_expert=0, reserved_gpu_gib=0.0)
+                   writeback_evicted=False, cpu_threads_per_expert=0, reserved_gpu_gib=0.0)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "system") -> SystemProfile:

@@ -86,7 +86,7 @@ def test_gpu_bound_costs_scale_with_the_gpu_host_costs_do_not() -> None:
     assert on_t4._dequant_s(quantized.expert_params, 0.325) == pytest.approx(
         dequant_a100 * A100.hbm_gb_per_s / T4.hbm_gb_per_s)
     assert on_a100._dequant_s(quantized.expert_params, 2.0) == 0  # bf16: nothing to dequantize
-    host_only = system.with_overrides(layer_overhead_s=0.0, dequant_gparams_per_s=0.0,
+    host_only = system.with_overrides(layer_overhead_s=0.0, dequant_gb_per_s=0.0,
                                       kernels_per_layer=0, kernels_per_expert=0)
     for hw in (A100, T4):
         compute = ComputeModel(quantized, hw, host_only.with_overrides(host_layer_s=0.05))

@@ -156,3 +156,16 @@ def test_each_wait_for_a_copy_costs_the_runtime_its_sync() -> None:
     plain = _run(build_policy("lru"), IDEAL)[1]
     synced = _run(build_policy("lru"), IDEAL.with_overrides(copy_sync_s=sync))[1]
     assert synced.makespan_s - plain.makespan_s == pytest.approx(24 * sync, rel=1e-6)
+
+
+def test_a_writeback_runtime_moves_the_evicted_expert_back() -> None:
+    compute = ComputeModel(MODEL, HW)
+    plain = _run(build_policy("lru"), IDEAL)[1]
+    swapping = _run(build_policy("lru"), IDEAL.with_overrides(writeback_evicted=True))[1]
+    # the first token fills the 8 empty slots; each later copy evicts one expert and writes it
+    # back on the same stream: the link is busy its bytes twice, and the layer waits for it
+    writebacks = (6 - 1) * 4 * 2
+    assert swapping.makespan_s - plain.makespan_s == pytest.approx(
+        writebacks * MODEL.expert_bytes / compute.link_bytes_per_s, rel=1e-9)
+    assert (swapping.events["bytes"] == plain.events["bytes"]).all()  # bytes count one way
+    check_log(swapping.events, MODEL.expert_bytes)
