@@ -170,6 +170,7 @@ def evaluate(trace: Trace, policy: Policy, capacity_slots: int, *, batch: int = 
     quality = PredictionStats(horizon, n_layers) if scoring else None
 
     ids_all, gates_all = trace.expert_ids, trace.gate_weights
+    accesses = 0
     for step, rows in enumerate(schedule):
         ids = ids_all[rows]  # [B, L, k]
         gates = gates_all[rows]  # [B, L, k]
@@ -182,12 +183,13 @@ def evaluate(trace: Trace, policy: Policy, capacity_slots: int, *, batch: int = 
             ctx.set_layer(layer, experts[layer], tokens[layer], None, ids[:, layer],
                           gates[:, layer], {d: la[:, layer] for d, la in lookahead_step.items()})
             protocol.layer(ctx)
+            accesses += len(ctx.keys)
             if quality is not None:
                 _score(current_prediction(ctx), needed_sets, threshold, quality)
         protocol.end_step(ctx)
 
     p = protocol
-    stats = CacheStats(accesses=p.n_access, hits=p.n_hit, cpu_computed=p.n_cpu,
+    stats = CacheStats(accesses=accesses, hits=p.hits(accesses), cpu_computed=p.n_cpu,
                        streamed=p.n_stream, demand_fetches=p.n_demand + p.n_stream,
                        prefetched=p.n_prefetch, prefetch_used=p.n_prefetch_used,
                        evictions=p.n_evicted)

@@ -105,8 +105,14 @@ class LayerProtocol:
 
     ``cache`` is the run's :class:`SlotCache` (the view policies read), ``memory`` the engine's
     slot store (default: the cache itself), ``transfers`` the engine's copy hooks, ``codes`` maps
-    the outcome names to the values the engine wants in :attr:`outcome` (default: the names).
+    the outcome names to the values the engine wants in the outcome list (default: the names).
+    Build it after ``policy.reset`` (it binds the policy's per-layer methods once).
     """
+
+    __slots__ = ("policy", "cache", "memory", "transfers", "n_layers", "n_experts", "_hit",
+                 "_prefetch_hit", "_inflight", "_miss", "_resident", "_on_layer", "_prefetch_of",
+                 "copies", "prefetching", "unused", "n_miss", "n_inflight", "n_demand",
+                 "n_stream", "n_prefetch", "n_prefetch_used", "n_cancelled", "n_evicted", "n_cpu")
 
     def __init__(self, policy: Policy, cache: SlotCache, transfers: Transfers,
                  memory: SlotStore | None = None,
@@ -119,13 +125,14 @@ class LayerProtocol:
         codes = dict(codes or {})
         self._hit, self._prefetch_hit, self._inflight, self._miss = (
             codes.get(name, name) for name in OUTCOMES)
+        self._resident = cache.resident  # a live set, never replaced
+        self._on_layer, self._prefetch_of = policy.on_layer, policy.prefetch  # bound once
         self.copies: dict[int, Any] = {}  # key -> handle of its in-flight slot copy
         self.prefetching: set[int] = set()  # keys whose in-flight slot copy is a prefetch
         self.unused: dict[int, Any] = {}  # prefetched keys not accessed yet -> handle
-        # counters
-        self.n_access = self.n_miss = self.n_inflight = self.n_demand = self.n_stream = 0
-        self.n_prefetch = self.n_prefetch_used = self.n_cancelled = self.n_evicted = 0
-        self.n_cpu = 0
+        # counters (accesses are the engine's: the sum of len(ctx.keys))
+        self.n_miss = self.n_inflight = self.n_demand = self.n_stream = self.n_prefetch = 0
+        self.n_prefetch_used = self.n_cancelled = self.n_evicted = self.n_cpu = 0
 
     # ---- steps ----------------------------------------------------------------------------------
     def begin_step(self, ctx: LayerContext) -> None:
@@ -167,10 +174,10 @@ class LayerProtocol:
         handles of the copies the layer needs (in flight before, demand and stream copies started
         now), the keys to compute on the host.
         """
-        policy, transfers, copies, unused = self.policy, self.transfers, self.copies, self.unused
+        transfers, copies, unused, resident = self.transfers, self.copies, self.unused, \
+            self._resident
         keys = ctx.keys
-        policy.on_layer(ctx)  # 1. the routing is known: an access
-        resident = self.cache.resident
+        self._on_layer(ctx)  # 1. the routing is known: an access
         hit = self._hit
         outcome: list[Any] = []
         wait: list[Any] = []
@@ -199,21 +206,45 @@ class LayerProtocol:
                     missing = []
                 missing.append(key)
                 outcome.append(self._miss)
-        self.n_access += len(keys)
         on_cpu: frozenset[int] | set[int] = _NONE
-        if missing is not None:
-            on_cpu = self._demand(ctx, missing, wait)
-        plan = policy.prefetch(ctx)  # 5. speculative copies
+        if missing is not None:  # 2 to 4: place, admit, evict, then demand and stream copies
+            layer, cache = ctx.layer, self.cache
+            self.n_miss += len(missing)
+            fetch, cpu, keep = place_and_admit(self.policy, ctx, missing, cache, layer,
+                                               self._evict, keys)
+            kept = set()
+            start_copy, book = transfers.start_copy, self.memory.start_fetch
+            for key in keep:
+                if cache.free_slots(layer) > 0:
+                    book(key)
+                    handle = start_copy(key, DEMAND, layer)
+                    if handle is None:
+                        self._landed(key)
+                    else:
+                        copies[key] = handle
+                        wait.append(handle)
+                    kept.add(key)
+            self.n_demand += len(kept)
+            for key in fetch:
+                if key not in kept:  # not admitted, or no slot: a scratch-buffer copy
+                    handle = start_copy(key, STREAM, layer)
+                    if handle is not None:
+                        wait.append(handle)
+                    self.n_stream += 1
+            if cpu:
+                self.n_cpu += len(cpu)
+                on_cpu = set(cpu)
+        plan = self._prefetch_of(ctx)  # 5. speculative copies
         if plan.cancel:
             self._cancel(plan.cancel, keys)
         if plan.keys:
             self._prefetch(plan.keys, keys, ctx.layer)
         return outcome, wait, on_cpu
 
-    @property
-    def n_hit(self) -> int:
-        """Accesses resident when their layer started."""
-        return self.n_access - self.n_miss - self.n_inflight
+    def hits(self, accesses: int) -> int:
+        """Of ``accesses`` (the sum of ``len(ctx.keys)`` over the layers run), those resident
+        when their layer started."""
+        return accesses - self.n_miss - self.n_inflight
 
     def _prefetch(self, plan_keys: list[int], protected: Sequence[int], layer: int) -> None:
         """Step 5's copies: the plan, checked, with room made (:func:`plan_with_room`)."""
@@ -232,35 +263,6 @@ class LayerProtocol:
                 unused[key] = handle
                 prefetching.add(key)
         self.n_prefetch += len(fetch)
-
-    def _demand(self, ctx: LayerContext, missing: list[int], wait: list[Any]) -> set[int]:
-        """Steps 2 to 4: place, admit, evict, then start the demand and stream copies; returns
-        the keys placed on the CPU."""
-        layer, cache = ctx.layer, self.cache
-        self.n_miss += len(missing)
-        fetch, cpu, keep = place_and_admit(self.policy, ctx, missing, cache, layer, self._evict,
-                                           ctx.keys)
-        kept = set()
-        start_copy, book, copies = self.transfers.start_copy, self.memory.start_fetch, self.copies
-        for key in keep:
-            if cache.free_slots(layer) > 0:
-                book(key)
-                handle = start_copy(key, DEMAND, layer)
-                if handle is None:
-                    self._landed(key)
-                else:
-                    copies[key] = handle
-                    wait.append(handle)
-                kept.add(key)
-        self.n_demand += len(kept)
-        for key in fetch:
-            if key not in kept:  # not admitted, or no slot: a scratch-buffer copy
-                handle = start_copy(key, STREAM, layer)
-                if handle is not None:
-                    wait.append(handle)
-                self.n_stream += 1
-        self.n_cpu += len(cpu)
-        return set(cpu)
 
     def _cancel(self, cancel: Sequence[int], protected: Sequence[int]) -> None:
         """Abandon the named in-flight prefetches: checked, slot freed, ``on_evict``."""

@@ -161,10 +161,10 @@ class Engine(Transfers):
                      schedule=None if self.batcher is not None else self.schedule)
         self.cache = SlotCache(self.capacity_slots, n_experts, n_layers, policy.partition_slots)
         self.env = simpy.Environment()
-        self.link = Link(self.env, self.compute.link_bytes_per_s, self.compute.link_latency_s,
-                         n_experts, self.log, self._copy_done, self.chunk_bytes,
-                         engines=self.hardware.copy_engines)
         self.protocol = LayerProtocol(policy, self.cache, self, codes=DETAIL)
+        self.link = Link(self.env, self.compute.link_bytes_per_s, self.compute.link_latency_s,
+                         n_experts, self.log, None, self.chunk_bytes,
+                         engines=self.hardware.copy_engines, slot_done=self.protocol.copy_done)
         self._idle_until, self._served = 0.0, -1
         if self.preload:
             for key in range(n_layers * n_experts):
@@ -188,7 +188,8 @@ class Engine(Transfers):
     def start_copy(self, key: int, purpose: str, layer: int) -> Copy:
         """A copy of ``key`` that starts once the layer's decisions are made (submitted with the
         layer's other copies when the protocol returns)."""
-        copy = Copy(key, self._expert_bytes, purpose, self._step, layer, self._ready)
+        copy = Copy(key, self._expert_bytes, purpose, self._step, layer,
+                    self._clock + self._decision_s)  # the decision's end
         if self.host is not None:
             copy.bytes_per_s = self.host.source_bytes_per_s(key)
         self._to_submit.append(copy)
@@ -211,10 +212,6 @@ class Engine(Transfers):
     def before_cancel(self) -> None:
         """A cancel acts at the link's time: bring it up to the decision's."""
         self._sync(self._clock)
-
-    def _copy_done(self, copy: Copy) -> None:
-        if copy.purpose != "stream":
-            self.protocol.copy_done(copy.key)
 
     def _writebacks(self, evicted: int) -> None:
         """``evicted`` slots were freed for this layer's copies: the first that many slot copies
@@ -301,12 +298,14 @@ class Engine(Transfers):
         self._to_submit = to_submit
         layer_protocol, advance = protocol.layer, self._advance
         submit = self._submit if self.system.batched_copies else link.submit_all
-        peek, system = env.peek, self.system
+        # the link's pending events: SimPy 4 keeps its event heap in ``Environment._queue``
+        # (``peek`` reads it, but a method call per layer costs ~8% of a run)
+        queue, system = env._queue, self.system
         serial, reorder = not system.overlaps, system.compute_while_copying
         writeback, evicted = system.writeback_evicted, 0
         sync_s = system.copy_sync_s
         self._lanes = compute.cpu_lanes
-        check, wait_copy = self.check, self._wait
+        check, env_step = self.check, env.step
         # ``clock`` is the GPU stream's time; the link's runs behind it and catches up (processes
         # its events due by then) before each decision, so a copy submitted at the decision
         # starts at its ``ready_s`` (an absolute time) and timing is exact.
@@ -349,6 +348,7 @@ class Engine(Transfers):
             decision_s = decision_memo.get(n_tok)
             if decision_s is None:
                 decision_s = decision_memo[n_tok] = decision.seconds(n_tok)
+            self._decision_s = decision_s
             # non-expert work of layer 0
             buf += pack(k_compute, clock, clock + other_s, step, 0, -1, 0, r_gpu, d_other, n_tok)
             clock += other_s
@@ -362,10 +362,10 @@ class Engine(Transfers):
                     layer, layer_experts, layer_tokens, keys
                 if eager:
                     self._sync(clock)
-                elif peek() <= clock:
+                elif queue and queue[0][0] <= clock:  # env.peek() <= clock
                     advance(clock)  # link events due before the routing is known
-                self._clock = clock
-                ready = self._ready = clock + decision_s  # when the policy's decisions are made
+                self._clock = clock  # start_copy and before_cancel read it
+                ready = clock + decision_s  # when the policy's decisions are made
                 if writeback:
                     evicted = protocol.n_evicted
                 outcome, wait, on_cpu = layer_protocol(ctx)
@@ -391,7 +391,8 @@ class Engine(Transfers):
                     for copy in wait:  # the link serves them one at a time: wait in turn
                         if copy.state != "done":
                             waited = True
-                            wait_copy(copy)
+                            while copy.state != "done":  # _wait, inlined
+                                env_step()
                     # copies landing before the policy's decision ends cost no stall
                     if waited and env.now > ready:
                         resume = env.now + sync_s

@@ -65,16 +65,15 @@ class Copy:
         self.priority = PREFETCH if purpose == "prefetch" else DEMAND
         self.step = step
         self.layer = layer
-        self.seq = 0
         self.state = "new"  # new -> queued -> running -> done | cancelled
-        self.start_s = 0.0
+        # ``seq`` (queue order) is set when queued, ``start_s`` when it first starts, ``end_s``
+        # when it lands
         self.ready_s = ready_s  # the copy may not start before this time (the policy's decision)
         self.waiter: simpy.Event | None = None  # made only when the engine waits on it
         self.used = False  # prefetches: accessed before leaving the cache
         self.row = -1  # event-log row once logged
         self.moved = 0  # bytes moved by finished chunks (chunked links only)
         self.bytes_per_s = 0.0  # > 0: a slower source than the link (NVMe, see sim.host)
-        self.end_s = 0.0  # when it landed (done copies)
         self.members: list[Copy] | None = None  # a batch: the copies it moves
         self.extra_s = 0.0  # link time beyond its own bytes (a writeback on the same stream)
 
@@ -85,15 +84,17 @@ class Link:
     record_chunks = False  # tests: keep (start, end, key, bytes) of every chunk in ``chunks``
 
     def __init__(self, env: simpy.Environment, bytes_per_s: float, latency_s: float,
-                 num_experts: int, log: EventLog, on_done: Callable[[Copy], None],
-                 chunk_bytes: int = 0, engines: int = 1) -> None:
+                 num_experts: int, log: EventLog, on_done: Callable[[Copy], None] | None,
+                 chunk_bytes: int = 0, engines: int = 1,
+                 slot_done: Callable[[int], None] | None = None) -> None:
         self.env = env
         self.bytes_per_s = bytes_per_s
         self.latency_s = latency_s
         self.num_experts = num_experts
         self.log = log
         self._buf = log.buf
-        self.on_done = on_done
+        self.on_done = on_done  # called with every finished copy
+        self.slot_done = slot_done  # called with the key of every finished non-stream copy
         self._heap: list[tuple[int, int, Copy]] = []
         self._seq = 0
         self.running: Copy | None = None
@@ -233,9 +234,14 @@ class Link:
             self._start_chunk(copy, start)
             return
         bw = copy.bytes_per_s or self.bytes_per_s
-        self._cur_latency = self._latency(start)
-        self._arm(start - now + self._cur_latency + copy.num_bytes / bw + copy.extra_s,
-                  self._on_copy_end)
+        # the per-copy latency, hidden behind the previous copy by a second engine (_latency)
+        latency = 0.0 if start == self._last_end and self.engines > 1 else self.latency_s
+        self._cur_latency = latency
+        delay = start - now + latency + copy.num_bytes / bw + copy.extra_s
+        self.busy_until = now + delay  # _arm, inlined (hot)
+        timer = simpy.Timeout(self.env, delay)
+        timer.callbacks.append(self._on_copy_end)
+        self._timer = timer
 
     def _arm(self, delay: float, callback: Callable[[simpy.Event], None]) -> None:
         """Schedule the running copy's (chunk's) end ``delay`` seconds from now."""
@@ -251,8 +257,8 @@ class Link:
         self._timer = None
         copy = self.running
         self.running = None
-        self._last_end = self.env.now
-        self._complete(copy)
+        self._last_end = now = self.env.now
+        self._complete(copy, now)
         self._start_next()
 
     def _stop_running(self, copy: Copy) -> None:
@@ -277,23 +283,34 @@ class Link:
         self.running = None
         self._last_end = -1.0
 
-    def _complete(self, copy: Copy) -> None:
-        """Log a finished copy (from its first start to now) and wake whoever waits for it."""
+    def _complete(self, copy: Copy, now: float) -> None:
+        """Log a finished copy (from its first start to ``now``) and wake whoever waits for it."""
         if copy.members is not None:
             self._complete_batch(copy)
             return
         copy.state = "done"
-        copy.end_s = self.env.now
+        copy.end_s = now
         detail = copy.purpose
         if detail == "prefetch" and copy.used:
             detail = "prefetch_used"
         buf = self._buf  # EventLog.add_codes, inlined (hot)
-        buf += _pack(_K_COPY, copy.start_s, self.env.now, copy.step, copy.layer,
+        buf += _pack(_K_COPY, copy.start_s, now, copy.step, copy.layer,
                      copy.key % self.num_experts, copy.num_bytes, _R_LINK, _DETAIL[detail], 0)
         copy.row = len(buf) // _ROW_SIZE - 1
-        self.on_done(copy)
+        if self.slot_done is not None and detail != "stream":  # _done, inlined (hot)
+            self.slot_done(copy.key)
+        if self.on_done is not None:
+            self.on_done(copy)
         if copy.waiter is not None:
             copy.waiter.succeed()
+
+    def _done(self, copy: Copy) -> None:
+        """Tell the owner a copy finished (``slot_done`` with its key unless it was streamed,
+        ``on_done`` with the copy)."""
+        if self.slot_done is not None and copy.purpose != "stream":
+            self.slot_done(copy.key)
+        if self.on_done is not None:
+            self.on_done(copy)
 
     def _complete_batch(self, batch: Copy) -> None:
         """A batch landed: its copies are done, logged back to back within its span."""
@@ -310,7 +327,7 @@ class Link:
             copy.row = len(buf) // _ROW_SIZE - 1
         batch.state, batch.end_s = "done", now
         for copy in batch.members:
-            self.on_done(copy)
+            self._done(copy)
             if copy.waiter is not None:
                 copy.waiter.succeed()
 
@@ -346,5 +363,5 @@ class Link:
             self.running = None
         else:
             self.running = None
-            self._complete(copy)
+            self._complete(copy, now)
         self._start_next()

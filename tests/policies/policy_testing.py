@@ -91,6 +91,7 @@ def delayed_replay(policy: Policy, trace: Trace, capacity_slots: int, batch: int
             del copies.due[key]
             protocol.copy_done(key)
 
+    accesses = 0
     for step, rows in enumerate(schedule):
         ids = trace.expert_ids[rows]
         experts, tokens = step_experts(ids, n_experts)
@@ -104,8 +105,9 @@ def delayed_replay(policy: Policy, trace: Trace, capacity_slots: int, batch: int
                           trace.gate_weights[rows][:, layer],
                           {d: a[:, layer] for d, a in ahead.items()})
             _, wait, _ = protocol.layer(ctx)
+            accesses += len(ctx.keys)
             land([k for k in wait if k in copies.due])  # the layer runs once they have landed
         protocol.end_step(ctx)
-    return {"hits": protocol.n_hit, "accesses": protocol.n_access,
+    return {"hits": protocol.hits(accesses), "accesses": accesses,
             "cancelled": protocol.n_cancelled, "prefetched": protocol.n_prefetch,
             "evicted": protocol.n_evicted}
