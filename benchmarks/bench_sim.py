@@ -5,8 +5,9 @@
    tokens, chunked prefill of 256), all arriving at once, batch up to 32, LRU and gate lookahead
    (target: < 20 s).
 
-Prints wall seconds, simulated decode tokens per wall second, event-log rows per second and
-SimPy events per second (events the environment scheduled and processed). Everything of one
+Prints wall seconds (and the process's CPU seconds, steadier on a shared machine), simulated
+decode tokens per wall second, event-log rows per second and SimPy events per second (events the
+environment scheduled and processed). Everything of one
 engine runs in one process, one case after the other, so the ratios between lines are comparable.
 
 ``--ref DIR`` also times another checkout of this repository (for example the commit before a
@@ -38,14 +39,15 @@ TARGETS = {"mixtral": 3.0, "qwen3": 20.0}
 def _run(engine: Any) -> tuple[float, int, dict]:
     from moe_offload_lab.sim.metrics import summarize
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = engine.run()
-    wall_s = time.perf_counter() - start
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
     # SimPy numbers every event it schedules from one counter (``Environment._eid``); the run
     # drains the queue, so the count scheduled is the count processed. Read once, after the
     # timing: counting in ``step`` would slow every event down.
     events = next(engine.env._eid)
-    return wall_s, events, {"rows": len(result.events), **summarize(result.events)}
+    return wall_s, events, {"rows": len(result.events), "cpu_s": cpu_s,
+                            **summarize(result.events)}
 
 
 def _engine_kwargs(system: str | None) -> dict[str, Any]:
@@ -74,6 +76,7 @@ def mixtral_batch1(tokens: int, hardware: str, system: str | None) -> list[dict[
                         **_engine_kwargs(system))
         wall_s, events, s = _run(engine)
         out.append({"case": "mixtral", "policy": name, "wall_s": wall_s, "events": events,
+                    "cpu_s": s["cpu_s"],
                     "decode_tokens": len(schedule), "rows": s["rows"],
                     "tokens_per_s": s["tokens_per_s"], "hit_rate": s["hit_rate"]})
     return out
@@ -103,6 +106,7 @@ def qwen3_continuous(requests: int, hardware: str, system: str | None) -> list[d
                         **_engine_kwargs(system))
         wall_s, events, s = _run(engine)
         out.append({"case": "qwen3", "policy": name, "wall_s": wall_s, "events": events,
+                    "cpu_s": s["cpu_s"],
                     "decode_tokens": decode, "rows": s["rows"],
                     "tokens_per_s": s["tokens_per_s"], "hit_rate": s["hit_rate"]})
     return out
@@ -119,6 +123,7 @@ def _line(label: str, r: dict[str, Any]) -> str:
     wall = r["wall_s"]
     verdict = "ok" if wall < target else "MISSED"
     return (f"  {label:<6} {r['policy']:<15} wall {wall:6.2f} s ({verdict}, target {target:g} s)"
+            f" cpu {r['cpu_s']:6.2f} s"
             f"  {r['decode_tokens'] / wall:>8,.0f} decode tok/s  {r['events'] / wall:>9,.0f} "
             f"SimPy events/s  {r['rows'] / wall:>9,.0f} log rows/s  | simulated "
             f"{r['tokens_per_s']:7.2f} tok/s, hit {r['hit_rate']:.3f}")
@@ -169,7 +174,8 @@ def main() -> None:
         if best["before"]:
             before = best["before"][i]
             print(_line("before", before))
-            print(_line("after", after) + f"  ({before['wall_s'] / after['wall_s']:.2f}x)")
+            print(_line("after", after) + f"  ({before['wall_s'] / after['wall_s']:.2f}x wall, "
+                                          f"{before['cpu_s'] / after['cpu_s']:.2f}x cpu)")
         else:
             print(_line("", after))
 
