@@ -147,7 +147,8 @@ class LayerProtocol:
     def copy_done(self, key: int) -> None:
         """A slot copy of ``key`` landed (the engine calls this at its completion time)."""
         del self.copies[key]
-        self.prefetching.discard(key)
+        if key in self.prefetching:
+            self.prefetching.remove(key)
         self.memory.complete_fetch(key)
         self.policy.on_fetch_done(key)
 

@@ -108,6 +108,7 @@ class Link:
         self._chunk_size = 0  # its bytes
         self._kicked = False  # a kick event is pending: the next copy starts then
         self.engines = int(engines)
+        self._pipelined = self.engines > 1  # a second engine hides back-to-back latencies
         self._last_end = -1.0  # when the last copy (chunk) finished moving (-1: after a cancel)
         self._cur_latency = latency_s  # the running copy's (chunk's) latency
 
@@ -118,7 +119,7 @@ class Link:
     def _latency(self, start: float) -> float:
         """The per-copy latency of a copy (chunk) starting at ``start``: hidden behind the
         previous one when another copy engine prepared it meanwhile."""
-        if self.engines > 1 and start == self._last_end:
+        if self._pipelined and start == self._last_end:
             return 0.0
         return self.latency_s
 
@@ -235,7 +236,7 @@ class Link:
             return
         bw = copy.bytes_per_s or self.bytes_per_s
         # the per-copy latency, hidden behind the previous copy by a second engine (_latency)
-        latency = 0.0 if start == self._last_end and self.engines > 1 else self.latency_s
+        latency = 0.0 if self._pipelined and start == self._last_end else self.latency_s
         self._cur_latency = latency
         delay = start - now + latency + copy.num_bytes / bw + copy.extra_s
         self.busy_until = now + delay  # _arm, inlined (hot)
@@ -297,10 +298,11 @@ class Link:
         buf += _pack(_K_COPY, copy.start_s, now, copy.step, copy.layer,
                      copy.key % self.num_experts, copy.num_bytes, _R_LINK, _DETAIL[detail], 0)
         copy.row = len(buf) // _ROW_SIZE - 1
-        if self.slot_done is not None and detail != "stream":  # _done, inlined (hot)
-            self.slot_done(copy.key)
-        if self.on_done is not None:
-            self.on_done(copy)
+        slot_done, on_done = self.slot_done, self.on_done  # _done, inlined (hot)
+        if slot_done is not None and detail != "stream":
+            slot_done(copy.key)
+        if on_done is not None:
+            on_done(copy)
         if copy.waiter is not None:
             copy.waiter.succeed()
 
