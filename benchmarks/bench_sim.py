@@ -1,103 +1,183 @@
-"""Simulator speed, the issue's two cases (trace generation excluded from the timings):
+"""Simulator speed, the issue's cases (trace generation excluded from the timings):
 
 1. Mixtral-8x7B, batch 1, 10,000 decode tokens, LRU and LRU with gate lookahead (target: < 3 s);
 2. Qwen3-30B-A3B, continuous batching, 200 requests of 128 decode tokens (prompts of 64-512
    tokens, chunked prefill of 256), all arriving at once, batch up to 32, LRU and gate lookahead
    (target: < 20 s).
 
-Prints wall seconds, simulated decode tokens per wall second, event-log rows per second and
-SimPy events per second (events the environment scheduled and processed). Everything runs in one
-process, one case after the other, so the ratios between lines are comparable.
+Prints wall seconds (and the process's CPU seconds, steadier on a shared machine), simulated
+decode tokens per wall second, event-log rows per second and SimPy events per second (events the
+environment scheduled and processed). Everything of one
+engine runs in one process, one case after the other, so the ratios between lines are comparable.
+
+``--ref DIR`` also times another checkout of this repository (for example the commit before a
+change: ``git worktree add DIR <commit>``) on the same cases, in a child process, alternating with
+this checkout ``--rounds`` times (each side's best round is printed): the before/after figures of
+one run of one command on a shared machine. ``--system NAME`` runs this checkout's engine under an
+implementation profile (``conf/system``; default: none, the pure roofline every older engine
+assumed, so both sides simulate the same thing).
 
     python benchmarks/bench_sim.py [--tokens 10000] [--requests 200] [--hardware rtx4090]
+                                   [--system fused] [--ref DIR [--rounds 2]]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import subprocess
+import sys
 import time
-
-import numpy as np
-from moe_offload_lab.policies.config import build_policy
-from moe_offload_lab.sim.engine import Engine
-from moe_offload_lab.sim.hardware import load_hardware
-from moe_offload_lab.sim.metrics import summarize
-from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
-from moe_offload_lab.traces.format import DECODE
-from moe_offload_lab.traces.synthetic import LengthDist, SynthConfig, generate
+from pathlib import Path
+from typing import Any
 
 POLICIES = ("lru", "gate-lookahead")
+TARGETS = {"mixtral": 3.0, "qwen3": 20.0}
 
 
-def _run(engine: Engine) -> tuple[float, int, dict]:
-    start = time.perf_counter()
+def _run(engine: Any) -> tuple[float, int, dict]:
+    from moe_offload_lab.sim.metrics import summarize
+
+    start, cpu = time.perf_counter(), time.process_time()
     result = engine.run()
-    wall_s = time.perf_counter() - start
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
     # SimPy numbers every event it schedules from one counter (``Environment._eid``); the run
     # drains the queue, so the count scheduled is the count processed. Read once, after the
     # timing: counting in ``step`` would slow every event down.
     events = next(engine.env._eid)
-    return wall_s, events, {"rows": len(result.events), **summarize(result.events)}
+    return wall_s, events, {"rows": len(result.events), "cpu_s": cpu_s,
+                            **summarize(result.events)}
 
 
-def _line(name: str, wall_s: float, decode_tokens: int, events: int, s: dict, target: float
-          ) -> str:
-    verdict = "ok" if wall_s < target else "MISSED"
-    return (f"  {name:<15} wall {wall_s:6.2f} s ({verdict}, target {target:g} s)  "
-            f"{decode_tokens / wall_s:>8,.0f} decode tok/s  {events / wall_s:>9,.0f} SimPy "
-            f"events/s  {s['rows'] / wall_s:>9,.0f} log rows/s  | simulated "
-            f"{s['tokens_per_s']:7.2f} tok/s, hit {s['hit_rate']:.3f}")
+def _engine_kwargs(system: str | None) -> dict[str, Any]:
+    if not system:
+        return {}
+    from moe_offload_lab.sim.system import load_system
+
+    return {"system": load_system(system)}
 
 
-def mixtral_batch1(tokens: int, hardware: str) -> None:
+def mixtral_batch1(tokens: int, hardware: str, system: str | None) -> list[dict[str, Any]]:
     """Case 1: static batch 1, decode steps only."""
-    t0 = time.perf_counter()
+    from moe_offload_lab.policies.config import build_policy
+    from moe_offload_lab.sim.engine import Engine
+    from moe_offload_lab.sim.hardware import load_hardware
+    from moe_offload_lab.sim.workload import static_batches
+    from moe_offload_lab.traces.synthetic import generate
+
     trace = generate("mixtral-8x7b", tokens=int(tokens * 2.6), seed=0)
     schedule = static_batches(trace, 1, prefill=False)[:tokens]  # decode steps only
-    print(f"Mixtral-8x7B, batch 1, {len(schedule)} decode steps, cache at half "
-          f"(trace made in {time.perf_counter() - t0:.1f} s)")
     hw = load_hardware(hardware)
     slots = trace.spec.num_expert_keys // 2
+    out = []
     for name in POLICIES:
-        engine = Engine(trace.spec, trace, build_policy(name), hw, slots, schedule=schedule)
+        engine = Engine(trace.spec, trace, build_policy(name), hw, slots, schedule=schedule,
+                        **_engine_kwargs(system))
         wall_s, events, s = _run(engine)
-        print(_line(name, wall_s, len(schedule), events, s, 3.0))
+        out.append({"case": "mixtral", "policy": name, "wall_s": wall_s, "events": events,
+                    "cpu_s": s["cpu_s"],
+                    "decode_tokens": len(schedule), "rows": s["rows"],
+                    "tokens_per_s": s["tokens_per_s"], "hit_rate": s["hit_rate"]})
+    return out
 
 
-def qwen3_continuous(requests: int, hardware: str) -> None:
+def qwen3_continuous(requests: int, hardware: str, system: str | None) -> list[dict[str, Any]]:
     """Case 2: continuous batching, everything arriving at once, batch up to 32."""
-    t0 = time.perf_counter()
+    from moe_offload_lab.policies.config import build_policy
+    from moe_offload_lab.sim.engine import Engine
+    from moe_offload_lab.sim.hardware import load_hardware
+    from moe_offload_lab.sim.workload import ContinuousBatcher
+    from moe_offload_lab.traces.format import DECODE
+    from moe_offload_lab.traces.synthetic import LengthDist, SynthConfig, generate
+
     cfg = dataclasses.replace(
         SynthConfig.preset("qwen3-30b-a3b"), requests=requests,
         prompt_tokens=LengthDist(kind="uniform", mean=288, min=64, max=512),
         decode_tokens=LengthDist(kind="fixed", mean=128, min=128, max=128))
     trace = generate(cfg, seed=0)
     decode = int((trace.phase == DECODE).sum())
-    print(f"Qwen3-30B-A3B, continuous batching, {requests} requests x 128 decode tokens "
-          f"({trace.num_tokens} tokens), batch <= 32 (trace made in "
-          f"{time.perf_counter() - t0:.1f} s)")
     hw = load_hardware(hardware)
     slots = trace.spec.num_expert_keys // 2
+    out = []
     for name in POLICIES:
         batcher = ContinuousBatcher(trace, float("inf"), 32, chunk=256, prefill=True, seed=0)
-        engine = Engine(trace.spec, trace, build_policy(name), hw, slots, batcher=batcher)
+        engine = Engine(trace.spec, trace, build_policy(name), hw, slots, batcher=batcher,
+                        **_engine_kwargs(system))
         wall_s, events, s = _run(engine)
-        assert decode == int(np.sum([r.size for r in engine.schedule])) - (trace.num_tokens
-                                                                           - decode)
-        print(_line(name, wall_s, decode, events, s, 20.0))
+        out.append({"case": "qwen3", "policy": name, "wall_s": wall_s, "events": events,
+                    "cpu_s": s["cpu_s"],
+                    "decode_tokens": decode, "rows": s["rows"],
+                    "tokens_per_s": s["tokens_per_s"], "hit_rate": s["hit_rate"]})
+    return out
+
+
+def measure(args: argparse.Namespace, system: str | None) -> list[dict[str, Any]]:
+    """Both cases in this process."""
+    return (mixtral_batch1(args.tokens, args.hardware, system)
+            + qwen3_continuous(args.requests, args.hardware, system))
+
+
+def _line(label: str, r: dict[str, Any]) -> str:
+    target = TARGETS[r["case"]]
+    wall = r["wall_s"]
+    verdict = "ok" if wall < target else "MISSED"
+    return (f"  {label:<6} {r['policy']:<15} wall {wall:6.2f} s ({verdict}, target {target:g} s)"
+            f" cpu {r['cpu_s']:6.2f} s"
+            f"  {r['decode_tokens'] / wall:>8,.0f} decode tok/s  {r['events'] / wall:>9,.0f} "
+            f"SimPy events/s  {r['rows'] / wall:>9,.0f} log rows/s  | simulated "
+            f"{r['tokens_per_s']:7.2f} tok/s, hit {r['hit_rate']:.3f}")
+
+
+def _child(ref: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The cases timed on the checkout ``ref``, in a child process (printed as JSON)."""
+    cmd = [sys.executable, __file__, "--child", str(ref), "--tokens", str(args.tokens),
+           "--requests", str(args.requests), "--hardware", args.hardware]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    """Run both cases and print one line per policy."""
+    """Run both cases (and the reference checkout's, with ``--ref``); print one line each."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=10_000, help="Mixtral decode tokens")
     parser.add_argument("--requests", type=int, default=200, help="Qwen3 requests")
     parser.add_argument("--hardware", default="rtx4090")
+    parser.add_argument("--system", default=None,
+                        help="implementation profile of this checkout's engine (default: none)")
+    parser.add_argument("--ref", type=Path, default=None,
+                        help="another checkout to time on the same cases (before/after)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternations with --ref")
+    parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    mixtral_batch1(args.tokens, args.hardware)
-    qwen3_continuous(args.requests, args.hardware)
+    if args.child is not None:  # a child timing the reference checkout
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from refcode import use_checkout
+
+        use_checkout(args.child)
+        print(json.dumps(measure(args, None)))
+        return
+    sides: dict[str, list[list[dict[str, Any]]]] = {"before": [], "after": []}
+    for _ in range(max(1, args.rounds) if args.ref else 1):
+        if args.ref is not None:
+            sides["before"].append(_child(args.ref, args))
+        sides["after"].append(measure(args, args.system))
+    print(f"Mixtral-8x7B, batch 1, {args.tokens} decode steps, cache at half; Qwen3-30B-A3B, "
+          f"continuous batching, {args.requests} requests x 128 decode tokens, batch <= 32; "
+          f"{args.hardware}; this checkout's system profile: {args.system or 'none (roofline)'}"
+          + (f"; best of {len(sides['after'])} alternating rounds" if args.ref else ""))
+    best = {side: [min(rounds, key=lambda rs, i=i: rs[i]["wall_s"])[i]
+                   for i in range(len(rounds[0]))] if rounds else []
+            for side, rounds in sides.items()}
+    for i, after in enumerate(best["after"]):
+        if best["before"]:
+            before = best["before"][i]
+            print(_line("before", before))
+            print(_line("after", after) + f"  ({before['wall_s'] / after['wall_s']:.2f}x wall, "
+                                          f"{before['cpu_s'] / after['cpu_s']:.2f}x cpu)")
+        else:
+            print(_line("", after))
 
 
 if __name__ == "__main__":

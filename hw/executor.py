@@ -7,10 +7,12 @@ Per step the model calls :meth:`OffloadExecutor.begin_step`, then for each MoE l
 1. the host waits for the layer's routing (an event recorded on the compute stream: live routing
    would be read back here) and polls in-flight copies: each finished one becomes resident and
    ``policy.on_fetch_done`` is called (issue order);
-2. ``on_layer``; ``place`` via :func:`policies.base.split_placement`; ``admit``; ``evict`` (+
-   ``on_evict``); demand copies on the high-priority ``demand`` stream into slots, non-admitted
-   ones into scratch buffers (*stream*); ``prefetch``: cancellations (slot freed, ``on_evict``),
-   evictions, prefetch copies on the ``prefetch`` stream while slots are free;
+2. the contract's calls, through the one protocol every engine drives
+   (:class:`policies.protocol.LayerProtocol`): ``on_layer``, ``place``, ``admit``, ``evict`` (+
+   ``on_evict``), ``prefetch`` and its cancellations; the executor supplies the copies
+   (:class:`~policies.protocol.Transfers`): demand copies on the high-priority ``demand`` stream
+   into slots, non-admitted ones into scratch buffers (*stream*), prefetch copies on the
+   ``prefetch`` stream;
 3. CPU-placed experts start on host threads (a small ThreadPoolExecutor) from the host weights;
 4. the compute stream waits (``stream.wait``) for the copies the layer needs (a *stall*), runs
    the device experts in ascending expert order, gathers the CPU results, and combines all outputs
@@ -38,12 +40,7 @@ from moe_offload_lab.hw.store import ExpertStore, expert_ffn
 from moe_offload_lab.policies.base import Policy
 from moe_offload_lab.policies.context import LayerContext
 from moe_offload_lab.policies.cost import CostModel
-from moe_offload_lab.policies.evaluation import (
-    choose_victims,
-    place_and_admit,
-    plan_with_room,
-    validate_cancel,
-)
+from moe_offload_lab.policies.protocol import STREAM, LayerProtocol, Transfers
 from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
 from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.spec import ModelSpec
@@ -64,7 +61,7 @@ class _Copy:
     used: bool = False
 
 
-class OffloadExecutor:
+class OffloadExecutor(Transfers):
     """Routed-expert execution with an offloading policy (see module docstring).
 
     ``capacity_slots`` slots on ``device``; ``policy`` None: every expert resident, no policy.
@@ -81,8 +78,6 @@ class OffloadExecutor:
         self.n_layers, self.n_experts = spec.num_moe_layers, spec.num_experts
         self.bytes = store.bytes_per_expert
         self.rows: list[list[Any]] = []  # event rows; start/end may be events until finish()
-        self.copies: dict[int, _Copy] = {}  # key -> copy holding a slot, in flight
-        self.unused: dict[int, _Copy] = {}  # prefetched keys not accessed yet
         self.stats = {"fetches": 0, "streams": 0, "prefetches": 0, "cancelled": 0,
                       "evictions": 0, "cpu_experts": 0, "max_used_slots": 0}
         self.pool_threads = ThreadPoolExecutor(max_workers=max(1, cpu_threads),
@@ -94,6 +89,11 @@ class OffloadExecutor:
         self.slots = SlotPool(spec, capacity_slots, store.numel, device, partition)
         self.scratch = ScratchPool(store.numel, device)
         self.ctx = LayerContext(spec, self.slots.cache)
+        # the contract's call order (policies.protocol); this executor supplies the copies
+        self.protocol = (LayerProtocol(policy, self.slots.cache, self, memory=self.slots)
+                         if policy is not None else None)
+        self._scratch_of: dict[int, torch.Tensor] = {}  # this layer's streamed keys -> buffer
+        self._cancel_at = 0.0  # host time of the layer's cancellations
         if policy is None:  # all-resident reference: preload every expert, untimed
             for key in range(spec.num_expert_keys):
                 slot = self.slots.start_fetch(key)
@@ -108,16 +108,16 @@ class OffloadExecutor:
         self.step, self.n_tok = step, len(request_ids)
         self.step_start = self.device.compute.record()
         self.ctx.begin_step(step, request_ids, phase, rows)
-        if self.policy is not None:
-            self.policy.begin_step(self.ctx)
+        if self.protocol is not None:
+            self.protocol.begin_step(self.ctx)
 
     def end_step(self) -> None:
         """The step's last layer ran: wait for it, poll copies, ``policy.end_step``."""
         end = self.device.compute.record()
         end.synchronize()  # a decode step ends with a host read (sampling) in real serving
         self._poll()
-        if self.policy is not None:
-            self.policy.end_step(self.ctx)
+        if self.protocol is not None:
+            self.protocol.end_step(self.ctx)
         self.rows.append([_K_STEP, self.step_start, end, self.step, -1, -1, 0, _R_NONE,
                           DETAIL["step"], self.n_tok])
 
@@ -129,12 +129,35 @@ class OffloadExecutor:
     # ---- copies ---------------------------------------------------------------------------------
     def _poll(self) -> None:
         """Completed copies become resident (``on_fetch_done``), in issue order."""
-        for key, copy in list(self.copies.items()):
+        if self.protocol is None:
+            return
+        for key, copy in list(self.protocol.copies.items()):
             if copy.handle.end.query():
-                del self.copies[key]
-                self.slots.complete_fetch(key)
-                if self.policy is not None:
-                    self.policy.on_fetch_done(key)
+                self.protocol.copy_done(key)
+
+    # ---- Transfers: the protocol's copy hooks ---------------------------------------------------
+    def start_copy(self, key: int, purpose: str, layer: int) -> _Copy:
+        """Issue the copy of ``key``: into its slot (booked by the protocol) or, streamed, into
+        the layer's next scratch buffer."""
+        if purpose == STREAM:
+            index = len(self._scratch_of)
+            copy = self._issue(key, purpose, layer, index)
+            self._scratch_of[key] = self.scratch.get(index)
+            return copy
+        return self._issue(key, purpose, layer)
+
+    def cancel_copy(self, handle: _Copy) -> None:
+        """Abandon an in-flight prefetch (logged ``cancelled``)."""
+        self._cancel(handle, self._cancel_at)
+
+    def before_cancel(self) -> None:
+        """Cancellations are logged at the host's time of the decision."""
+        self._cancel_at = self.device.host_time()
+
+    def prefetch_used(self, handle: _Copy) -> None:
+        """The prefetch got its first access: its row says so."""
+        handle.used = True
+        handle.row[8] = DETAIL["prefetch_used"]
 
     def _issue(self, key: int, purpose: str, layer: int, scratch_index: int = -1) -> _Copy:
         dev = self.device
@@ -143,7 +166,7 @@ class OffloadExecutor:
             dst = self.scratch.get(scratch_index)
             self.scratch.fences.wait_free(scratch_index, stream)
         else:
-            slot = self.slots.start_fetch(key)
+            slot = self.slots.slot_of[key]
             dst = self.slots.buffer[slot]
             self.slots.fences.wait_free(slot, stream)
         handle = stream.copy(dst, self.store.buffer(key))
@@ -157,8 +180,7 @@ class OffloadExecutor:
         copy = _Copy(key, purpose, handle, row)
         stat = {"demand": "fetches", "stream": "streams", "prefetch": "prefetches"}[purpose]
         self.stats[stat] += 1
-        if purpose != "stream":
-            self.copies[key] = copy
+        if purpose != STREAM:
             self.stats["max_used_slots"] = max(self.stats["max_used_slots"], self.slots.used())
         return copy
 
@@ -169,23 +191,13 @@ class OffloadExecutor:
         copy.row[8] = DETAIL["cancelled"]
         self.stats["cancelled"] += 1
 
-    def _evict(self, need: int, layer: int, protected: list[int]) -> None:
-        """Free the slots of the policy's checked victims (:func:`choose_victims`)."""
-        policy = self.policy
-        for key in choose_victims(policy, self.slots.cache, need, layer, protected,
-                                  self.n_experts):
-            self.slots.remove(key)
-            self.unused.pop(key, None)
-            self.stats["evictions"] += 1
-            policy.on_evict(key)
-
     # ---- one MoE layer --------------------------------------------------------------------------
     def moe_layer(self, layer: int, x: torch.Tensor, ids: np.ndarray, gates: np.ndarray,
                   lookahead: dict[int, np.ndarray] | None = None) -> torch.Tensor:
         """Routed experts of MoE layer ``layer``: ``x`` [T, H] (normed hidden states on the
         device), ``ids`` [T, k] int expert ids, ``gates`` [T, k] gate weights (host arrays: the
         routing the host knows); returns the gate-weighted sum [T, H]."""
-        dev, policy, slots, cache = self.device, self.policy, self.slots, self.slots.cache
+        dev, slots = self.device, self.slots
         step, n_tok = self.step, len(ids)
         dev.compute.record().synchronize()  # the routing is known on the host (live: read back)
         self._poll()
@@ -193,52 +205,18 @@ class OffloadExecutor:
         experts, tokens = experts_np.tolist(), tokens_np.tolist()
         base = layer * self.n_experts
         keys = [base + e for e in experts]
-        outcome: list[str] = []
         wait: list[_Copy] = []
         where: dict[int, Any] = {}  # key -> device buffer, or "cpu"
-        if policy is not None:
+        if self.protocol is not None:
             t0 = time.perf_counter()
             self.ctx.set_layer(layer, experts, tokens, keys, ids, gates,
                                lookahead if lookahead is not None else {})
-            policy.on_layer(self.ctx)
-            missing: list[int] = []
-            for key in keys:
-                if key in cache.resident:
-                    copy = self.unused.pop(key, None)
-                    if copy is not None:
-                        copy.used = True
-                        copy.row[8] = DETAIL["prefetch_used"]
-                        outcome.append("prefetch_hit")
-                    else:
-                        outcome.append("hit")
-                elif key in self.copies:
-                    copy = self.copies[key]
-                    if self.unused.pop(key, None) is not None:
-                        copy.used = True
-                        copy.row[8] = DETAIL["prefetch_used"]
-                    wait.append(copy)
-                    outcome.append("inflight")
-                else:
-                    missing.append(key)
-                    outcome.append("miss")
-            if missing:
-                fetch, on_cpu, keep = place_and_admit(policy, self.ctx, missing, cache, layer,
-                                                      self._evict, keys)
-                for key in on_cpu:
-                    where[key] = "cpu"
-                kept = set()
-                for key in keep:
-                    if cache.free_slots(layer) > 0:
-                        wait.append(self._issue(key, "demand", layer))
-                        kept.add(key)
-                n_scratch = 0
-                for key in fetch:
-                    if key not in kept:  # not admitted, or no slot: through a scratch buffer
-                        copy = self._issue(key, "stream", layer, n_scratch)
-                        where[key] = self.scratch.get(n_scratch)
-                        n_scratch += 1
-                        wait.append(copy)
-            self._prefetch(layer, keys)
+            self._scratch_of.clear()
+            outcome, wait, on_cpu = self.protocol.layer(self.ctx)
+            self.stats["evictions"] = self.protocol.n_evicted
+            for key in on_cpu:
+                where[key] = "cpu"
+            where.update(self._scratch_of)  # streamed keys: their scratch buffers
             t1 = time.perf_counter()
             self.rows.append([_K_POLICY, dev.host_time(t0), dev.host_time(t1), step, layer,
                               -1, 0, _R_CPU, DETAIL["decision"], n_tok])
@@ -332,30 +310,13 @@ class OffloadExecutor:
         y = self.store.compute(key, x_host[idx])  # [t, H]
         return y, t0, self.device.host_time()
 
-    def _prefetch(self, layer: int, protected: list[int]) -> None:
-        policy, cache, n_experts = self.policy, self.slots.cache, self.n_experts
-        plan = policy.prefetch(self.ctx)
-        now = self.device.host_time()
-        for key in plan.cancel:
-            copy = self.copies.get(key)
-            validate_cancel(policy.name, key, copy and copy.purpose, protected)
-            self._cancel(copy, now)
-            del self.copies[key]
-            self.unused.pop(key, None)
-            self.slots.remove(key)
-            policy.on_evict(key)
-        if not plan.keys:
-            return
-        for key in plan_with_room(policy.name, plan.keys, cache, self.n_layers, n_experts,
-                                  self._evict, protected):
-            self.unused[key] = self._issue(key, "prefetch", layer)
-
     # ---- end of run -----------------------------------------------------------------------------
     def finish(self) -> pd.DataFrame:
         """Wait for the streams, abandon leftover copies (logged ``cancelled``) and return the
         event log frame with resolved times."""
         now = self.device.host_time()
-        for copy in list(self.copies.values()):
+        copies = self.protocol.copies if self.protocol is not None else {}
+        for copy in list(copies.values()):
             if not copy.handle.end.query():
                 self._cancel(copy, now)
         self.device.finish()

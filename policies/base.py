@@ -8,6 +8,9 @@ into the same policy, and copy them if it needs them longer.
 Call order an engine must follow
 ================================
 
+:class:`policies.protocol.LayerProtocol` implements it once; every engine (simulator, executor,
+offline replay) drives that object and supplies only how time passes and where memory lives.
+
 Once per run::
 
     policy.reset(spec, capacity_slots, cost_model, trace=None, schedule=None)

@@ -5,6 +5,20 @@ metrics.
 Each run is a mapping ``{label, policy, cache?}``: ``policy`` names a config of ``conf/policy``
 and ``cache`` overrides keys of the top-level ``cache`` group (e.g. ``{fraction: 1.0, preload:
 true}`` for the all-resident bound). ``speedup`` is tokens/s over the baseline run's.
+
+``compare.published`` (optional) puts published figures beside the simulated ones::
+
+    published:
+      source: "who measured them, where"
+      figures:                      # the first entry whose ``match`` holds is used
+        - match: {hardware.name: a100-80gb-sxm, model.expert_bytes_per_param: 0.325,
+                  cache.slots_per_layer: 4}    # dotted keys of the composed config
+          tokens_per_s: {full: 3.061, no-prefetch: 2.918, no-cache: 2.265}   # by run label
+
+and the table gains ``published_tokens_per_s``, ``published_speedup`` (over the published
+baseline) and ``speedup_error`` (simulated speedup over published speedup, minus 1): the ratios
+are what a simulator can be held to when the absolute figures depend on a runtime it models only
+through a fitted profile.
 """
 
 from __future__ import annotations
@@ -21,8 +35,9 @@ from moe_offload_lab.traces.errors import ConfigError
 from tqdm import tqdm
 
 RUNS_DIR = "runs"
-COLUMNS = ("policy", "tpot_ms_mean", "tpot_ms_p99", "tokens_per_s", "hit_rate", "stall_s",
-           "speedup")
+COLUMNS = ("label", "policy", "tpot_ms_mean", "tpot_ms_p99", "tokens_per_s", "hit_rate",
+           "stall_s", "speedup")
+PUBLISHED_COLUMNS = ("published_tokens_per_s", "published_speedup", "speedup_error")
 
 
 def _runs(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -69,12 +84,63 @@ def run_comparison(cfg: RunConfig
         summaries.append({"label": label, **result.summary})
         results[label] = result
     base = next(s for s in summaries if s["label"] == baseline)["tokens_per_s"]
-    rows = [{"policy": s["label"], "tpot_ms_mean": s["tpot_ms_mean"],
+    rows = [{"label": s["label"], "policy": s["policy"], "tpot_ms_mean": s["tpot_ms_mean"],
              "tpot_ms_p99": s["tpot_ms_p99"], "tokens_per_s": s["tokens_per_s"],
              "hit_rate": s["hit_rate"], "stall_s": s["stall_s"],
              "speedup": (s["tokens_per_s"] / base) if base and s["tokens_per_s"] else None}
             for s in summaries]
-    return pd.DataFrame(rows, columns=list(COLUMNS)), summaries, results
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    published = published_figures(cfg)
+    if published is not None:
+        table = _with_published(table, published, baseline)
+    return table, summaries, results
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    """``data['a']['b']`` for ``'a.b'`` (None when a part is missing)."""
+    value: Any = data
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _matches(expected: Any, actual: Any) -> bool:
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool) \
+            and isinstance(actual, (int, float)) and not isinstance(actual, bool):
+        return abs(float(expected) - float(actual)) <= 1e-9 * max(1.0, abs(float(expected)))
+    return expected == actual
+
+
+def published_figures(cfg: RunConfig) -> dict[str, float] | None:
+    """The published tokens/s per run label for this configuration (see the module docstring),
+    or None when ``compare.published`` is absent or none of its entries matches."""
+    spec = (cfg.compare or {}).get("published")
+    if not spec:
+        return None
+    figures = spec.get("figures") if isinstance(spec, dict) else None
+    if not isinstance(figures, list):
+        raise ConfigError("compare.published.figures must be a list of {match, tokens_per_s}")
+    data = {"model": cfg.model, "hardware": cfg.hardware, "cache": cfg.cache or {},
+            "batch": cfg.batch, "system": cfg.system}
+    for i, entry in enumerate(figures):
+        if not isinstance(entry, dict) or not isinstance(entry.get("match"), dict) \
+                or not isinstance(entry.get("tokens_per_s"), dict):
+            raise ConfigError(f"compare.published.figures[{i}] needs match and tokens_per_s "
+                              f"mappings")
+        if all(_matches(v, _lookup(data, k)) for k, v in entry["match"].items()):
+            return {str(k): float(v) for k, v in entry["tokens_per_s"].items()}
+    return None
+
+
+def _with_published(table: pd.DataFrame, published: dict[str, float],
+                    baseline: str) -> pd.DataFrame:
+    base = published.get(baseline)
+    figure = table["label"].map(published)
+    speedup = figure / base if base else figure * float("nan")
+    return table.assign(published_tokens_per_s=figure, published_speedup=speedup,
+                        speedup_error=table["speedup"] / speedup - 1.0)
 
 
 def run_folder(label: str) -> str:
@@ -94,7 +160,8 @@ def _fmt(value: Any) -> str:
 def markdown(table: pd.DataFrame) -> str:
     """The table as GitHub markdown."""
     header = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---" if c == "policy" else "---:" for c in table.columns) + "|"
+    rule = "|" + "|".join("---" if c in ("label", "policy") else "---:"
+                          for c in table.columns) + "|"
     body = ["| " + " | ".join(_fmt(v) for v in row) + " |"
             for row in table.itertuples(index=False)]
     return "\n".join([header, rule, *body]) + "\n"
@@ -105,7 +172,7 @@ def text_table(table: pd.DataFrame) -> str:
     cells = [list(table.columns)] + [[_fmt(v) for v in row]
                                      for row in table.itertuples(index=False)]
     widths = [max(len(r[i]) for r in cells) for i in range(len(table.columns))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(r, widths, strict=True)))
                      for r in cells)
 

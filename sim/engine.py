@@ -1,17 +1,28 @@
-"""The SimPy engine: replays a trace through a policy on a hardware profile.
+"""The simulator's engine: replays a trace through a policy on a hardware profile and a runtime.
 
-One main process runs the GPU stream step by step and layer by layer, following the call order of
-:mod:`policies.base` exactly; a :class:`~sim.link.Link` serves the copies (one SimPy timeout per
-copy, with callbacks). Per MoE layer: the non-expert work (attention...) runs, then the routing is
-known and the policy is called (``on_layer``, ``place``, ``admit``, ``evict``, ``prefetch``), the
-demand copies are queued before the prefetches, the layer waits (a *stall*) for every copy it
-needs, then its experts run: GPU experts one after another on the GPU stream, CPU-placed ones on
-the host CPU in parallel, and the layer ends when both are done.
+A plain loop runs the GPU stream step by step and layer by layer; the contract's calls go through
+the one protocol every engine drives (:class:`policies.protocol.LayerProtocol`), and this engine
+supplies how time passes: a :class:`~sim.link.Link` serves the copies (SimPy events with
+callbacks, processed up to the GPU stream's clock before each decision), the host CPU runs
+CPU-placed experts, and the runtime's implementation profile (:class:`~sim.system.SystemProfile`)
+adds its overheads and decides what overlaps. Per MoE layer:
 
-Events: one per copy, plus one per wait for a copy that is still queued (a copy already running
-is waited on through its own timeout), plus a layer's timeout only when a copy ends during that
-layer (otherwise the main process runs ahead of the clock, see ``_main``). Event-log rows are
-packed records (:mod:`sim.eventlog`). ``benchmarks/bench_sim.py`` times the issue's two cases.
+1. the non-expert work (attention over the KV cache, router, norms: :mod:`sim.compute`) ends
+   and the routing is known; the policy decides (its declared decision time), and the copies it
+   asked for are queued, demand before prefetch (one transfer for the layer's demand copies when
+   the runtime batches them);
+2. CPU-placed experts start on the host at once, on ``cpu_cores`` (as many at a time as the
+   runtime's threads per expert allow), in parallel with the copies and the GPU;
+3. GPU experts: when the runtime computes while copying (ProMoE-style), the resident ones run
+   first and each missing one as soon as its copy lands; otherwise the layer waits for all its
+   copies (a *stall*), then runs them one after another. A runtime that does not overlap copies
+   with compute (one stream, or pageable memory) waits for every copy in flight, prefetches
+   included. Each wait for a copy costs the runtime's ``copy_sync_s`` when it ends;
+4. the layer ends when GPU and CPU experts are both done; the next layer's non-expert work
+   follows on the GPU stream.
+
+Events: one per copy (per chunk when chunked); nothing else is scheduled in SimPy. Event-log rows
+are packed records (:mod:`sim.eventlog`). ``benchmarks/bench_sim.py`` times the issue's cases.
 """
 
 from __future__ import annotations
@@ -26,26 +37,42 @@ import simpy
 from moe_offload_lab.policies.base import Policy
 from moe_offload_lab.policies.cache import SlotCache
 from moe_offload_lab.policies.context import LayerContext
-from moe_offload_lab.policies.evaluation import (
-    choose_victims,
-    place_and_admit,
-    plan_with_room,
-    validate_cancel,
-)
 from moe_offload_lab.policies.needs import step_experts
+from moe_offload_lab.policies.protocol import LayerProtocol, Transfers
 from moe_offload_lab.sim.compute import ComputeModel
 from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
 from moe_offload_lab.sim.hardware import HardwareProfile
 from moe_offload_lab.sim.host import HostTier
 from moe_offload_lab.sim.link import Copy, Link
+from moe_offload_lab.sim.system import SystemProfile
 from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.spec import ModelSpec
 
-_NO_KEYS: frozenset[int] = frozenset()
-_K_COMPUTE, _R_GPU = KIND["compute"], RESOURCE["gpu"]
-_R_CPU, _D_CPU = RESOURCE["cpu"], DETAIL["cpu"]
+_K_COMPUTE, _K_STALL, _R_GPU = KIND["compute"], KIND["stall"], RESOURCE["gpu"]
+_R_CPU, _D_CPU, _D_WAIT = RESOURCE["cpu"], DETAIL["cpu"], DETAIL["wait"]
+
+
+def _attended(position: np.ndarray, request_ids: np.ndarray) -> tuple[int, int]:
+    """One step's attention work: the sum over its tokens of the context each attends to
+    (position + 1), and the KV-cache entries it reads (per request, its longest context).
+    ``position``, ``request_ids`` [B], each request's rows contiguous and ascending."""
+    ctx = position.astype(np.int64) + 1  # [B]
+    last = np.r_[request_ids[1:] != request_ids[:-1], True]  # [B] a request's last row
+    return int(ctx.sum()), int(ctx[last].sum())
+
+
+def _attended_by_step(position: np.ndarray, request_ids: np.ndarray, bounds: list[int]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_attended` of every step of a static schedule at once: ``position`` and
+    ``request_ids`` [R] are the schedule's rows in order, step ``s`` holding
+    ``bounds[s]:bounds[s + 1]``. Returns two arrays [S]."""
+    starts = np.asarray(bounds[:-1], dtype=np.int64)  # [S]
+    ctx = position.astype(np.int64) + 1  # [R]
+    last = np.r_[request_ids[1:] != request_ids[:-1], True]  # [R]
+    last[np.asarray(bounds[1:], dtype=np.int64) - 1] = True  # a step's last row ends a run
+    return np.add.reduceat(ctx, starts), np.add.reduceat(np.where(last, ctx, 0), starts)
 
 
 @dataclass
@@ -60,7 +87,7 @@ class EngineResult:
     expert_bytes: int
 
 
-class Engine:
+class Engine(Transfers):
     """Simulate ``trace`` under ``policy`` with a ``capacity_slots`` GPU expert cache.
 
     ``batch`` requests run together (static batching, :func:`sim.workload.static_batches`) unless
@@ -71,17 +98,21 @@ class Engine:
     every layer (for tests). ``chunk_mb`` > 0 moves copies in chunks of at most that many MB
     (1e6 bytes) so a demand copy can overtake a running prefetch (:class:`~sim.link.Link`).
     ``host`` (:class:`sim.host.HostTier`) models host DRAM over NVMe when the experts do not all
-    fit in DRAM: each copy then runs at its source's bandwidth.
+    fit in DRAM: each copy then runs at its source's bandwidth. ``system`` is the runtime's
+    implementation profile (None: :meth:`~sim.system.SystemProfile.ideal`, no overheads).
     """
 
-    defer_timeouts = True  # skip SimPy timeouts while the link is idle (see _main); tests toggle it
+    # False (tests): set the link's clock to the GPU stream's at every layer, not only process
+    # its events due by then; timing must not change
+    defer_timeouts = True
 
     def __init__(self, spec: ModelSpec, trace: Trace, policy: Policy, hardware: HardwareProfile,
                  capacity_slots: int, batch: int = 1, *,
                  schedule: Sequence[np.ndarray] | None = None,
                  batcher: ContinuousBatcher | None = None,
                  preload: bool = False, prefill: bool = True, check: bool = False,
-                 chunk_mb: float = 0, host: HostTier | None = None) -> None:
+                 chunk_mb: float = 0, host: HostTier | None = None,
+                 system: SystemProfile | None = None) -> None:
         n_keys = spec.num_expert_keys
         if isinstance(capacity_slots, bool) or not isinstance(capacity_slots, (int, np.integer)):
             raise ConfigError(f"cache capacity must be an integer number of slots, "
@@ -116,7 +147,8 @@ class Engine:
         self.chunk_bytes = int(chunk_mb * 1e6)  # 0: whole copies (no chunking)
         if chunk_mb > 0 and self.chunk_bytes < 1:
             raise ConfigError(f"link.chunk_mb of {chunk_mb!r} is under one byte")
-        self.compute = ComputeModel(spec, hardware)
+        self.compute = ComputeModel(spec, hardware, system)
+        self.system = self.compute.system
         self.host = host
         self.log = EventLog()
 
@@ -128,11 +160,12 @@ class Engine:
         policy.reset(spec, self.capacity_slots, self.compute.cost_model(), trace=self.trace,
                      schedule=None if self.batcher is not None else self.schedule)
         self.cache = SlotCache(self.capacity_slots, n_experts, n_layers, policy.partition_slots)
-        self.copies: dict[int, Copy] = {}  # key -> in-flight copy holding a slot
-        self.unused_prefetch: dict[int, Copy] = {}  # prefetched keys not accessed yet
         self.env = simpy.Environment()
+        self.protocol = LayerProtocol(policy, self.cache, self, codes=DETAIL)
         self.link = Link(self.env, self.compute.link_bytes_per_s, self.compute.link_latency_s,
-                         n_experts, self.log, self._copy_done, self.chunk_bytes)
+                         n_experts, self.log, None, self.chunk_bytes,
+                         engines=self.hardware.copy_engines, slot_done=self.protocol.copy_done)
+        self._idle_until, self._served = 0.0, -1
         if self.preload:
             for key in range(n_layers * n_experts):
                 if self.cache.free_slots() <= 0:
@@ -140,11 +173,10 @@ class Engine:
                 if self.cache.free_slots(key // n_experts) > 0:
                     self.cache.insert(key)
                     policy.on_fetch_done(key)
-        self.env.process(self._main())
         gc_enabled = gc.isenabled()
         gc.disable()  # millions of short-lived objects: collection passes cost ~5% for nothing
         try:
-            self.env.run()  # the main process cancels leftover copies, so the link drains too
+            self._main()
         finally:
             if gc_enabled:
                 gc.enable()
@@ -152,44 +184,94 @@ class Engine:
         return EngineResult(self.log.to_frame(), self.end_s, tokens, len(self.schedule),
                             self.capacity_slots, spec.expert_bytes)
 
-    def _copy_done(self, copy: Copy) -> None:
-        if copy.purpose == "stream":
-            return
-        del self.copies[copy.key]
-        self.cache.complete_fetch(copy.key)
-        self.policy.on_fetch_done(copy.key)
+    # ---- Transfers: the protocol's copy hooks (policies.protocol) -------------------------------
+    def start_copy(self, key: int, purpose: str, layer: int) -> Copy:
+        """A copy of ``key`` that starts once the layer's decisions are made (submitted with the
+        layer's other copies when the protocol returns)."""
+        copy = Copy(key, self._expert_bytes, purpose, self._step, layer,
+                    self._clock + self._decision_s)  # the decision's end
+        if self.host is not None:
+            copy.bytes_per_s = self.host.source_bytes_per_s(key)
+        self._to_submit.append(copy)
+        return copy
 
-    def _evict(self, need: int, layer: int, protected: list[int]) -> None:
-        """Free the slots of the policy's checked victims (:func:`choose_victims`)."""
-        policy, cache, unused = self.policy, self.cache, self.unused_prefetch
-        for key in choose_victims(policy, cache, need, layer, protected, self.spec.num_experts):
-            cache.remove(key)
-            unused.pop(key, None)
-            policy.on_evict(key)
+    def cancel_copy(self, handle: Copy) -> None:
+        """Abandon a queued or running prefetch now (at the decision's time)."""
+        self.link.cancel(handle)
 
-    def _main(self):  # noqa: ANN202, C901 - SimPy generator; the contract's sequence in one place
-        env, log, cache, policy, link = self.env, self.log, self.cache, self.policy, self.link
-        spec, compute, trace = self.spec, self.compute, self.trace
-        n_layers, n_experts, expert_bytes = spec.num_moe_layers, spec.num_experts, spec.expert_bytes
+    def awaited(self, handle: Copy) -> None:
+        """A layer needs this copy: demand priority from now on."""
+        self.link.promote(handle)
+
+    def prefetch_used(self, handle: Copy) -> None:
+        """Its log row (now or at completion) says ``prefetch_used``."""
+        handle.used = True
+        if handle.row >= 0:
+            self.log.set_detail(handle.row, "prefetch_used")
+
+    def before_cancel(self) -> None:
+        """A cancel acts at the link's time: bring it up to the decision's."""
+        self._sync(self._clock)
+
+    def _writebacks(self, evicted: int) -> None:
+        """``evicted`` slots were freed for this layer's copies: the first that many slot copies
+        also carry the evicted experts back to the host (``writeback_evicted``)."""
+        seconds = self._expert_bytes / self.compute.link_bytes_per_s
+        for copy in self._to_submit:
+            if evicted <= 0:
+                return
+            if copy.purpose != "stream":
+                copy.extra_s = seconds
+                evicted -= 1
+
+    def _submit(self, copies: list[Copy]) -> None:
+        """Queue the layer's copies; a batching runtime sends its demand copies as one."""
+        if self.system.batched_copies:
+            demand = [c for c in copies if c.purpose != "prefetch"]
+            if len(demand) > 1:
+                copies = [self.link.batch(demand), *(c for c in copies if c.purpose == "prefetch")]
+        self.link.submit_all(copies)
+
+    # ---- time -----------------------------------------------------------------------------------
+    def _advance(self, t: float) -> None:
+        """Process every link event due by ``t`` (the GPU stream's clock). Between events the
+        link's own clock may lag behind: nothing happens on it until its next event."""
+        env = self.env
+        while env.peek() <= t:
+            env.step()
+
+    def _sync(self, t: float) -> None:
+        """Process the link's events due by ``t`` and set its clock to ``t`` exactly."""
+        self._advance(t)
+        if self.env.now < t:
+            self.env.run(until=t)
+
+    def _wait(self, copy: Copy) -> None:
+        """Run the link until ``copy`` lands (the link's clock is then its completion time)."""
+        step = self.env.step
+        while copy.state != "done":
+            step()
+
+    def _main(self) -> None:  # noqa: C901 - the engine's timing loop in one place
+        env, log, cache, link = self.env, self.log, self.cache, self.link
+        spec, compute, trace, protocol = self.spec, self.compute, self.trace, self.protocol
+        n_layers, n_experts = spec.num_moe_layers, spec.num_experts
+        self._expert_bytes = spec.expert_bytes
         ctx = LayerContext(spec, cache)
-        copies, unused = self.copies, self.unused_prefetch
-        decision = policy.decision_cost
-        host = self.host
+        decision = self.policy.decision_cost
         ids_all, gates_all = trace.expert_ids, trace.gate_weights
         gpu_memo = self._gpu_memo = {}  # tokens -> seconds of one expert
         self._cpu_memo = {}
-        step_memo: dict[int, tuple[float, float]] = {}  # batch size -> (other_s, decision_s)
+        decision_memo: dict[int, float] = {}  # batch size -> decision_s
         buf, pack = log.buf, log.pack  # buf += pack(row): see EventLog.add_codes for the columns
         k_compute, k_stall, k_policy, k_step = (KIND[n] for n in (
             "compute", "stall", "policy", "step"))
         r_gpu, r_none, r_decision = RESOURCE["gpu"], RESOURCE["none"], RESOURCE[decision.where]
         d_other, d_decision, d_step, d_wait = (DETAIL[n] for n in (
             "other", "decision", "step", "wait"))
-        d_hit, d_prefetch_hit, d_inflight, d_miss = (DETAIL[n] for n in (
-            "hit", "prefetch_hit", "inflight", "miss"))
         ahead: dict[int, np.ndarray] = {}
         ctx.lookahead = ahead  # filled in place at every layer
-        reads = policy.lookahead_distances  # None: every distance the trace carries
+        reads = self.policy.lookahead_distances  # None: every distance the trace carries
         lookahead = [(d, cols) for d, cols in sorted(trace.lookahead.items())
                      if reads is None or d in reads]
         # static schedules: every step's rows gathered once; a step then slices them (views)
@@ -200,6 +282,10 @@ class Engine:
             ids_rows, gates_rows = ids_all[rows_all], gates_all[rows_all]  # [R, L, k]
             request_rows, phase_rows = trace.request_id[rows_all], trace.phase[rows_all]  # [R]
             lookahead_rows = [(d, cols[rows_all]) for d, cols in lookahead]  # [R, L, k] each
+            context_steps, kv_steps = _attended_by_step(trace.position[rows_all], request_rows,
+                                                        bounds)  # [S] each
+            other_steps = compute.layer_other_steps(np.diff(bounds), context_steps,
+                                                    kv_steps).tolist()  # [S]
         # batch-1 schedules: every step's sorted expert lists and keys in one numpy call
         single = static and all(len(r) == 1 for r in self.schedule)
         if single:
@@ -208,23 +294,30 @@ class Engine:
             offsets = (np.arange(n_layers, dtype=np.int64) * n_experts)[None, :, None]  # [1, L, 1]
             keys_all = (sorted_ids.astype(np.int64) + offsets).tolist()  # [S][L][k]
             ones = [[1] * spec.top_k] * n_layers
-        resident = cache.resident  # a live set, never replaced
-        # hot calls, bound once (policies bind their methods in reset, before the run)
-        on_layer, prefetch, evict, check = policy.on_layer, policy.prefetch, self._evict, self.check
-        start_fetch, promote, submit_all, completion = (cache.start_fetch, link.promote,
-                                                        link.submit_all, link.completion)
-        # ``clock`` is the GPU stream's time. While nothing can happen on the link before a
-        # layer's end (no copy in flight, or the running one ends later), the main process skips
-        # the layer's timeout and lets ``clock`` run ahead of ``env.now``; it syncs (one timeout)
-        # otherwise, and before cancelling. Copies submitted while behind start at their
-        # ``ready_s``, an absolute time, so timing is unchanged. (Not with a batcher: arrivals
-        # are read against env.now.)
-        defer = self.batcher is None and self.defer_timeouts
-        clock = float(env.now)
-        for step, rows in enumerate(self._steps()):
-            if env.now < self._idle_until:  # continuous batching: wait for the next arrival
-                yield env.timeout(self._idle_until - env.now)
-                clock = env.now
+        to_submit: list[Copy] = []
+        self._to_submit = to_submit
+        layer_protocol, advance = protocol.layer, self._advance
+        submit = self._submit if self.system.batched_copies else link.submit_all
+        # the link's pending events: SimPy 4 keeps its event heap in ``Environment._queue``
+        # (``peek`` reads it, but a method call per layer costs ~8% of a run)
+        queue, system = env._queue, self.system
+        serial, reorder = not system.overlaps, system.compute_while_copying
+        writeback, evicted = system.writeback_evicted, 0
+        sync_s = system.copy_sync_s
+        self._lanes = compute.cpu_lanes
+        check, env_step = self.check, env.step
+        # ``clock`` is the GPU stream's time; the link's runs behind it and catches up (processes
+        # its events due by then) before each decision, so a copy submitted at the decision
+        # starts at its ``ready_s`` (an absolute time) and timing is exact.
+        eager = not self.defer_timeouts  # tests: set the link's clock at every layer's end
+        clock = 0.0
+        step = -1
+        while True:
+            rows = self._next_rows(clock)
+            if rows is None:
+                break
+            step += 1
+            clock = max(clock, self._idle_until)  # continuous batching: the next arrival
             step_start = clock
             n_tok = len(rows)
             if static:
@@ -244,19 +337,21 @@ class Engine:
                              for layer, layer_experts in enumerate(experts)]
             # per-layer lookahead views, built in one C loop each: [L] of [B, k]
             ahead_by_layer = [(d, list(cols.swapaxes(0, 1))) for d, cols in step_lookahead]
+            self._step = step
             ctx.begin_step(step, request_ids, phase, rows, ids, gates)
-            policy.begin_step(ctx)
-            memo = step_memo.get(n_tok)
-            if memo is None:
-                memo = step_memo[n_tok] = (compute.layer_other_s(n_tok), decision.seconds(n_tok))
-            other_s, decision_s = memo
+            protocol.begin_step(ctx)
+            if static:
+                other_s = other_steps[step]
+            else:
+                other_s = compute.layer_other_s(n_tok, *_attended(trace.position[rows],
+                                                                  request_ids))
+            decision_s = decision_memo.get(n_tok)
+            if decision_s is None:
+                decision_s = decision_memo[n_tok] = decision.seconds(n_tok)
+            self._decision_s = decision_s
             # non-expert work of layer 0
             buf += pack(k_compute, clock, clock + other_s, step, 0, -1, 0, r_gpu, d_other, n_tok)
             clock += other_s
-            if not (defer and (link.running is None and not copies
-                                  or link.running is not None and clock < link.busy_until)):
-                yield env.timeout(clock - env.now)
-                clock = env.now
             for layer in range(n_layers):
                 layer_experts, layer_tokens, keys = experts[layer], tokens[layer], step_keys[layer]
                 for d, la in ahead_by_layer:
@@ -265,102 +360,44 @@ class Engine:
                 # the step's arrays, see LayerContext.begin_step)
                 ctx.layer, ctx.experts, ctx.tokens_per_expert, ctx.keys = \
                     layer, layer_experts, layer_tokens, keys
-                on_layer(ctx)
+                if eager:
+                    self._sync(clock)
+                elif queue and queue[0][0] <= clock:  # env.peek() <= clock
+                    advance(clock)  # link events due before the routing is known
+                self._clock = clock  # start_copy and before_cancel read it
                 ready = clock + decision_s  # when the policy's decisions are made
-                protected = keys  # a few keys: a list is as fast as a set here
-                outcome: list[int] = []
-                wait: list[Copy] = []
-                missing: list[int] = []
-                for key in keys:
-                    if key in resident:
-                        copy = unused.pop(key, None)
-                        if copy is not None:
-                            copy.used = True
-                            log.set_detail(copy.row, "prefetch_used")
-                            outcome.append(d_prefetch_hit)
-                        else:
-                            outcome.append(d_hit)
-                    elif key in copies:
-                        copy = copies[key]
-                        if unused.pop(key, None) is not None:
-                            copy.used = True
-                        promote(copy)
-                        wait.append(copy)
-                        outcome.append(d_inflight)
-                    else:
-                        missing.append(key)
-                        outcome.append(d_miss)
-                to_submit: list[Copy] = []
-                on_cpu: set[int] = _NO_KEYS
-                if missing:
-                    fetch, cpu, keep = place_and_admit(policy, ctx, missing, cache, layer,
-                                                       evict, protected)
-                    on_cpu = set(cpu)
-                    kept = set()
-                    for key in keep:
-                        if cache.free_slots(layer) > 0:
-                            start_fetch(key)
-                            copy = Copy(key, expert_bytes, "demand", step, layer, ready)
-                            if host is not None:
-                                copy.bytes_per_s = host.source_bytes_per_s(key)
-                            copies[key] = copy
-                            kept.add(key)
-                            to_submit.append(copy)
-                            wait.append(copy)
-                    for key in fetch:
-                        if key not in kept:  # not admitted, or no slot: a scratch-buffer copy
-                            copy = Copy(key, expert_bytes, "stream", step, layer, ready)
-                            if host is not None:
-                                copy.bytes_per_s = host.source_bytes_per_s(key)
-                            to_submit.append(copy)
-                            wait.append(copy)
-                plan = prefetch(ctx)
-                if plan.cancel and env.now < clock:  # a cancel acts at env.now: catch up
-                    yield env.timeout(clock - env.now)
-                    clock = env.now
-                for key in plan.cancel:
-                    copy = copies.get(key)
-                    validate_cancel(policy.name, key, copy and copy.purpose, protected)
-                    link.cancel(copy)
-                    del copies[key]
-                    unused.pop(key, None)
-                    cache.remove(key)
-                    policy.on_evict(key)
-                if plan.keys:
-                    fetch = plan_with_room(policy.name, plan.keys, cache, n_layers, n_experts,
-                                           evict, protected)
-                    for key in fetch:
-                        start_fetch(key)
-                        copy = Copy(key, expert_bytes, "prefetch", step, layer, ready)
-                        if host is not None:
-                            copy.bytes_per_s = host.source_bytes_per_s(key)
-                        copies[key] = copy
-                        unused[key] = copy
-                        to_submit.append(copy)
+                if writeback:
+                    evicted = protocol.n_evicted
+                outcome, wait, on_cpu = layer_protocol(ctx)
+                if writeback and protocol.n_evicted > evicted:
+                    self._writebacks(protocol.n_evicted - evicted)
                 # the decision takes decision_s; copies start when it is made (no extra event)
                 if decision_s > 0:
                     buf += pack(k_policy, clock, ready, step, layer, -1, 0, r_decision, d_decision,
                                 n_tok)
                 if to_submit:
-                    submit_all(to_submit)
-                waited = False
-                for copy in wait:  # the link serves them one at a time: wait in turn
-                    if copy.state != "done":
-                        waited = True
-                        yield completion(copy)
-                if waited:
-                    # the copies may land before the policy's decision ends: no stall then
-                    clock = max(env.now, ready)
-                    if clock > ready:
-                        buf += pack(k_stall, ready, clock, step, layer, -1, 0, r_gpu, d_wait, 0)
-                    ready = clock
-                if check:
-                    self._check_layer(keys, on_cpu, wait)
-                # experts: GPU ones in sequence, CPU ones in parallel on the host
+                    submit(to_submit)
+                    to_submit.clear()
+                if serial:  # one stream: every copy in flight lands before the experts run
+                    wait = [*wait, *protocol.copies.values()]
                 if on_cpu:
-                    end = self._log_experts(step, layer, ready, layer_experts, keys,
-                                            layer_tokens, outcome, on_cpu)
-                else:  # the usual case: every expert on the GPU (the same rows, inlined)
+                    end = self._layer_experts(step, layer, ready, layer_experts, keys,
+                                              layer_tokens, outcome, wait, on_cpu)
+                elif reorder and wait:
+                    end = self._compute_while_copying(step, layer, ready, layer_experts, keys,
+                                                      layer_tokens, outcome, wait)
+                else:  # the usual case: every expert on the GPU once its copies landed
+                    waited = False
+                    for copy in wait:  # the link serves them one at a time: wait in turn
+                        if copy.state != "done":
+                            waited = True
+                            while copy.state != "done":  # _wait, inlined
+                                env_step()
+                    # copies landing before the policy's decision ends cost no stall
+                    if waited and env.now > ready:
+                        resume = env.now + sync_s
+                        buf += pack(k_stall, ready, resume, step, layer, -1, 0, r_gpu, d_wait, 0)
+                        ready = resume
                     end = ready
                     # equal lengths by construction; strict=True would cost ~0.1 us a layer
                     for e, t, how in zip(layer_experts, layer_tokens, outcome, strict=False):
@@ -369,64 +406,137 @@ class Engine:
                             dt = gpu_memo[t] = compute.gpu_expert_s(t)
                         buf += pack(k_compute, end, end + dt, step, layer, e, 0, r_gpu, how, t)
                         end += dt
+                if check:
+                    self._check_layer(keys, on_cpu, wait)
                 if layer + 1 < n_layers:  # the next layer's non-expert work follows at once
                     buf += pack(k_compute, end, end + other_s, step, layer + 1, -1, 0, r_gpu,
                                 d_other, n_tok)
                     end += other_s
                 clock = end
-                if not (defer and (link.running is None and not copies
-                                  or link.running is not None and clock < link.busy_until)):
-                    yield env.timeout(end - env.now)
-                    clock = env.now
-            policy.end_step(ctx)
+            protocol.end_step(ctx)
             buf += pack(k_step, step_start, clock, step, -1, -1, 0, r_none, d_step, n_tok)
         self.end_s = float(clock)
-        if copies and env.now < clock:
-            yield env.timeout(clock - env.now)
         # copies still queued or running when the last step ends are abandoned (logged as such)
-        for copy in list(copies.values()):
-            link.cancel(copy)
+        leftover = protocol.abandon_all()
+        if leftover:
+            self._sync(clock)
+            for copy in leftover:
+                link.cancel(copy)
+        env.run()
 
-    def _log_experts(self, step: int, layer: int, start_s: float, experts: list[int],
-                     keys: list[int], tokens: list[int], outcome: list[int], on_cpu: set[int]
-                     ) -> float:
-        """Log a layer's experts when some run on the host: GPU ones one after another on the GPU
-        stream, CPU ones one after another on the host, both from ``start_s``; returns when both
-        are done."""
-        compute, gpu_memo, cpu_memo = self.compute, self._gpu_memo, self._cpu_memo
-        buf, pack = self.log.buf, self.log.pack
-        gpu_t = cpu_t = start_s
-        for e, key, t, how in zip(experts, keys, tokens, outcome, strict=True):
-            if key in on_cpu:
-                dt = cpu_memo.get(t)
-                if dt is None:
-                    dt = cpu_memo[t] = compute.cpu_expert_s(t)
-                buf += pack(_K_COMPUTE, cpu_t, cpu_t + dt, step, layer, e, 0, _R_CPU, _D_CPU, t)
-                cpu_t += dt
-            else:
-                dt = gpu_memo.get(t)
-                if dt is None:
-                    dt = gpu_memo[t] = compute.gpu_expert_s(t)
-                buf += pack(_K_COMPUTE, gpu_t, gpu_t + dt, step, layer, e, 0, _R_GPU, how, t)
-                gpu_t += dt
-        return max(gpu_t, cpu_t)
+    def _layer_experts(self, step: int, layer: int, ready: float, experts: list[int],
+                       keys: list[int], tokens: list[int], outcome: list[int], wait: list[Copy],
+                       on_cpu: set[int] | frozenset[int]) -> float:
+        """Run a layer's experts from ``ready`` (the decision's end) when some run on the host;
+        returns when the last one is done.
 
-    def _steps(self):  # noqa: ANN202 - generator of each step's rows
-        self._idle_until = 0.0
+        CPU experts start at once on the host's lanes (each at ``1 / lanes`` of its throughput).
+        GPU experts: with ``compute_while_copying`` the ones not waiting for a copy first, then
+        each copied one once its copy lands (in the order the layer waits for them); otherwise
+        all of them once every copy landed. Each wait that stalls the GPU stream ends
+        ``copy_sync_s`` after the copy lands.
+        """
+        compute, cpu_memo = self.compute, self._cpu_memo
+        buf, pack, sync_s = self.log.buf, self.log.pack, self.system.copy_sync_s
+        cpu_end = ready
+        if on_cpu:
+            lanes = self._lanes
+            lane_t = [ready] * lanes
+            for e, key, t in zip(experts, keys, tokens, strict=True):
+                if key in on_cpu:
+                    dt = cpu_memo.get(t)
+                    if dt is None:
+                        dt = cpu_memo[t] = compute.cpu_expert_s(t)
+                    i = lane_t.index(min(lane_t))
+                    start = lane_t[i]
+                    lane_t[i] = start + dt * lanes
+                    buf += pack(_K_COMPUTE, start, lane_t[i], step, layer, e, 0, _R_CPU, _D_CPU, t)
+            cpu_end = max(lane_t)
+        gpu = [i for i, key in enumerate(keys) if key not in on_cpu]
+        experts, keys = [experts[i] for i in gpu], [keys[i] for i in gpu]
+        tokens, outcome = [tokens[i] for i in gpu], [outcome[i] for i in gpu]
+        if self.system.compute_while_copying and wait:
+            end = self._compute_while_copying(step, layer, ready, experts, keys, tokens,
+                                              outcome, wait)
+            return max(end, cpu_end)
+        for copy in wait:
+            if copy.state != "done":
+                self._wait(copy)
+        landed = max((c.end_s for c in wait), default=ready)
+        t = self._stall(step, layer, ready, landed + sync_s) if landed > ready else ready
+        for e, tok, how in zip(experts, tokens, outcome, strict=True):
+            t = self._gpu_expert(step, layer, t, e, tok, how)
+        return max(t, cpu_end)
+
+    def _compute_while_copying(self, step: int, layer: int, ready: float, experts: list[int],
+                               keys: list[int], tokens: list[int], outcome: list[int],
+                               wait: list[Copy]) -> float:
+        """:meth:`_layer_experts` when every expert runs on the GPU and the runtime computes
+        while copying (the hot case of such runtimes, without the CPU bookkeeping)."""
+        buf, pack, memo, sync_s = self.log.buf, self.log.pack, self._gpu_memo, \
+            self.system.copy_sync_s
+        copy_of = {c.key: c for c in wait}
+        t = ready
+        later = []
+        for e, key, tk, how in zip(experts, keys, tokens, outcome, strict=False):
+            copy = copy_of.get(key)
+            if copy is not None:
+                later.append((copy, e, tk, how))
+                continue
+            dt = memo.get(tk)
+            if dt is None:
+                dt = memo[tk] = self.compute.gpu_expert_s(tk)
+            buf += pack(_K_COMPUTE, t, t + dt, step, layer, e, 0, _R_GPU, how, tk)
+            t += dt
+        for copy, e, tk, how in later:
+            if copy.state != "done":
+                self._wait(copy)
+            if copy.end_s > t:
+                resume = copy.end_s + sync_s
+                buf += pack(_K_STALL, t, resume, step, layer, -1, 0, _R_GPU, _D_WAIT, 0)
+                t = resume
+            dt = memo.get(tk)
+            if dt is None:
+                dt = memo[tk] = self.compute.gpu_expert_s(tk)
+            buf += pack(_K_COMPUTE, t, t + dt, step, layer, e, 0, _R_GPU, how, tk)
+            t += dt
+        return t
+
+    def _gpu_expert(self, step: int, layer: int, start: float, expert: int, tokens: int,
+                    how: int) -> float:
+        """Log one GPU expert from ``start``; returns its end."""
+        dt = self._gpu_memo.get(tokens)
+        if dt is None:
+            dt = self._gpu_memo[tokens] = self.compute.gpu_expert_s(tokens)
+        self.log.buf += self.log.pack(_K_COMPUTE, start, start + dt, step, layer, expert, 0,
+                                      _R_GPU, how, tokens)
+        return start + dt
+
+    def _stall(self, step: int, layer: int, start: float, end: float) -> float:
+        """Log the GPU stream waiting for copies from ``start`` to ``end``; returns ``end``."""
+        self.log.buf += self.log.pack(_K_STALL, start, end, step, layer, -1, 0, _R_GPU, _D_WAIT,
+                                      0)
+        return end
+
+    def _next_rows(self, clock: float) -> np.ndarray | None:
+        """The rows of the next step starting at ``clock`` (None: the run is over). With a
+        batcher, a step waits for the next arrival when nobody is running (``_idle_until``)."""
         batcher = self.batcher
         if batcher is None:
-            yield from self.schedule
-            return
-        env = self.env
+            self._idle_until = clock
+            self._served += 1
+            index = self._served
+            return self.schedule[index] if index < len(self.schedule) else None
+        now = max(clock, self._idle_until)
         while not batcher.done():
-            now = max(env.now, self._idle_until)
             rows = batcher.next_step(now)
             if rows.size:
                 self._idle_until = now
                 self.schedule.append(rows)
-                yield rows
-            else:
-                self._idle_until = max(now, batcher.next_arrival_s())
+                return rows
+            now = max(now, batcher.next_arrival_s())
+            self._idle_until = now
+        return None
 
     def _check_layer(self, keys: list[int], on_cpu: set[int], wait: list[Copy]) -> None:
         cache = self.cache

@@ -13,6 +13,19 @@ cancelled, picks its next copy in a zero-delay "kick" event, i.e. once the calle
 everything it submits at that instant (the best copy among them goes first). A cancelled copy's
 timeout still fires; its callback sees it is stale and does nothing.
 
+Copy engines (``engines``, the hardware's ``copy_engines``): with two or more, the per-copy
+latency of a copy that starts the moment the previous one ends is hidden (its setup ran on
+another engine while the previous one moved data); the bytes still share the link's bandwidth,
+so copies never overlap on the wire. With one engine every copy pays its latency.
+
+A copy's ``extra_s`` keeps the link busy beyond its own bytes: the runtime's writeback of the
+expert it evicted, on the same stream (:class:`~sim.system.SystemProfile`'s
+``writeback_evicted``); its log row spans both and counts its own bytes.
+
+Batches (:meth:`Link.batch`): several experts moved as one transfer (one latency, the sum of
+their bytes); all land together at its end, each logged as its own row, back to back within
+the transfer's span. Batches carry demand copies only and are never cancelled.
+
 Optional chunking (``chunk_bytes > 0``): a copy crosses in chunks of at most ``chunk_bytes``, each
 costing ``latency + chunk / bandwidth`` (every cudaMemcpyAsync pays the per-copy latency). After
 each chunk the link looks at its queue; if a copy of strictly higher priority (a demand) waits,
@@ -41,7 +54,8 @@ class Copy:
     """One host-to-device copy of an expert (``purpose``: demand, stream or prefetch)."""
 
     __slots__ = ("key", "num_bytes", "priority", "purpose", "step", "layer", "seq", "state",
-                 "start_s", "ready_s", "waiter", "used", "row", "moved", "bytes_per_s")
+                 "start_s", "ready_s", "waiter", "used", "row", "moved", "bytes_per_s", "end_s",
+                 "members", "extra_s")
 
     def __init__(self, key: int, num_bytes: int, purpose: str, step: int, layer: int,
                  ready_s: float = 0.0) -> None:
@@ -51,15 +65,17 @@ class Copy:
         self.priority = PREFETCH if purpose == "prefetch" else DEMAND
         self.step = step
         self.layer = layer
-        self.seq = 0
         self.state = "new"  # new -> queued -> running -> done | cancelled
-        self.start_s = 0.0
+        # ``seq`` (queue order) is set when queued, ``start_s`` when it first starts, ``end_s``
+        # when it lands
         self.ready_s = ready_s  # the copy may not start before this time (the policy's decision)
         self.waiter: simpy.Event | None = None  # made only when the engine waits on it
         self.used = False  # prefetches: accessed before leaving the cache
         self.row = -1  # event-log row once logged
         self.moved = 0  # bytes moved by finished chunks (chunked links only)
         self.bytes_per_s = 0.0  # > 0: a slower source than the link (NVMe, see sim.host)
+        self.members: list[Copy] | None = None  # a batch: the copies it moves
+        self.extra_s = 0.0  # link time beyond its own bytes (a writeback on the same stream)
 
 
 class Link:
@@ -68,15 +84,17 @@ class Link:
     record_chunks = False  # tests: keep (start, end, key, bytes) of every chunk in ``chunks``
 
     def __init__(self, env: simpy.Environment, bytes_per_s: float, latency_s: float,
-                 num_experts: int, log: EventLog, on_done: Callable[[Copy], None],
-                 chunk_bytes: int = 0) -> None:
+                 num_experts: int, log: EventLog, on_done: Callable[[Copy], None] | None,
+                 chunk_bytes: int = 0, engines: int = 1,
+                 slot_done: Callable[[int], None] | None = None) -> None:
         self.env = env
         self.bytes_per_s = bytes_per_s
         self.latency_s = latency_s
         self.num_experts = num_experts
         self.log = log
         self._buf = log.buf
-        self.on_done = on_done
+        self.on_done = on_done  # called with every finished copy
+        self.slot_done = slot_done  # called with the key of every finished non-stream copy
         self._heap: list[tuple[int, int, Copy]] = []
         self._seq = 0
         self.running: Copy | None = None
@@ -89,10 +107,33 @@ class Link:
         self._chunk_start = 0.0  # start of the running chunk (chunked links)
         self._chunk_size = 0  # its bytes
         self._kicked = False  # a kick event is pending: the next copy starts then
+        self.engines = int(engines)
+        self._pipelined = self.engines > 1  # a second engine hides back-to-back latencies
+        self._last_end = -1.0  # when the last copy (chunk) finished moving (-1: after a cancel)
+        self._cur_latency = latency_s  # the running copy's (chunk's) latency
 
     def copy_s(self, num_bytes: int) -> float:
         """Seconds one copy of ``num_bytes`` occupies the link."""
         return self.latency_s + num_bytes / self.bytes_per_s
+
+    def _latency(self, start: float) -> float:
+        """The per-copy latency of a copy (chunk) starting at ``start``: hidden behind the
+        previous one when another copy engine prepared it meanwhile."""
+        if self._pipelined and start == self._last_end:
+            return 0.0
+        return self.latency_s
+
+    def batch(self, copies: list[Copy]) -> Copy:
+        """One transfer moving ``copies`` (demand or stream copies of one layer, not yet
+        submitted): submit it instead of them; they land together when it ends."""
+        first = copies[0]
+        total = sum(c.num_bytes for c in copies)
+        seconds = sum(c.num_bytes / (c.bytes_per_s or self.bytes_per_s) for c in copies)
+        batch = Copy(first.key, total, "demand", first.step, first.layer, first.ready_s)
+        batch.bytes_per_s = total / seconds if seconds > 0 else 0.0
+        batch.extra_s = sum(c.extra_s for c in copies)
+        batch.members = list(copies)
+        return batch
 
     def submit(self, copy: Copy) -> None:
         """Queue ``copy``; an idle link starts its best queued copy once this instant's
@@ -194,7 +235,14 @@ class Link:
             self._start_chunk(copy, start)
             return
         bw = copy.bytes_per_s or self.bytes_per_s
-        self._arm(start - now + self.latency_s + copy.num_bytes / bw, self._on_copy_end)
+        # the per-copy latency, hidden behind the previous copy by a second engine (_latency)
+        latency = 0.0 if self._pipelined and start == self._last_end else self.latency_s
+        self._cur_latency = latency
+        delay = start - now + latency + copy.num_bytes / bw + copy.extra_s
+        self.busy_until = now + delay  # _arm, inlined (hot)
+        timer = simpy.Timeout(self.env, delay)
+        timer.callbacks.append(self._on_copy_end)
+        self._timer = timer
 
     def _arm(self, delay: float, callback: Callable[[simpy.Event], None]) -> None:
         """Schedule the running copy's (chunk's) end ``delay`` seconds from now."""
@@ -210,7 +258,8 @@ class Link:
         self._timer = None
         copy = self.running
         self.running = None
-        self._complete(copy)
+        self._last_end = now = self.env.now
+        self._complete(copy, now)
         self._start_next()
 
     def _stop_running(self, copy: Copy) -> None:
@@ -220,33 +269,69 @@ class Link:
         first = min(copy.start_s, now)  # the row spans the copy's first start to now
         if self.chunk_bytes:
             start = min(self._chunk_start, now)
-            part = max(0.0, (now - start - self.latency_s) * bw)
+            part = max(0.0, (now - start - self._cur_latency) * bw)
             moved = copy.moved + int(min(part, self._chunk_size))
             if self.record_chunks and now > start:
                 self.chunks.append((start, now, copy.key, moved - copy.moved))
             copy.moved = moved
         else:
-            moved = int(min(max(0.0, (now - first - self.latency_s) * bw), copy.num_bytes))
+            moved = int(min(max(0.0, (now - first - self._cur_latency) * bw), copy.num_bytes))
         copy.state = "cancelled"
         copy.row = self.log.add_codes(_K_COPY, first, now, copy.step, copy.layer,
                                       copy.key % self.num_experts, moved, _R_LINK,
                                       _D_CANCELLED, 0)
         self._timer = None
         self.running = None
+        self._last_end = -1.0
 
-    def _complete(self, copy: Copy) -> None:
-        """Log a finished copy (from its first start to now) and wake whoever waits for it."""
+    def _complete(self, copy: Copy, now: float) -> None:
+        """Log a finished copy (from its first start to ``now``) and wake whoever waits for it."""
+        if copy.members is not None:
+            self._complete_batch(copy)
+            return
         copy.state = "done"
+        copy.end_s = now
         detail = copy.purpose
         if detail == "prefetch" and copy.used:
             detail = "prefetch_used"
         buf = self._buf  # EventLog.add_codes, inlined (hot)
-        buf += _pack(_K_COPY, copy.start_s, self.env.now, copy.step, copy.layer,
+        buf += _pack(_K_COPY, copy.start_s, now, copy.step, copy.layer,
                      copy.key % self.num_experts, copy.num_bytes, _R_LINK, _DETAIL[detail], 0)
         copy.row = len(buf) // _ROW_SIZE - 1
-        self.on_done(copy)
+        slot_done, on_done = self.slot_done, self.on_done  # _done, inlined (hot)
+        if slot_done is not None and detail != "stream":
+            slot_done(copy.key)
+        if on_done is not None:
+            on_done(copy)
         if copy.waiter is not None:
             copy.waiter.succeed()
+
+    def _done(self, copy: Copy) -> None:
+        """Tell the owner a copy finished (``slot_done`` with its key unless it was streamed,
+        ``on_done`` with the copy)."""
+        if self.slot_done is not None and copy.purpose != "stream":
+            self.slot_done(copy.key)
+        if self.on_done is not None:
+            self.on_done(copy)
+
+    def _complete_batch(self, batch: Copy) -> None:
+        """A batch landed: its copies are done, logged back to back within its span."""
+        now, bw = self.env.now, batch.bytes_per_s or self.bytes_per_s
+        t = now - batch.num_bytes / bw - batch.extra_s  # data from t, the latency before it
+        buf = self._buf
+        for i, copy in enumerate(batch.members):
+            start = batch.start_s if i == 0 else t
+            t += copy.num_bytes / bw + copy.extra_s
+            copy.state, copy.start_s, copy.end_s = "done", start, now
+            buf += _pack(_K_COPY, start, min(t, now), copy.step, copy.layer,
+                         copy.key % self.num_experts, copy.num_bytes, _R_LINK,
+                         _DETAIL[copy.purpose], 0)
+            copy.row = len(buf) // _ROW_SIZE - 1
+        batch.state, batch.end_s = "done", now
+        for copy in batch.members:
+            self._done(copy)
+            if copy.waiter is not None:
+                copy.waiter.succeed()
 
     # ---- chunked links ---------------------------------------------------------------------------
     def _start_chunk(self, copy: Copy, start: float) -> None:
@@ -255,13 +340,17 @@ class Link:
         size = min(self.chunk_bytes, copy.num_bytes - copy.moved)
         self._chunk_start, self._chunk_size = start, size
         bw = copy.bytes_per_s or self.bytes_per_s
-        self._arm(start - self.env.now + self.latency_s + size / bw, self._on_chunk_end)
+        self._cur_latency = self._latency(start)
+        extra = copy.extra_s if not copy.moved else 0.0  # a writeback rides on the first chunk
+        self._arm(start - self.env.now + self._cur_latency + size / bw + extra,
+                  self._on_chunk_end)
 
     def _on_chunk_end(self, timer: simpy.Event) -> None:
         if timer is not self._timer:  # the copy was cancelled meanwhile
             return
         self._timer = None
         copy, now = self.running, self.env.now
+        self._last_end = now
         if self.record_chunks:
             self.chunks.append((self._chunk_start, now, copy.key, self._chunk_size))
         copy.moved += self._chunk_size
@@ -276,5 +365,5 @@ class Link:
             self.running = None
         else:
             self.running = None
-            self._complete(copy)
+            self._complete(copy, now)
         self._start_next()

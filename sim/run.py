@@ -16,8 +16,9 @@ from moe_offload_lab.sim.engine import Engine
 from moe_offload_lab.sim.eventlog import write_parquet
 from moe_offload_lab.sim.hardware import HardwareProfile
 from moe_offload_lab.sim.host import HostTier
-from moe_offload_lab.sim.memory import GpuMemory
+from moe_offload_lab.sim.memory import GpuMemory, peak_context
 from moe_offload_lab.sim.metrics import latency_metrics, step_frame, summarize
+from moe_offload_lab.sim.system import SystemProfile, load_system
 from moe_offload_lab.sim.timeline import write_chrome_trace
 from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
 from moe_offload_lab.traces.atomic import write_text
@@ -36,6 +37,7 @@ class RunConfig:
     model: dict[str, Any]
     hardware: dict[str, Any]
     policy: dict[str, Any] | str  # a mapping, or the name of a conf/policy config
+    system: dict[str, Any] | str = "fused"  # the runtime's implementation profile (conf/system)
     trace: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
     batch: int = 1
@@ -97,6 +99,7 @@ class Prepared:
 
     spec: ModelSpec
     hardware: HardwareProfile
+    system: SystemProfile
     policy: Policy
     memory: GpuMemory
     chunk_mb: float
@@ -196,17 +199,27 @@ def prepare(cfg: RunConfig) -> Prepared:
     and its recorded ModelSpec against the model."""
     spec = ModelSpec.from_dict(cfg.model)
     hardware = HardwareProfile.from_dict(cfg.hardware, f"hardware {cfg.hardware.get('name')!r}")
-    ComputeModel(spec, hardware)  # parses the measured tables
+    system = _system(cfg.system)
+    ComputeModel(spec, hardware, system)  # parses the measured tables
     policy = build_policy(cfg.policy)
     _check_batch(cfg)
-    memory = GpuMemory.plan(cfg.cache or {}, spec, hardware)
+    memory = GpuMemory.plan(cfg.cache or {}, spec, hardware, system)
     path = _trace_path(cfg.trace or {})
     if path:
         _check_trace_spec(read_spec(path), spec, f"trace {path}")
     else:
         _tokens(cfg.trace or {})
-    return Prepared(spec, hardware, policy, memory, _chunk_mb(cfg),
+    return Prepared(spec, hardware, system, policy, memory, _chunk_mb(cfg),
                     _host_dram_experts(cfg, spec, hardware))
+
+
+def _system(system: dict[str, Any] | str | None) -> SystemProfile:
+    """The run's implementation profile: a ``conf/system`` name or a mapping (a Hydra node)."""
+    if isinstance(system, str):
+        return load_system(system)
+    if not isinstance(system, dict):
+        raise ConfigError(f"system must be a conf/system name or a mapping, got {system!r}")
+    return SystemProfile.from_dict(system, f"system {system.get('name')!r}")
 
 
 def simulate(cfg: RunConfig) -> SimResult:
@@ -220,20 +233,30 @@ def simulate(cfg: RunConfig) -> SimResult:
     if schedule is not None and not schedule:
         raise ConfigError(f"nothing to simulate: the trace's {trace.num_tokens} tokens are all "
                           f"prompt tokens and prefill is false")
-    largest_step = max((len(r) for r in schedule), default=1) if schedule else spec.num_experts
-    memory = ready.memory.resolve(spec, largest_step)
+    if schedule is not None:
+        largest_step = max((len(r) for r in schedule), default=1)
+        peak = peak_context(schedule, trace.request_id, trace.position)
+        memory = ready.memory.resolve(spec, largest_step, peak, hardware.name)
+    else:  # continuous batching: slots for the largest step the batcher can make
+        memory = ready.memory.resolve(spec, spec.num_experts)
     host = None
     if ready.host_dram_experts < spec.num_expert_keys:
         host = HostTier(ready.host_dram_experts, spec.num_expert_keys, hardware.link_bytes_per_s,
                         hardware.nvme_gb_per_s * 1e9)
     engine = Engine(spec, trace, policy, hardware, memory.slots, cfg.batch, schedule=schedule,
                     batcher=batcher, preload=bool((cfg.cache or {}).get("preload", False)),
-                    prefill=bool(cfg.prefill), chunk_mb=ready.chunk_mb, host=host)
+                    prefill=bool(cfg.prefill), chunk_mb=ready.chunk_mb, host=host,
+                    system=ready.system)
     result = engine.run()
+    if batcher is not None:  # the KV cache and activations of the schedule the run made
+        memory = memory.resolve(spec, max(len(r) for r in engine.schedule),
+                                peak_context(engine.schedule, trace.request_id, trace.position),
+                                hardware.name)
     wall_s = time.perf_counter() - wall
     steps = step_frame(result.events)
     summary = {
-        "model": spec.name, "hardware": hardware.name, "policy": policy.name,
+        "model": spec.name, "hardware": hardware.name, "system": ready.system.name,
+        "policy": policy.name,
         **memory.summary(), "cache_fraction": memory.slots / spec.num_expert_keys,
         "batch": cfg.batch, "chunk_mb": ready.chunk_mb,
         "host_dram_experts": ready.host_dram_experts,

@@ -16,6 +16,7 @@ from typing import Any
 from moe_offload_lab.traces.errors import ConfigError
 
 _ATTENTION_KINDS = ("mha", "gqa", "mla")
+NON_EXPERT_STATED_BYTES_PER_PARAM = 2  # the precision ``non_expert_bytes`` is stated at (bf16)
 _STRING_FIELDS = ("name", "attention", "hf_architecture", "notes")
 _NON_NEGATIVE_FIELDS = ("first_k_dense", "num_shared_experts", "shared_intermediate_size",
                         "dense_intermediate_size", "non_expert_bytes", "num_attention_heads",
@@ -60,6 +61,7 @@ class ModelSpec:
     expert_bias: bool = False
     expert_bytes_per_param: float = 2.0
     non_expert_bytes: int = 0
+    non_expert_bytes_per_param: float = 0.0
     attention: str = "gqa"
     num_attention_heads: int = 0
     num_kv_heads: int = 0
@@ -94,6 +96,10 @@ class ModelSpec:
         if not _is_positive_finite(bytes_per_param):
             raise ConfigError(f"model {self.name!r}: expert_bytes_per_param must be a positive "
                               f"finite number, got {bytes_per_param!r}")
+        nebpp = self.non_expert_bytes_per_param
+        if nebpp != 0 and not _is_positive_finite(nebpp):
+            raise ConfigError(f"model {self.name!r}: non_expert_bytes_per_param must be 0 or a "
+                              f"positive finite number, got {nebpp!r}")
         if self.top_k > self.num_experts:
             raise ConfigError(f"model {self.name!r}: top_k={self.top_k} exceeds "
                               f"num_experts={self.num_experts}")
@@ -159,6 +165,22 @@ class ModelSpec:
         params = (self.num_shared_experts * self.expert_matrices * self.hidden_size
                   * self.shared_intermediate_size)
         return math.ceil(params * self.expert_bytes_per_param)
+
+    @property
+    def non_expert_params(self) -> int:
+        """Parameters of the non-expert weights (attention, embeddings, norms, routers, dense
+        FFNs): ``non_expert_bytes`` is stated at bf16, 2 bytes per parameter, as every catalog
+        entry states it."""
+        return self.non_expert_bytes // NON_EXPERT_STATED_BYTES_PER_PARAM
+
+    @property
+    def resident_non_expert_bytes(self) -> int:
+        """Bytes the non-expert weights occupy as served: ``non_expert_bytes`` as stated, or at
+        ``non_expert_bytes_per_param`` when set (0.5625 for 4-bit HQQ attention with group-64
+        scales), independently of the experts' precision."""
+        if not self.non_expert_bytes_per_param:
+            return self.non_expert_bytes
+        return math.ceil(self.non_expert_params * self.non_expert_bytes_per_param)
 
     def expert_flops(self, tokens: int) -> int:
         """Multiply-add FLOPs (2 per MAC) of one routed expert applied to ``tokens`` tokens."""

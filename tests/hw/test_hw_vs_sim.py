@@ -64,3 +64,19 @@ def test_same_decisions_as_the_simulator(name: str, batch: int) -> None:
     decisions = [c for c in hw_policy.calls if c[0] in ("evict", "place", "admit")]
     if name not in ("fiddler", "on-demand"):  # all on the host / nothing admitted
         assert any(c[0] == "evict" and c[3] for c in decisions)  # evictions happened
+
+
+def test_the_executor_drives_the_shared_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moe_offload_lab.policies.protocol import LayerProtocol
+
+    calls: list[tuple[int, int]] = []
+    original = LayerProtocol.layer
+
+    def counting(self, ctx):  # noqa: ANN001, ANN202
+        calls.append((ctx.step, ctx.layer))
+        return original(self, ctx)
+
+    monkeypatch.setattr(LayerProtocol, "layer", counting)
+    result = run_replay(tiny_spec(), tiny_trace(), "gate-lookahead", capacity_slots=CAPACITY)
+    n_layers = tiny_spec().num_moe_layers
+    assert calls == [(s, layer) for s in range(len(result.schedule)) for layer in range(n_layers)]

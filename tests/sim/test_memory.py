@@ -55,3 +55,57 @@ def test_bad_cache_configs(cache: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=None) as info:
         GpuMemory.plan(cache, MIXTRAL, H100)
     assert message in str(info.value)
+
+
+def test_the_fit_check_counts_the_kv_cache() -> None:
+    from moe_offload_lab.sim.compute import kv_bytes_per_token
+
+    plan = GpuMemory.plan({"slots": 64}, MIXTRAL, H100)
+    short = plan.resolve(MIXTRAL, 1, peak_context_tokens=1_000)
+    assert short.fits
+    assert short.kv_bytes == 1_000 * kv_bytes_per_token(MIXTRAL) * MIXTRAL.num_layers
+    room = H100.gpu_mem_bytes - short.needed_bytes + short.kv_bytes  # bytes left for KV
+    tokens = room // (kv_bytes_per_token(MIXTRAL) * MIXTRAL.num_layers) + 1
+    long = plan.resolve(MIXTRAL, 1, peak_context_tokens=int(tokens))
+    assert not long.fits and long.summary()["kv_cache_bytes"] == long.kv_bytes
+    strict = GpuMemory.plan({"slots": 64, "strict_memory": True}, MIXTRAL, H100)
+    with pytest.raises(ConfigError, match="of KV cache"):
+        strict.resolve(MIXTRAL, 1, peak_context_tokens=int(tokens), hardware="h100-sxm")
+
+
+def test_activations_and_the_runtime_reserve_are_counted() -> None:
+    from moe_offload_lab.sim.system import load_system
+
+    system = load_system("fused")
+    plan = GpuMemory.plan({"slots": 8}, MIXTRAL, H100, system)
+    assert plan.reserved_bytes == int(system.reserved_gpu_gib * 1024**3) > 0
+    decode, prefill = plan.resolve(MIXTRAL, 1), plan.resolve(MIXTRAL, 4096)
+    assert prefill.activation_bytes > 1000 * decode.activation_bytes > 0
+    assert prefill.needed_bytes - decode.needed_bytes == \
+        prefill.activation_bytes - decode.activation_bytes
+
+
+def test_peak_context_of_a_schedule() -> None:
+    import numpy as np
+    from moe_offload_lab.sim.memory import peak_context
+
+    request = np.array([0, 0, 0, 1, 1, 0, 1, 0])  # rows of two requests
+    position = np.array([0, 1, 2, 0, 1, 3, 2, 4])
+    # a prefill of both (3 + 2 tokens), then decode steps of both, then request 0 alone
+    schedule = [np.array([0, 1, 2, 3, 4]), np.array([5, 6]), np.array([7])]
+    assert peak_context(schedule, request, position) == 4 + 3  # step 1: contexts 4 and 3
+
+
+def test_slots_per_layer() -> None:
+    plan = GpuMemory.plan({"slots_per_layer": 4, "fraction": 0.9}, MIXTRAL, H100)
+    assert plan.slots == 4 * MIXTRAL.num_moe_layers
+    assert GpuMemory.plan({"slots": 0, "slots_per_layer": 4}, MIXTRAL, H100).slots is None
+    for bad in (0, 9, 2.5):
+        with pytest.raises(ConfigError, match="slots_per_layer"):
+            GpuMemory.plan({"slots_per_layer": bad}, MIXTRAL, H100)
+
+
+def test_non_expert_weights_are_charged_at_their_own_precision() -> None:
+    four_bit = MIXTRAL.with_overrides(non_expert_bytes_per_param=0.5)
+    plan = GpuMemory.plan({"slots": 4}, four_bit, H100)
+    assert plan.resident_bytes == four_bit.resident_non_expert_bytes < MIXTRAL.non_expert_bytes

@@ -56,15 +56,17 @@ def test_compare_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     for label in labels:
         assert label in printed
     table = pd.read_csv(out / "compare.csv")
-    assert table["policy"].tolist() == labels
-    assert list(table.columns) == ["policy", "tpot_ms_mean", "tpot_ms_p99", "tokens_per_s",
-                                   "hit_rate", "stall_s", "speedup"]
-    row = table.set_index("policy")
+    assert table["label"].tolist() == labels
+    assert table["policy"].tolist() == ["on-demand", "lru", "gate-lookahead", "prescope",
+                                        "oracle-belady", "lru"]
+    assert list(table.columns) == ["label", "policy", "tpot_ms_mean", "tpot_ms_p99",
+                                   "tokens_per_s", "hit_rate", "stall_s", "speedup"]
+    row = table.set_index("label")
     assert row.loc["on-demand", "speedup"] == 1.0
     # the all-resident bound: every access hits, nothing stalls, fastest of all
     assert row.loc["all-resident", "hit_rate"] == 1.0 and row.loc["all-resident", "stall_s"] == 0
     assert row.loc["all-resident", "tokens_per_s"] >= table["tokens_per_s"].max() - 1e-9
-    assert (out / "compare.md").read_text().startswith("| policy |")
+    assert (out / "compare.md").read_text().startswith("| label | policy |")
     summaries = json.loads((out / "summaries.json").read_text())
     assert [s["label"] for s in summaries] == labels
     assert all(s["tokens"] == 300 and s["hardware"] == "rtx4090" for s in summaries)
