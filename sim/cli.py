@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from moe_offload_lab.sim.run import RunConfig, prepare, simulate
+from moe_offload_lab.sim.run import RunConfig, batch_label, prepare, simulate
 from moe_offload_lab.traces.catalog import conf_dir
 from moe_offload_lab.traces.errors import ConfigError, MoeLabError, run_command
 from omegaconf import DictConfig, OmegaConf
@@ -78,6 +78,17 @@ def run_config(cfg: DictConfig) -> RunConfig:
         raise ConfigError(str(exc).strip().splitlines()[0]) from None
 
 
+def checked_run_config(overrides: Sequence[str]) -> RunConfig:
+    """The :class:`RunConfig` of these overrides (one job), with every override checked to
+    reach the run (:func:`sim.overrides.check_overrides`)."""
+    from moe_offload_lab.sim.overrides import check_overrides
+
+    cfg = run_config(compose(overrides))
+    if not cfg.cluster:  # expert-parallel runs check their own settings (sim.cluster)
+        check_overrides(overrides, cfg)
+    return cfg
+
+
 def check(overrides: Sequence[str]) -> list[list[str]]:
     """Compose and check every job of these overrides (sweeps expanded); returns the jobs."""
     from moe_offload_lab.sim.sweep import expand
@@ -87,10 +98,9 @@ def check(overrides: Sequence[str]) -> list[list[str]]:
     if hydra_overrides:  # Hydra's own choices (launcher...): composing once checks them
         compose([*jobs[0], *hydra_overrides], with_hydra=True)
     for job in jobs:
-        cfg = run_config(compose(job))
         where = f" (job {' '.join(job)})" if len(jobs) > 1 else ""
         try:
-            _check_one(cfg)
+            _check_one(checked_run_config(job))
         except MoeLabError as exc:
             raise type(exc)(f"{exc}{where}") from None
     return jobs
@@ -136,7 +146,7 @@ def _run_compare(run_cfg: RunConfig, out: Path) -> None:
     table, summaries, results = run_comparison(run_cfg)
     paths = write_comparison(table, summaries, results, out)
     print(f"{run_cfg.model['name']} on {run_cfg.hardware['name']}, {summaries[0]['tokens']} "
-          f"tokens, batch {run_cfg.batch}")
+          f"tokens, {batch_label(summaries[0])}")
     print(text_table(table))
     note = _memory_note(summaries)
     if note:

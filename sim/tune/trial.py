@@ -18,10 +18,10 @@ from moe_offload_lab.traces.errors import ConfigError, MoeLabError
 def evaluate(overrides: list[str], objectives: tuple[str, ...] | list[str]) -> tuple[list[float],
                                                                                       dict]:
     """Simulate the composed config of ``overrides``; the objective values and the summary."""
-    from moe_offload_lab.sim.cli import compose, run_config
+    from moe_offload_lab.sim.cli import checked_run_config
     from moe_offload_lab.sim.run import simulate
 
-    summary = simulate(run_config(compose(overrides))).summary
+    summary = simulate(checked_run_config(overrides)).summary
     values = [summary.get(o) for o in objectives]
     bad = [o for o, v in zip(objectives, values, strict=False) if v is None or not math.isfinite(v)]
     if bad:
