@@ -125,8 +125,6 @@ def _trace_path(trace_cfg: dict[str, Any]) -> str | None:
 
 def _load_trace(cfg: RunConfig, spec: ModelSpec) -> Trace:
     trace_cfg = cfg.trace or {}
-    if trace_cfg.get("volatile") and not cfg.cluster:
-        raise ConfigError("trace.volatile applies to expert-parallel runs (cluster=...) only")
     path = _trace_path(trace_cfg)
     if path:
         trace = Trace.load(path)
@@ -256,6 +254,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     ComputeModel(spec, hardware)  # parses the measured tables
     policy = build_policy(cfg.policy)
     _check_batch(cfg)
+    if (cfg.trace or {}).get("volatile"):
+        raise ConfigError("trace.volatile applies to expert-parallel runs (cluster=...) only")
     workload = _workload(cfg)
     _check_timeline_events(cfg)
     memory = GpuMemory.plan(cfg.cache or {}, spec, hardware)
