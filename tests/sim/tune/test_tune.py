@@ -188,7 +188,8 @@ def test_cli_user_errors_are_one_line_and_write_nothing(tmp_path: Path, capsys) 
     assert not out.exists()
     assert main(["run", str(path), "--storage", "bogus", "--out", str(out)]) == 2
     assert main(["show", "--study", "none", "--storage", f"journal:{tmp_path / 'j.log'}"]) == 2
-    assert "no study 'none'" in capsys.readouterr().err
+    assert "no study storage" in capsys.readouterr().err
+    assert not (tmp_path / "j.log").exists()  # a read-only command creates nothing
 
 
 def test_cli_run_show_best_export(tmp_path: Path, capsys) -> None:
