@@ -21,3 +21,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
             and CUDA_SKIP_REASON in str(report.longrepr):
         report.outcome = "failed"
         report.longrepr = f"MOE_REQUIRE_CUDA=1 but the test was skipped: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def postgres():  # noqa: ANN201 - a postgres_server.PostgresServer
+    """A throwaway PostgreSQL server for the whole session (tests/postgres_server.py); skips
+    with the reason when this machine has no server binaries or no driver."""
+    from postgres_server import PostgresServer, find_binaries
+
+    bin_dir, why = find_binaries()
+    if bin_dir is None:
+        pytest.skip(f"PostgreSQL storage tests need a local server: {why}")
+    server = PostgresServer(bin_dir)
+    try:
+        yield server
+    finally:
+        server.stop()

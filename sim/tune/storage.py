@@ -197,15 +197,29 @@ def _ensure_schema(url: str, kwargs: dict[str, Any], schema: str, spec: str) -> 
                           f"{_explain(exc, spec, schema)}") from None
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The database's own error under Optuna's and SQLAlchemy's wrappers."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
 def _explain(exc: BaseException, spec: str, schema: str | None) -> str:
-    """One line for a database error, with the fix for the common permission case."""
-    text = scrub(first_line(exc), spec)
+    """One line for a database error, with the fix for the common permission cases."""
+    text = scrub(first_line(_root_cause(exc)), spec).strip()
     low = text.lower()
-    if "permission denied" in low and ("schema" in low or "database" in low):
+    if "permission denied for database" in low and schema:
+        return (f"{text}: the user may not create schema {schema!r}; use a schema it owns, or "
+                f"have the database owner run CREATE SCHEMA {schema} AUTHORIZATION <user>")
+    if "permission denied for schema" in low:
         where = f"schema {schema!r}" if schema else "schema 'public'"
-        return (f"{text.strip()}; the database user may not create tables in {where}: pass "
-                f"--schema NAME for a schema the user owns (or may create), or have an owner "
-                f"GRANT CREATE ON SCHEMA to it")
+        return (f"{text}: the user may not create tables in {where} (PostgreSQL 15+ grants "
+                f"no CREATE on public); pass --schema NAME for a schema the user owns, or have "
+                f"an owner GRANT CREATE ON SCHEMA to it")
     if "no module named" in low or "dbapi" in low:
         return f"{text}; install the database driver (PostgreSQL: the [postgres] extra)"
     return text
