@@ -122,13 +122,12 @@ def _check_name(name: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from moe_offload_lab.sim.tune.study import default_folder, finished, open_study, run_parallel
+    from moe_offload_lab.sim.tune.study import finished, open_study, run_parallel
 
     space, name, spec = _study_and_space(args)
-    folder = default_folder(spec, name, args.out)
     print(f"study {name} in {mask(spec)}", file=sys.stderr)
     done = run_parallel(space, name, spec, args.trials, args.workers, args.seed,
-                        progress=not args.no_progress, schema=args.schema, folder=folder)
+                        progress=not args.no_progress, schema=args.schema)
     study = open_study(spec, name, schema=args.schema)
     count = finished(study)
     print(f"study {name} ({mask(spec)}): {count} finished trials")

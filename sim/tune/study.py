@@ -30,7 +30,7 @@ from typing import Any
 from moe_offload_lab.sim.tune.sampler import TrialSeededSampler
 from moe_offload_lab.sim.tune.space import Space
 from moe_offload_lab.sim.tune.stale import OWNER_ATTR, fail_stale, heartbeat, owner_tag
-from moe_offload_lab.sim.tune.storage import default_storage, mask, open_storage
+from moe_offload_lab.sim.tune.storage import default_storage, file_of, mask, open_storage
 from moe_offload_lab.sim.tune.trial import Objective
 from moe_offload_lab.traces.errors import ConfigError, MoeLabError
 
@@ -49,12 +49,6 @@ def finished(study: Any) -> int:
 def storage_spec(storage: str | None, study_name: str, out_dir: str | Path) -> str:
     """The storage of a study: ``storage`` or the default SQLite file in its folder."""
     return storage or default_storage(Path(out_dir) / study_name)
-
-
-def default_folder(spec: str, study_name: str, out_dir: str | Path) -> Path | None:
-    """The study's default folder when ``spec`` is its default storage (created on demand)."""
-    folder = Path(out_dir) / study_name
-    return folder if spec == default_storage(folder) else None
 
 
 def user_name() -> str:
@@ -83,16 +77,18 @@ def _quiet() -> None:
 
 
 def open_study(spec: str, name: str, space: Space | None = None, seed: int = 0,
-               worker: int = 0, schema: str | None = None,
-               folder: Path | None = None) -> Any:
+               worker: int = 0, schema: str | None = None) -> Any:
     """Create or load study ``name``. With ``space``: created if missing, else checked to have
     been created with the same space; without: loaded read-only (a missing storage or study ->
-    ConfigError; nothing is created). ``folder``: the default storage's folder (created when
-    the study is). Trials are sampled by a :class:`TrialSeededSampler` from ``seed`` (``worker``
-    is kept for callers; trial numbers already keep workers apart)."""
+    ConfigError; nothing is created; only the default storage's folder, ``<study>/study.db``,
+    is created with the study). Trials are sampled by a :class:`TrialSeededSampler` from
+    ``seed`` (``worker`` is kept for callers; trial numbers already keep workers apart)."""
     import optuna
 
     _quiet()
+    path, folder = file_of(spec), None
+    if path is not None and path.parent.name == name and spec == default_storage(path.parent):
+        folder = path.parent  # <folder named after the study>/study.db: the default layout
     storage = open_storage(spec, create=space is not None, schema=schema, default_folder=folder)
     where = mask(spec)
     try:
@@ -158,13 +154,12 @@ def graceful_interrupt() -> Iterator[dict[str, bool]]:
 def run_worker(space: Space, name: str, spec: str, n_trials: int, seed: int = 0,
                worker: int = 0, progress: bool = False,
                callbacks: Sequence[Callable[[Any, Any], None]] = (),
-               barrier: Any = None, schema: str | None = None,
-               folder: Path | None = None) -> bool:
+               barrier: Any = None, schema: str | None = None) -> bool:
     """Add trials to the study until it has ``n_trials`` finished ones (or an interrupt).
     Returns False when stopped early by Ctrl-C/SIGTERM."""
     from optuna.study import MaxTrialsCallback
 
-    study = open_study(spec, name, space, seed, worker, schema, folder)
+    study = open_study(spec, name, space, seed, worker, schema)
     if barrier is not None:
         barrier.wait()
     _report_stale(fail_stale(study))
@@ -236,18 +231,16 @@ def _worker_main(space: Space, name: str, spec: str, n_trials: int, seed: int, w
 
 
 def run_parallel(space: Space, name: str, spec: str, n_trials: int, workers: int,
-                 seed: int = 0, progress: bool = False, schema: str | None = None,
-                 folder: Path | None = None) -> bool:
+                 seed: int = 0, progress: bool = False, schema: str | None = None) -> bool:
     """``workers`` local processes on one study (shared storage); True when it completed."""
     import multiprocessing as mp
 
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if workers == 1:
-        return run_worker(space, name, spec, n_trials, seed, 0, progress, schema=schema,
-                          folder=folder)
+        return run_worker(space, name, spec, n_trials, seed, 0, progress, schema=schema)
     # created (and checked) once, before the workers
-    study = open_study(spec, name, space, seed, schema=schema, folder=folder)
+    study = open_study(spec, name, space, seed, schema=schema)
     if finished(study) >= n_trials:
         return True
     ctx = mp.get_context("spawn")
