@@ -4,7 +4,9 @@ Every output of the tools goes through :func:`atomic_path`: the file is written 
 temporary name in the target's folder and renamed over the target, so an interrupted or failed
 write (an exception, Ctrl-C, SIGKILL) never leaves a half-written file behind; the previous file,
 if any, stays intact. The finished file gets the permissions any new file of the user gets
-(``0o666`` less the process's umask), not the ``0o600`` of the temporary file.
+(``0o666`` less the process's umask), not the ``0o600`` of the temporary file. A temporary file
+is named after its writer (``.<name>.<host>-<pid>.<random>.tmp``); one left by a killed writer
+of this host is removed by the next write of the same file.
 
 Commands check their output paths *before* they start long work (:func:`check_output_file`,
 :func:`check_output_folder`): a folder named where a file goes, a path under an existing file or
@@ -15,7 +17,9 @@ work is done. Such a check creates nothing: folders it makes to probe the locati
 from __future__ import annotations
 
 import errno
+import glob
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,6 +106,26 @@ def check_output_folder(path: str | os.PathLike[str], what: str = "output folder
     return path
 
 
+def _remove_orphans(path: Path) -> None:
+    """Remove temporary files of ``path`` left by killed writers of this host (a SIGKILL gives
+    no chance to clean up): ``.<name>.<host>-<pid>.<random>.tmp`` whose process is gone."""
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}-*.tmp"):
+        pid = tmp.name[len(path.name) + len(host) + 3:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on normal exit rename it over ``path``.
@@ -116,7 +140,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise ConfigError(f"cannot write {path}: it is a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_orphans(path)
+        owner = f"{socket.gethostname()}-{os.getpid()}"  # whose write it is
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner}.", suffix=".tmp",
+                                   dir=path.parent)
     except OSError as exc:
         raise ConfigError(f"cannot write {path} ({_reason(exc)})") from None
     os.close(fd)
