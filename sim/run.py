@@ -21,6 +21,7 @@ from moe_offload_lab.sim.metrics import latency_metrics, step_frame, summarize
 from moe_offload_lab.sim.timeline import write_chrome_trace
 from moe_offload_lab.sim.workload import ContinuousBatcher, check_continuous, static_batches
 from moe_offload_lab.traces.atomic import write_text
+from moe_offload_lab.traces.catalog import check_fields
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace, read_spec
 from moe_offload_lab.traces.resources import check_trace_memory
@@ -155,13 +156,13 @@ def _check_trace_spec(recorded: ModelSpec, spec: ModelSpec, where: str) -> None:
 
 
 # ---- settings checked before the run (every one must reach the run, or be refused) ---------
-WORKLOAD_KEYS = ("kind", "rate_per_s", "max_batch", "chunk", "seed")
 _CONTINUOUS_ONLY = ("rate_per_s", "max_batch", "chunk")
 
 
 @dataclass(frozen=True)
 class WorkloadPlan:
-    """The checked ``workload`` group: static batches of ``batch``, or continuous batching."""
+    """The checked ``workload`` group (its keys are these fields): static batches of ``batch``,
+    or continuous batching."""
 
     kind: str  # static or continuous
     max_batch: int  # the static batch, or the most requests running at once
@@ -176,10 +177,7 @@ def _workload(cfg: RunConfig) -> WorkloadPlan:
     workload = cfg.workload or {}
     if not isinstance(workload, dict):
         raise ConfigError(f"workload must be a mapping, got {workload!r}")
-    unknown = sorted(set(workload) - set(WORKLOAD_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown workload key(s): {', '.join(unknown)}; valid: "
-                          f"{', '.join(WORKLOAD_KEYS)}")
+    check_fields(WorkloadPlan, workload, "workload", required=())
     kind = workload.get("kind", "static")
     if kind == "static":
         unused = [k for k in _CONTINUOUS_ONLY if workload.get(k) is not None]
