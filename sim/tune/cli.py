@@ -213,6 +213,9 @@ def _print_best(study) -> None:  # noqa: ANN001
 def _cmd_show(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    if not args.study:  # which studies there are
+        print(_known_studies(args))
+        return 0
     study = _open(args)
     frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "duration"))
     if frame.empty:

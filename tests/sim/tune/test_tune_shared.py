@@ -129,7 +129,8 @@ def test_passwords_never_appear(space_file: Path, capsys: pytest.CaptureFixture[
 
 
 def test_default_study_name_says_who_and_what(tmp_path: Path, space_file: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     for user in ("ann", "bob"):
         monkeypatch.setenv("LOGNAME", user)
@@ -139,6 +140,8 @@ def test_default_study_name_says_who_and_what(tmp_path: Path, space_file: Path,
                  "--study-from-space"]) == 0
     assert sorted(p.parent.name for p in out.glob("*/study.db")) == [
         "shared", "shared.tpot_ms_mean.ann", "shared.tpot_ms_mean.bob"]
+    assert main(["show", "--out", str(out)]) == 0  # no --study: the studies there
+    assert "shared, shared.tpot_ms_mean.ann, shared.tpot_ms_mean.bob" in capsys.readouterr().out
 
 
 def test_read_only_commands_create_nothing(tmp_path: Path,
