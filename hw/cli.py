@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from moe_offload_lab.traces.atomic import check_output_folder
 from moe_offload_lab.traces.errors import run_command
 
 PROG = "moe-hw"
@@ -55,6 +56,7 @@ def _run(argv: Sequence[str]) -> int:
     from moe_offload_lab.sim.run import SimResult
 
     args = _run_parser().parse_args(argv)
+    check_output_folder(args.output, "-o")  # before the run, not after it
     overrides = {k: v for k, v in (("num_layers", args.layers), ("hidden_size", args.hidden),
                                    ("expert_intermediate_size", args.intermediate))
                  if v is not None}
@@ -102,6 +104,7 @@ def _live(argv: Sequence[str]) -> int:
     from moe_offload_lab.sim.run import SimResult
 
     args = _live_parser().parse_args(argv)
+    check_output_folder(args.output, "-o")  # before the run, not after it
     result = run_live(args.model, args.prompt if len(args.prompt) > 1 else args.prompt[0],
                       args.policy, capacity_slots=args.slots, gpu_memory_gb=args.gpu_memory_gb,
                       device=args.device, max_new_tokens=args.max_new_tokens, seed=args.seed,

@@ -199,6 +199,32 @@ class Policy(ABC):
     def end_step(self, ctx: LayerContext) -> None:  # noqa: B027 - optional hook
         """The step's last layer has run. Optional; the default does nothing."""
 
+    def needs_lookahead(self, spec: ModelSpec) -> tuple[int, ...]:
+        """The trace's lookahead distances this policy predicts from on a model of ``spec``,
+        known before :meth:`reset`. Called by commands before a run, so a trace without them
+        (an import, a recording without ``--lookahead``) is refused instead of silently
+        predicting nothing. The default: none."""
+        return ()
+
+
+def check_lookahead(policy: Policy, spec: ModelSpec, available: Sequence[int], where: str
+                    ) -> None:
+    """Raise ConfigError when ``policy`` reads lookahead distances that ``where`` (a trace with
+    lookahead columns ``available``) lacks: those predictions would all be empty."""
+    from moe_offload_lab.traces.errors import ConfigError
+
+    needed = policy.needs_lookahead(spec)
+    missing = [d for d in needed if d not in set(available)]
+    if not missing:
+        return
+    have = f"distances {', '.join(map(str, available))}" if len(available) else "no lookahead"
+    fix = (f"lower policy.horizon to {max(available)}" if len(available)
+           else "record or synthesise the trace with --lookahead "
+                f"{max(needed)}, or choose a policy that predicts from history")
+    raise ConfigError(f"policy {policy.name!r} predicts from lookahead distances "
+                      f"{', '.join(map(str, needed))}, but {where} has {have} (it would "
+                      f"predict nothing at {', '.join(map(str, missing))}); {fix}")
+
 
 class PlacementError(ValueError):
     """A policy's :meth:`Policy.place` returned something other than "gpu" or "cpu" for a key."""

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
+from moe_offload_lab.policies.base import check_lookahead
 from moe_offload_lab.policies.config import available_policies, build_policy, load_policy_config
 from moe_offload_lab.policies.evaluation import EvalResult, evaluate
 from moe_offload_lab.traces.errors import ConfigError, run_command
@@ -117,6 +118,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--cache-slots {slots} exceeds the {n_keys} experts of {spec.name}")
     if trace.num_tokens == 0:
         raise ConfigError(f"{args.trace}: the trace has no tokens")
+    check_lookahead(policy, spec, trace.lookahead_distances, f"trace {args.trace}")
     result = evaluate(trace, policy, slots, batch=args.batch, threshold=args.threshold)
     payload = {"trace": str(args.trace), **result.to_dict()}
     if args.json:

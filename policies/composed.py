@@ -73,6 +73,13 @@ class ComposedPolicy(Policy):
         executor's calibration on the machine that runs the engine."""
         return self._cost
 
+    def needs_lookahead(self, spec: ModelSpec) -> tuple[int, ...]:
+        """Distances 1..horizon (capped at the model's MoE layers) when the predictor reads the
+        lookahead columns; none otherwise."""
+        if not self.predictor.reads_lookahead:
+            return ()
+        return tuple(range(1, min(self.config.horizon, spec.num_moe_layers) + 1))
+
     def reset(self, spec: ModelSpec, capacity_slots: int, cost_model: CostModel,
               trace: Trace | None = None, schedule: Schedule | None = None) -> None:
         """Reset every component; see :meth:`Policy.reset`."""
@@ -93,8 +100,7 @@ class ComposedPolicy(Policy):
         if self.replacement.uses_prediction:
             self.replacement.bind_prediction(self.predictor.prediction)
         self.partition_slots = self.replacement.partition_slots()
-        self.lookahead_distances = (tuple(range(1, self.horizon + 1))
-                                    if self.predictor.reads_lookahead else ())
+        self.lookahead_distances = self.needs_lookahead(spec)
         self._needs_prediction = bool(self.planner.uses_prediction
                                       or self.replacement.uses_prediction)
         self._observe = self.predictor.observe if self.predictor.learns else None

@@ -6,24 +6,29 @@
     moe-sim --multirun policy=lru,prescope cache.fraction=0.25,0.5     (joblib, in parallel)
     moe-sim --multirun hydra/launcher=slurm policy=lru,prescope        (SLURM via submitit)
     moe-sim cluster=h100x8-nvswitch balance=probe model=deepseek-v3 batch=32   (expert parallel)
+    moe-sim sweep collect DIR                  rebuild a sweep's sweep.csv / sweep.md
+    moe-sim sweep resume DIR                   rerun only a sweep's missing and failed jobs
 
 Arguments are Hydra overrides. One run writes summary.json, steps.parquet, events.parquet,
 timeline.json and steps.png into Hydra's run folder (``out=DIR`` chooses it) and prints a table;
 a comparison writes compare.csv, compare.md, compare.png, summaries.json and each run's files in
-runs/<label>/; a sweep writes one numbered folder per job plus sweep.csv and sweep.md, and prints
-the combined table. Every job's config is checked before anything runs. User errors print one
-line on stderr and exit with 2.
+runs/<label>/; a sweep writes its plan (sweep.json), one numbered folder per job plus sweep.csv
+and sweep.md (always, from whatever jobs finished: missing and failed jobs are marked), and
+prints the combined table (``sim/sweep.py``). Every job's config is checked before anything
+runs. User errors, and launcher errors, print one line on stderr and exit with 2; a sweep with
+a missing or failed job exits with 2 after writing its table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from moe_offload_lab.sim.run import RunConfig, prepare, simulate
+from moe_offload_lab.sim.run import RunConfig, batch_label, prepare, simulate
 from moe_offload_lab.traces.catalog import conf_dir
 from moe_offload_lab.traces.errors import ConfigError, MoeLabError, run_command
 from omegaconf import DictConfig, OmegaConf
@@ -35,6 +40,9 @@ _TABLE_KEYS = ("model", "hardware", "policy", "capacity_slots", "fits_gpu_memory
                "tpot_ms_p99", "ttft_ms_mean", "hit_rate", "h2d_bytes", "stall_s",
                "prefetch_precision", "prefetch_recall", "wasted_prefetch_bytes", "nvme_reads",
                "events", "sim_wall_s")
+
+
+_SKIP_DONE_ENV = "MOE_SIM_SKIP_DONE"  # set in sweep jobs by ``moe-sim sweep resume``
 
 
 class _JobFailed(BaseException):  # noqa: N818 - passes through Hydra's handlers
@@ -70,8 +78,19 @@ def run_config(cfg: DictConfig) -> RunConfig:
         raise ConfigError(str(exc).strip().splitlines()[0]) from None
 
 
-def check(overrides: Sequence[str]) -> int:
-    """Compose and check every job of these overrides (sweeps expanded); returns the job count."""
+def checked_run_config(overrides: Sequence[str]) -> RunConfig:
+    """The :class:`RunConfig` of these overrides (one job), with every override checked to
+    reach the run (:func:`sim.overrides.check_overrides`)."""
+    from moe_offload_lab.sim.overrides import check_overrides
+
+    cfg = run_config(compose(overrides))
+    if not cfg.cluster:  # expert-parallel runs check their own settings (sim.cluster)
+        check_overrides(overrides, cfg)
+    return cfg
+
+
+def check(overrides: Sequence[str]) -> list[list[str]]:
+    """Compose and check every job of these overrides (sweeps expanded); returns the jobs."""
     from moe_offload_lab.sim.sweep import expand
 
     jobs = expand(overrides)
@@ -79,13 +98,12 @@ def check(overrides: Sequence[str]) -> int:
     if hydra_overrides:  # Hydra's own choices (launcher...): composing once checks them
         compose([*jobs[0], *hydra_overrides], with_hydra=True)
     for job in jobs:
-        cfg = run_config(compose(job))
         where = f" (job {' '.join(job)})" if len(jobs) > 1 else ""
         try:
-            _check_one(cfg)
+            _check_one(checked_run_config(job))
         except MoeLabError as exc:
             raise type(exc)(f"{exc}{where}") from None
-    return len(jobs)
+    return jobs
 
 
 def _check_one(cfg: RunConfig) -> None:
@@ -131,7 +149,7 @@ def _run_compare(run_cfg: RunConfig, out: Path) -> None:
     table, summaries, results = run_comparison(run_cfg)
     paths = write_comparison(table, summaries, results, out)
     print(f"{run_cfg.model['name']} on {run_cfg.hardware['name']}, {summaries[0]['tokens']} "
-          f"tokens, batch {run_cfg.batch}")
+          f"tokens, {batch_label(summaries[0])}")
     print(text_table(table))
     note = memory_note(summaries)
     if note:
@@ -161,14 +179,22 @@ def _run_cluster(run_cfg: RunConfig, out: Path) -> None:
 
 
 def _task(cfg: DictConfig) -> None:
-    """The Hydra task: one run or one comparison into Hydra's output folder."""
+    """The Hydra task: one run or one comparison into Hydra's output folder. A sweep job marks
+    its folder done or failed (:mod:`sim.sweep`); resuming a sweep skips jobs already done."""
+    import os
+
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from moe_offload_lab.sim.sweep import ERROR_FILE
+    from moe_offload_lab.sim import sweep
 
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir)
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    if sweeping:
+        if os.environ.get(_SKIP_DONE_ENV) and sweep.job_state(out)[0] == sweep.OK:
+            print(f"job {out.name}: already done")
+            return
+        sweep.start_job(out)
     try:
         run_cfg = run_config(cfg)
         if run_cfg.cluster:
@@ -180,20 +206,42 @@ def _task(cfg: DictConfig) -> None:
     except MoeLabError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         if not sweeping:
+            _drop_debris(out)
             raise _JobFailed from None
-        (out / ERROR_FILE).write_text(f"{exc}\n", encoding="utf-8")
+        sweep.fail_job(out, str(exc))
+        return
+    if sweeping:
+        sweep.finish_job(out)
+
+
+def _drop_debris(out: Path) -> None:
+    """A single run failed before writing anything: remove the ``.hydra`` record Hydra wrote,
+    and the run folder if that leaves it empty."""
+    import shutil
+
+    if out.is_dir() and {p.name for p in out.iterdir()} <= {".hydra"}:
+        shutil.rmtree(out / ".hydra", ignore_errors=True)
+        _remove_if_empty(out)
 
 
 def _run_hydra(args: list[str]) -> None:
+    """Run Hydra's app on ``args``; its exceptions reach the caller (no Hydra report, exit 1)."""
+    import os
+
     import hydra
 
     app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)(_task)
-    saved = sys.argv
+    saved, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [PROG, *args]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # raise instead of printing a trace and exiting 1
     try:
         app()
     finally:
         sys.argv = saved
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 def _hydra_args(args: list[str]) -> tuple[list[str], bool, Path | None]:
@@ -228,23 +276,114 @@ def _cluster_run(args: list[str]) -> bool:
     return bool(values) and values[-1].lower() not in ("null", "none", "")
 
 
-def _finish_sweep(sweep_dir: Path) -> int:
+def _finish_sweep(sweep_dir: Path, note: bool = True) -> int:
+    """Write and print the combined table of whatever jobs finished; 2 when any job is missing
+    or failed (``note``: say so on stderr, with how to rerun them)."""
     from moe_offload_lab.sim.compare import text_table
-    from moe_offload_lab.sim.sweep import collect, write
+    from moe_offload_lab.sim.sweep import collect, unfinished, write
 
     table = collect(sweep_dir)
     if table.empty:
-        raise ConfigError(f"the sweep wrote no jobs into {sweep_dir}")
+        raise ConfigError(f"{sweep_dir}: the sweep has no jobs")
     paths = write(table, sweep_dir)
     shown = table.drop(columns=[c for c in ("error",) if not table[c].astype(bool).any()])
     print(text_table(shown))
     print(f"wrote {', '.join(str(p) for p in paths)}")
-    failed = int(table["error"].astype(bool).sum())
-    if failed:
-        print(f"{PROG}: error: {failed} of {len(table)} jobs failed (see {sweep_dir})",
+    bad = unfinished(table)
+    if bad and note:
+        failed = sorted({int(j) for j, s in zip(table["job"], table["status"], strict=True)
+                         if s == "failed"})
+        print(f"{PROG}: error: {len(bad)} of {table['job'].nunique()} jobs "
+              f"{'failed' if len(failed) == len(bad) else 'failed or are missing'} (jobs "
+              f"{_ranges(bad)}); 'moe-sim sweep resume {sweep_dir}' reruns them",
               file=sys.stderr)
-        return 2
-    return 0
+    return 2 if bad else 0
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    parts, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            parts.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(parts)
+
+
+def _launch_sweep(hydra_args: list[str], sweep_dir: Path, existed: bool) -> int:
+    """Launch a sweep with Hydra's launcher; whatever happens (a job killed, a launcher error,
+    Ctrl-C), write the table of the jobs that finished. Launcher errors are one line."""
+    import shutil
+
+    try:
+        _run_hydra(hydra_args)
+    except KeyboardInterrupt:
+        _table_after_error(sweep_dir)
+        raise
+    except Exception as exc:  # the launcher (joblib worker died, submitit without SLURM...)
+        if not existed and not any(p.is_dir() and p.name.isdigit() for p in sweep_dir.iterdir()):
+            shutil.rmtree(sweep_dir, ignore_errors=True)  # nothing ran: leave nothing behind
+            raise ConfigError(f"the sweep could not start ({_launcher_error(exc)})") from None
+        _table_after_error(sweep_dir)
+        raise ConfigError(f"the sweep stopped early ({_launcher_error(exc)}); 'moe-sim sweep "
+                          f"resume {sweep_dir}' reruns the missing jobs") from None
+    return _finish_sweep(sweep_dir)
+
+
+def _launcher_error(exc: BaseException) -> str:
+    from moe_offload_lab.traces.errors import first_line
+
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def _table_after_error(sweep_dir: Path) -> None:
+    with contextlib.suppress(MoeLabError):
+        _finish_sweep(sweep_dir, note=False)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _sweep_command(args: list[str]) -> int:
+    """``moe-sim sweep collect DIR`` / ``moe-sim sweep resume DIR [HYDRA OVERRIDES]``."""
+    from moe_offload_lab.sim.sweep import read_plan
+
+    if len(args) < 2 or args[0] not in ("collect", "resume"):
+        raise ConfigError("usage: moe-sim sweep collect DIR | moe-sim sweep resume DIR "
+                          "[hydra.launcher.* overrides]")
+    action, sweep_dir, extra = args[0], Path(args[1]), args[2:]
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"{sweep_dir}: no such sweep folder")
+    if action == "collect":
+        if extra:
+            raise ConfigError(f"sweep collect takes only a folder, got {' '.join(extra)}")
+        return _finish_sweep(sweep_dir)
+    plan = read_plan(sweep_dir)
+    if plan is None:
+        raise ConfigError(f"{sweep_dir}: no sweep.json (a sweep from before plans were "
+                          f"recorded, or not a sweep folder); rerun its command instead")
+    bad = [a for a in extra if not a.lstrip("+~").startswith("hydra")]
+    if bad:
+        raise ConfigError(f"sweep resume reruns the recorded jobs; only Hydra overrides "
+                          f"(e.g. hydra.launcher.n_jobs=2) may be added, got {' '.join(bad)}")
+    from moe_offload_lab.sim.sweep import states
+
+    todo = [n for n, (state, _) in states(sweep_dir).items() if state != "ok"]
+    if not todo:
+        print(f"every job of {sweep_dir} is done")
+        return _finish_sweep(sweep_dir)
+    print(f"resuming {sweep_dir}: jobs {_ranges(todo)}")
+    sweep_dir = sweep_dir.resolve()
+    hydra_args = [*plan["args"], *extra, f"hydra.sweep.dir={sweep_dir}",
+                  f"+hydra.job.env_set.{_SKIP_DONE_ENV}=1"]
+    cwd = plan.get("cwd") if Path(str(plan.get("cwd"))).is_dir() else "."
+    with contextlib.chdir(cwd):  # where it started: its overrides may name relative paths
+        check([a for a in hydra_args if a not in _MULTIRUN and _SKIP_DONE_ENV not in a])
+        return _launch_sweep(hydra_args, sweep_dir, existed=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,13 +396,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: list[str]) -> int:
+    if args and args[0] == "sweep":
+        return _sweep_command(args[1:])
     hydra_args, multirun, sweep_dir = _hydra_args(args)
-    check([a for a in hydra_args if a not in _MULTIRUN])
-    try:
-        _run_hydra(hydra_args)
-    except _JobFailed:
-        return 2
-    return _finish_sweep(sweep_dir) if multirun and sweep_dir is not None else 0
+    jobs = check([a for a in hydra_args if a not in _MULTIRUN])
+    _check_output_dirs(hydra_args)
+    if not multirun or sweep_dir is None:
+        try:
+            _run_hydra(hydra_args)
+        except _JobFailed:
+            return 2
+        return 0
+    from moe_offload_lab.sim.sweep import write_plan
+
+    existed = sweep_dir.exists()
+    write_plan(sweep_dir, [a for a in hydra_args if not a.startswith("hydra.sweep.dir=")], jobs)
+    return _launch_sweep(hydra_args, sweep_dir, existed)
+
+
+def _check_output_dirs(hydra_args: list[str]) -> None:
+    """The run or sweep folder given on the command line can be written (before Hydra starts)."""
+    from moe_offload_lab.traces.atomic import check_output_folder
+
+    for arg in hydra_args:
+        key, _, value = arg.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            check_output_folder(value, "out")
 
 
 if __name__ == "__main__":

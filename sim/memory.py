@@ -8,8 +8,8 @@ The expert cache is sized by, in order of precedence:
 - ``cache.slots_per_layer``: ``K`` slots for each MoE layer (``K x num_moe_layers``;
   mixtral-offloading's per-layer LRU of ``K`` experts with a per-layer policy);
 - ``cache.gpu_memory_gb``: a GPU memory budget (GB, 1e9 bytes) for the resident weights (non-
-  expert weights at their own precision, and shared experts) plus the cache; the slots are what
-  is left over, whole experts only;
+    expert weights at their own precision, and shared experts) plus the cache; the slots are what
+    is left over, whole experts only, at most every routed expert (a larger budget is not an error);
 - ``cache.fraction``: of all routed experts (``num_moe_layers x num_experts``).
 
 ``fits_gpu_memory`` in the summary says whether everything the run needs on the GPU fits in the
@@ -128,6 +128,7 @@ class GpuMemory:
                     f"a GPU budget of {budget} GB holds {max(slots, 0)} experts of "
                     f"{spec.name} after {resident / 1e9:.2f} GB of resident weights; one layer "
                     f"needs {spec.top_k} ({spec.expert_bytes / 1e6:.1f} MB each)")
+            slots = min(slots, spec.num_expert_keys)  # room for every expert: all of them
         else:
             fraction = cache.get("fraction", 0.5)
             if not _number(fraction) or not 0 < fraction <= 1:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from moe_offload_lab.policies.base import Policy
+from moe_offload_lab.policies.base import Policy, check_lookahead
 from moe_offload_lab.policies.config import build_policy
 from moe_offload_lab.sim.compute import ComputeModel
 from moe_offload_lab.sim.engine import Engine
@@ -20,13 +20,18 @@ from moe_offload_lab.sim.memory import GpuMemory, peak_context
 from moe_offload_lab.sim.metrics import latency_metrics, step_frame, summarize
 from moe_offload_lab.sim.system import SystemProfile, load_system
 from moe_offload_lab.sim.timeline import write_chrome_trace
-from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
+from moe_offload_lab.sim.workload import ContinuousBatcher, check_continuous, static_batches
 from moe_offload_lab.traces.atomic import write_text
+from moe_offload_lab.traces.catalog import check_fields
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace, read_spec
+from moe_offload_lab.traces.resources import check_trace_memory
 from moe_offload_lab.traces.spec import ModelSpec
 from moe_offload_lab.traces.synthetic import generate
 
+# peak memory of a run over its trace's arrays, batch 1 (the event log dominates): measured
+# 9.0 KB per Mixtral token (777 bytes of trace) between 20,000 and 200,000 tokens
+SIM_MEMORY_FACTOR = 12.0
 HOST_DRAM_USABLE = 0.9  # of the profile's host DRAM, for expert weights (the rest: OS, runtime)
 
 
@@ -89,8 +94,15 @@ class SimResult:
             s = self.summary
             paths.append(plot_steps(self.steps, out / "steps.png",
                                     f"{s['model']} on {s['hardware']}, {s['policy']}, "
-                                    f"{s['capacity_slots']} slots, batch {s['batch']}"))
+                                    f"{s['capacity_slots']} slots, {batch_label(s)}"))
         return paths
+
+
+def batch_label(summary: dict[str, Any]) -> str:
+    """``batch 4``, or ``continuous batching up to 8``: the batch a run really used."""
+    if summary.get("workload") == "continuous":
+        return f"continuous batching up to {summary['batch']}"
+    return f"batch {summary['batch']}"
 
 
 @dataclass
@@ -104,6 +116,7 @@ class Prepared:
     memory: GpuMemory
     chunk_mb: float
     host_dram_experts: int
+    workload: WorkloadPlan
 
 
 def _trace_path(trace_cfg: dict[str, Any]) -> str | None:
@@ -119,8 +132,6 @@ def _trace_path(trace_cfg: dict[str, Any]) -> str | None:
 
 def _load_trace(cfg: RunConfig, spec: ModelSpec) -> Trace:
     trace_cfg = cfg.trace or {}
-    if trace_cfg.get("volatile") and not cfg.cluster:
-        raise ConfigError("trace.volatile applies to expert-parallel runs (cluster=...) only")
     path = _trace_path(trace_cfg)
     if path:
         trace = Trace.load(path)
@@ -147,19 +158,64 @@ def _check_trace_spec(recorded: ModelSpec, spec: ModelSpec, where: str) -> None:
                           f"model {spec.name!r} ({'; '.join(wrong)}); choose model= to match")
 
 
-def _batcher(cfg: RunConfig, trace: Trace) -> ContinuousBatcher | None:
+# ---- settings checked before the run (every one must reach the run, or be refused) ---------
+_CONTINUOUS_ONLY = ("rate_per_s", "max_batch", "chunk")
+
+
+@dataclass(frozen=True)
+class WorkloadPlan:
+    """The checked ``workload`` group (its keys are these fields): static batches of ``batch``,
+    or continuous batching."""
+
+    kind: str  # static or continuous
+    max_batch: int  # the static batch, or the most requests running at once
+    rate_per_s: float = float("inf")
+    chunk: int | None = None
+    seed: int = 0
+
+
+def _workload(cfg: RunConfig) -> WorkloadPlan:
+    """Check the ``workload`` group: known keys, continuous-only settings not given to static
+    batching (they would be ignored), and ``max_batch`` 0 refused rather than read as unset."""
     workload = cfg.workload or {}
+    if not isinstance(workload, dict):
+        raise ConfigError(f"workload must be a mapping, got {workload!r}")
+    check_fields(WorkloadPlan, workload, "workload", required=())
     kind = workload.get("kind", "static")
     if kind == "static":
-        return None
+        unused = [k for k in _CONTINUOUS_ONLY if workload.get(k) is not None]
+        unused += ["seed"] if workload.get("seed") not in (None, 0) else []
+        if unused:
+            raise ConfigError(f"workload.{unused[0]} applies to continuous batching "
+                              f"(workload=continuous); static batches are sized by batch=N")
+        return WorkloadPlan("static", cfg.batch)
     if kind != "continuous":
         raise ConfigError(f"workload.kind must be static or continuous, got {kind!r}")
     rate = workload.get("rate_per_s")
     if isinstance(rate, str) and rate.strip().lstrip("+.").lower() in ("inf", "infinity"):
         rate = float("inf")  # .inf (YAML) / inf
-    return ContinuousBatcher(trace, float("inf") if rate is None else rate,
-                             workload.get("max_batch") or cfg.batch, chunk=workload.get("chunk"),
-                             prefill=bool(cfg.prefill), seed=int(workload.get("seed") or 0))
+    rate = float("inf") if rate is None else rate
+    max_batch = workload.get("max_batch")
+    max_batch = cfg.batch if max_batch is None else max_batch
+    chunk, seed = workload.get("chunk"), workload.get("seed") or 0
+    check_continuous(rate, max_batch, chunk)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"workload.seed must be an integer, got {seed!r}")
+    return WorkloadPlan("continuous", max_batch, rate, chunk, seed)
+
+
+def _check_timeline_events(cfg: RunConfig) -> None:
+    cap = cfg.timeline_events
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ConfigError(f"timeline_events must be a positive integer (the most events "
+                          f"timeline.json keeps), got {cap!r}")
+
+
+def _batcher(plan: WorkloadPlan, cfg: RunConfig, trace: Trace) -> ContinuousBatcher | None:
+    if plan.kind == "static":
+        return None
+    return ContinuousBatcher(trace, plan.rate_per_s, plan.max_batch, chunk=plan.chunk,
+                             prefill=bool(cfg.prefill), seed=plan.seed)
 
 
 def _chunk_mb(cfg: RunConfig) -> float:
@@ -203,14 +259,33 @@ def prepare(cfg: RunConfig) -> Prepared:
     ComputeModel(spec, hardware, system)  # parses the measured tables
     policy = build_policy(cfg.policy)
     _check_batch(cfg)
+    if (cfg.trace or {}).get("volatile"):
+        raise ConfigError("trace.volatile applies to expert-parallel runs (cluster=...) only")
+    workload = _workload(cfg)
+    _check_timeline_events(cfg)
     memory = GpuMemory.plan(cfg.cache or {}, spec, hardware, system)
     path = _trace_path(cfg.trace or {})
     if path:
         _check_trace_spec(read_spec(path), spec, f"trace {path}")
     else:
-        _tokens(cfg.trace or {})
+        tokens = _tokens(cfg.trace or {})
+        distances = _preset_lookahead(cfg.trace or {}, spec)
+        check_trace_memory(tokens, spec.num_moe_layers, spec.top_k, distances,
+                           f"trace.tokens={tokens}", factor=SIM_MEMORY_FACTOR)
+        check_lookahead(policy, spec, range(1, distances + 1), "the synthetic trace")
     return Prepared(spec, hardware, system, policy, memory, _chunk_mb(cfg),
-                    _host_dram_experts(cfg, spec, hardware))
+                    _host_dram_experts(cfg, spec, hardware), workload)
+
+
+def _preset_lookahead(trace_cfg: dict[str, Any], spec: ModelSpec) -> int:
+    """Lookahead distances of the synthetic trace a run generates (0 for an unknown preset:
+    generating it reports the name)."""
+    from moe_offload_lab.traces.synthetic import SynthConfig
+
+    try:
+        return SynthConfig.preset(trace_cfg.get("preset") or spec.name).lookahead_distances
+    except ConfigError:
+        return 0
 
 
 def _system(system: dict[str, Any] | str | None) -> SystemProfile:
@@ -227,8 +302,10 @@ def simulate(cfg: RunConfig) -> SimResult:
     ready = prepare(cfg)
     spec, hardware, policy = ready.spec, ready.hardware, ready.policy
     trace = _load_trace(cfg, spec)
+    check_lookahead(policy, spec, trace.lookahead_distances,
+                    f"trace {_trace_path(cfg.trace or {}) or 'of the synthetic preset'}")
     wall = time.perf_counter()
-    batcher = _batcher(cfg, trace)
+    batcher = _batcher(ready.workload, cfg, trace)
     schedule = None if batcher is not None else static_batches(trace, cfg.batch, cfg.prefill)
     if schedule is not None and not schedule:
         raise ConfigError(f"nothing to simulate: the trace's {trace.num_tokens} tokens are all "
@@ -258,7 +335,7 @@ def simulate(cfg: RunConfig) -> SimResult:
         "model": spec.name, "hardware": hardware.name, "system": ready.system.name,
         "policy": policy.name,
         **memory.summary(), "cache_fraction": memory.slots / spec.num_expert_keys,
-        "batch": cfg.batch, "chunk_mb": ready.chunk_mb,
+        "batch": ready.workload.max_batch, "chunk_mb": ready.chunk_mb,
         "host_dram_experts": ready.host_dram_experts,
         "nvme_reads": host.nvme_reads if host is not None else 0,
         "measured_used": engine.compute.measured_used,

@@ -15,6 +15,7 @@ engine asks for each step when the previous one ends.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from moe_offload_lab.traces.errors import ConfigError
@@ -55,6 +56,19 @@ def _requests(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends
 
 
+def check_continuous(rate_per_s: Any, max_batch: Any, chunk: Any) -> None:
+    """Raise ConfigError unless the continuous-batching settings are usable (see
+    :class:`ContinuousBatcher`); also called before a run starts (``sim.run.prepare``)."""
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ConfigError(f"workload.max_batch must be a positive integer, got {max_batch!r}")
+    if isinstance(rate_per_s, bool) or not isinstance(rate_per_s, (int, float)) \
+            or not rate_per_s > 0:
+        raise ConfigError(f"workload.rate_per_s must be > 0, got {rate_per_s!r}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)
+                              or chunk < 1):
+        raise ConfigError(f"workload.chunk must be a positive integer or null, got {chunk!r}")
+
+
 class ContinuousBatcher:
     """Continuous batching with Poisson arrivals over the requests of ``trace`` (trace order).
 
@@ -67,14 +81,7 @@ class ContinuousBatcher:
 
     def __init__(self, trace: Trace, rate_per_s: float, max_batch: int, *,
                  chunk: int | None = None, prefill: bool = True, seed: int = 0) -> None:
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ConfigError(f"workload.max_batch must be a positive integer, got {max_batch!r}")
-        if isinstance(rate_per_s, bool) or not isinstance(rate_per_s, (int, float)) \
-                or not rate_per_s > 0:
-            raise ConfigError(f"workload.rate_per_s must be > 0, got {rate_per_s!r}")
-        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)
-                                  or chunk < 1):
-            raise ConfigError(f"workload.chunk must be a positive integer or null, got {chunk!r}")
+        check_continuous(rate_per_s, max_batch, chunk)
         starts, ends = _requests(trace)
         phase = np.asarray(trace.phase)
         self.max_batch, self.chunk = max_batch, chunk

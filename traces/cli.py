@@ -125,6 +125,7 @@ def _synth(args: argparse.Namespace) -> int:
         if args.lookahead < 0:
             raise ConfigError("--lookahead must not be negative")
         config = config.with_overrides(lookahead_distances=args.lookahead)
+    _check_synth_size(config, args)
     trace = generate(
         config, requests=args.requests, tokens=args.tokens, seed=args.seed,
         progress=not args.quiet, features=args.features,
@@ -182,6 +183,19 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_synth_size(config: Any, args: argparse.Namespace) -> None:
+    """Refuse up front a trace too big for this machine's memory (not a MemoryError later)."""
+    from moe_offload_lab.traces.resources import check_trace_memory
+
+    tokens = args.tokens
+    if tokens is None:  # requests: their expected total length
+        requests = config.requests if args.requests is None else args.requests
+        tokens = int(max(1, requests) * (config.prompt_tokens.mean + config.decode_tokens.mean))
+    spec = config.model_spec()
+    check_trace_memory(max(1, tokens), spec.num_moe_layers, spec.top_k,
+                       config.lookahead_distances, "moe-trace synth")
+
+
 def _compute(args: argparse.Namespace) -> dict[str, Any]:
     from moe_offload_lab.traces.analysis.report import compute_stats
     from moe_offload_lab.traces.format import Trace
@@ -216,6 +230,8 @@ def _validate(args: argparse.Namespace) -> int:
     for path in args.traces:
         trace = Trace.load(path)
         spec = trace.spec
+        if trace.num_tokens == 0:  # every other command refuses such a trace
+            raise ConfigError(f"{path}: the trace has no tokens")
         decode = int(trace.phase.sum())
         print(
             f"ok {path}: model {spec.name} ({spec.num_moe_layers} MoE layers, {spec.num_experts} "
@@ -253,7 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handlers = {"synth": _synth, "stats": _stats, "validate": _validate, "plot": _plot,
                 "record": _record, "fit": _fit, "compare": _compare, **IMPORT_EXPORT}
-    return run_command(PROG, lambda: handlers[args.command](args))
+
+    def command() -> int:
+        if getattr(args, "output", None) is not None:  # before any work: a path we can write
+            from moe_offload_lab.traces.atomic import check_output_file
+
+            check_output_file(args.output, "-o")
+        return handlers[args.command](args)
+
+    return run_command(PROG, command)
 
 
 if __name__ == "__main__":

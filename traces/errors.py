@@ -33,8 +33,8 @@ def first_line(exc: BaseException) -> str:
 def run_command(prog: str, command: Callable[[], int]) -> int:
     """Run one command-line action and return its exit status, reporting the way every tool of
     the project does: a user error (:class:`MoeLabError`) prints ``prog: error: <one line>`` on
-    stderr and returns 2; Ctrl-C prints ``prog: interrupted`` and returns 130; output piped into
-    a closed reader (``| head``) returns 0 quietly."""
+    stderr and returns 2 (so does running out of memory); Ctrl-C prints ``prog: interrupted``
+    and returns 130; output piped into a closed reader (``| head``) returns 0 quietly."""
     try:
         return command()
     except MoeLabError as exc:
@@ -43,6 +43,9 @@ def run_command(prog: str, command: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:  # what the size checks made up front did not foresee
+        print(f"{prog}: error: out of memory; use a smaller trace or batch", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         sys.stderr.close()
         return 0

@@ -81,6 +81,7 @@ def train(cfg: dict[str, Any]) -> dict[str, Any]:
     name, kind = pcfg.pop("name", None), pcfg.pop("kind", None)
     if not name or not kind:
         raise ConfigError("predictor config needs name and kind")
+    out = _checkpoint_path(cfg)  # checked before training, not after it
     router_path = pcfg.pop("router_weights", None)
     trace, provenance = _trace(cfg)
     spec = trace.spec
@@ -134,11 +135,18 @@ def train(cfg: dict[str, Any]) -> dict[str, Any]:
         "versions": {"torch": torch.__version__},
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
-    out = Path(cfg["out"])
-    out = out if out.suffix == ".pt" else out / "model.pt"
     checkpoint.save(out, model, meta)
     print(_report(name, out, meta))
     return meta
+
+
+def _checkpoint_path(cfg: dict[str, Any]) -> Path:
+    """``out`` as the checkpoint file (``out`` itself when it ends in .pt), checked writable."""
+    from moe_offload_lab.traces.atomic import check_output_file
+
+    out = Path(str(cfg["out"]))
+    out = out if out.suffix == ".pt" else out / "model.pt"
+    return check_output_file(out, "out")
 
 
 def _report(name: str, out: Path, meta: dict[str, Any]) -> str:
@@ -167,6 +175,9 @@ def evaluate(cfg: dict[str, Any]) -> tuple[Any, Any]:
     from moe_offload_lab.policies.learned.runner import Runner
 
     e = cfg["eval"]
+    from moe_offload_lab.traces.atomic import check_output_folder
+
+    check_output_folder(str(e["out"]), "eval.out")
     paths = [str(p) for p in (e.get("checkpoints") or [])]
     if not paths:
         paths = sorted(str(p) for p in Path("outputs/train").glob("*/model.pt"))

@@ -96,16 +96,30 @@ def write_report(folder: str | Path | None = None, out: str | Path | None = None
     if storage or study:
         if not (storage and study):
             raise ConfigError("--storage and --study go together")
-        source = load_study(storage, study)
         if out is None:
-            base = Path(folder) if folder else Path("outputs/tune") / study
-            out = base / REPORT_DIR
+            out = _study_report_dir(folder, storage, study)
+        source = load_study(storage, study)
     elif folder is None:
         raise ConfigError("give a folder, or --storage URL --study NAME")
     else:
         source = load_folder(folder)
         out = Path(folder) / REPORT_DIR if out is None else out
     return report_source(source, out, timeline_steps)
+
+
+def _study_report_dir(folder: str | Path | None, storage: str, study: str) -> Path:
+    """``<folder>/report``, else the study's default folder's - only when ``storage`` is that
+    folder's SQLite file: another storage's study of the same name must not overwrite it."""
+    from moe_offload_lab.sim.tune.storage import default_storage, mask
+
+    if folder:
+        return Path(folder) / REPORT_DIR
+    base = Path("outputs/tune") / study
+    if storage != default_storage(base):
+        raise ConfigError(f"give -o DIR for study {study!r} of {mask(storage)}: "
+                          f"{base / REPORT_DIR} is the report of the study in "
+                          f"{base / 'study.db'}")
+    return base / REPORT_DIR
 
 
 def report_source(source: Source, out: str | Path, timeline_steps: int = 2) -> Path:

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 from moe_offload_lab.sim.compare import RUNS_DIR, run_folder
 from moe_offload_lab.sim.sweep import job_overrides
+from moe_offload_lab.sim.sweep import states as sweep_states
 from moe_offload_lab.traces.errors import ConfigError
 
 REPORT_DIR = "report"
@@ -103,6 +104,8 @@ def load_sweep(folder: Path) -> Source:
                          "dir": str(job), **{f"override:{k}": overrides.get(k) for k in keys}})
         else:
             notes.append(f"job {job.name} has no results (it did not finish)")
+    notes += [f"job {n} is missing ({message})" for n, (state, message) in sweep_states(
+        folder).items() if state == "missing" and not (folder / str(n)).is_dir()]
     if not rows:
         detail = f" ({len(notes)} failed or unfinished)" if notes else ""
         raise ConfigError(f"{folder}: the sweep has no finished jobs{detail}")

@@ -63,14 +63,11 @@ def _trial_row(trial: Any, objectives: tuple[str, ...], n_keys: int | None) -> d
 def study_source(storage: str, name: str) -> Source:
     """The trials of study ``name`` in ``storage`` as a :class:`Source` (complete trials are
     the runs; pruned and failed ones are counted in the notes)."""
+    from moe_offload_lab.sim.tune.storage import mask
     from moe_offload_lab.sim.tune.study import open_study
     from optuna.trial import TrialState
 
-    if storage.startswith("sqlite:///") or storage.startswith("journal:"):
-        path = Path(storage.split(":///", 1)[1] if "://" in storage else storage[8:])
-        if str(path) != ":memory:" and not path.is_file():
-            raise ConfigError(f"{storage}: no such study storage ({path} does not exist)")
-    study = open_study(storage, name)
+    study = open_study(storage, name)  # read-only: a missing storage or study is refused
     space = study.user_attrs.get("space") or {}
     objectives = tuple(space.get("objective") or ["value"] * len(study.directions))
     if isinstance(space.get("objective"), str):
@@ -78,11 +75,12 @@ def study_source(storage: str, name: str) -> Source:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
-        raise ConfigError(f"study {name!r} in {storage} has no complete trials")
+        raise ConfigError(f"study {name!r} in {mask(storage)} has no complete trials")
     rows = [_trial_row(t, objectives, None) for t in complete]
     counts = pd.Series([t.state.name.lower() for t in trials]).value_counts()
     notes = [f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
-    return Source("study", f"{name} ({storage})", pd.DataFrame(rows), notes, study, objectives)
+    return Source("study", f"{name} ({mask(storage)})", pd.DataFrame(rows), notes, study,
+                  objectives)
 
 
 def _ylabel(objective: str) -> str:

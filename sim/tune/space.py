@@ -257,7 +257,7 @@ def check_space(space: Space) -> None:
     parameter that applies to it at both ends of its range (unknown keys, keys a chosen policy
     lacks, bad values and unknown policy names raise ConfigError)."""
     from moe_offload_lab.policies.config import available_policies
-    from moe_offload_lab.sim.cli import compose, run_config
+    from moe_offload_lab.sim.cli import checked_run_config
     from moe_offload_lab.sim.run import prepare
 
     known = set(available_policies())
@@ -267,20 +267,20 @@ def check_space(space: Space) -> None:
                               f"{', '.join(sorted(known))})")
         chosen = {} if policy is None else {"policy": policy}
         base = space.overrides(chosen)
-        _check(base, space, compose, run_config, prepare)
+        _check(base, space, checked_run_config, prepare)
         for param in space.params:
             if param.key == "policy" or not param.applies(chosen):
                 continue
             for value in param.probes():
                 where = (f" for policy {policy!r}" if policy else "")
-                _check([*base, f"{param.key}={format_value(value)}"], space, compose,
-                       run_config, prepare, f"parameter {param.key}={value}{where}")
+                _check([*base, f"{param.key}={format_value(value)}"], space,
+                       checked_run_config, prepare, f"parameter {param.key}={value}{where}")
 
 
-def _check(overrides: list[str], space: Space, compose: Any, run_config: Any, prepare: Any,
+def _check(overrides: list[str], space: Space, checked_run_config: Any, prepare: Any,
            what: str = "base overrides") -> None:
     try:
-        prepare(run_config(compose(overrides)))
+        prepare(checked_run_config(overrides))
     except ConfigError as exc:
         hint = ""
         if "Could not override" in str(exc) or "Key '" in str(exc):

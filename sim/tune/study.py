@@ -5,13 +5,21 @@ number of workers (processes here, or ``moe-tune run`` on other machines against
 journal) add trials to it. ``n_trials`` is always the study's total of finished (complete or
 pruned) trials: a rerun after an interruption runs only what is missing. Ctrl-C stops a worker
 after its running trial; a second Ctrl-C aborts that trial (recorded as failed, not counted).
+
+Each worker samples with :class:`~sim.tune.sampler.TrialSeededSampler` (distinct trials without
+distinct seeds), records itself as each trial's owner and keeps a heartbeat on it, and fails the
+trials of dead workers when it starts and after each trial (:mod:`sim.tune.stale`).
+
+The default study name says who and what: ``<space>.<objective(s)>.<user>``
+(:func:`default_study_name`), so two users of one database, or two objectives of one space, never
+share a study by accident.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,8 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from moe_offload_lab.sim.tune.sampler import TrialSeededSampler
 from moe_offload_lab.sim.tune.space import Space
-from moe_offload_lab.sim.tune.storage import default_storage, open_storage
+from moe_offload_lab.sim.tune.stale import OWNER_ATTR, fail_stale, heartbeat, owner_tag
+from moe_offload_lab.sim.tune.storage import default_storage, file_of, mask, open_storage
 from moe_offload_lab.sim.tune.trial import Objective
 from moe_offload_lab.traces.errors import ConfigError, MoeLabError
 
@@ -41,6 +51,22 @@ def storage_spec(storage: str | None, study_name: str, out_dir: str | Path) -> s
     return storage or default_storage(Path(out_dir) / study_name)
 
 
+def user_name() -> str:
+    """The login name, for study names (``user`` when the OS does not say)."""
+    import getpass
+
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = ""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "user"
+
+
+def default_study_name(space: Space) -> str:
+    """``<space>.<objective>[+<objective>].<user>``: who runs what."""
+    return f"{space.name}.{'+'.join(space.objectives)}.{user_name()}"
+
+
 def _quiet() -> None:
     import warnings
 
@@ -51,42 +77,52 @@ def _quiet() -> None:
 
 
 def open_study(spec: str, name: str, space: Space | None = None, seed: int = 0,
-               worker: int = 0) -> Any:
+               worker: int = 0, schema: str | None = None) -> Any:
     """Create or load study ``name``. With ``space``: created if missing, else checked to have
-    been created with the same space; without: loaded (missing -> ConfigError)."""
+    been created with the same space; without: loaded read-only (a missing storage or study ->
+    ConfigError; nothing is created; only the default storage's folder, ``<study>/study.db``,
+    is created with the study). Trials are sampled by a :class:`TrialSeededSampler` from
+    ``seed`` (``worker`` is kept for callers; trial numbers already keep workers apart)."""
     import optuna
 
     _quiet()
-    storage = open_storage(spec)
-    if space is None:
+    path, folder = file_of(spec), None
+    if path is not None and path.parent.name == name and spec == default_storage(path.parent):
+        folder = path.parent  # <folder named after the study>/study.db: the default layout
+    storage = open_storage(spec, create=space is not None, schema=schema, default_folder=folder)
+    where = mask(spec)
+    try:
+        if space is None:
+            try:
+                return optuna.load_study(study_name=name, storage=storage,
+                                         sampler=TrialSeededSampler(seed))
+            except KeyError:
+                names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+                raise ConfigError(f"no study {name!r} in {where} (studies: "
+                                  f"{', '.join(names) or 'none'})") from None
+        directions = ["minimize"] * len(space.objectives)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=space.prune.startup_trials)
         try:
-            return optuna.load_study(study_name=name, storage=storage)
-        except KeyError:
-            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-            raise ConfigError(f"no study {name!r} in {spec} (studies: "
-                              f"{', '.join(names) or 'none'})") from None
-    directions = ["minimize"] * len(space.objectives)
-    prev = 0
-    try:
-        prev = finished(optuna.load_study(study_name=name, storage=storage))
-    except KeyError:
-        pass
-    sampler = optuna.samplers.TPESampler(seed=seed + 1009 * worker + prev)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=space.prune.startup_trials)
-    try:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                    pruner=pruner, directions=directions, load_if_exists=True)
-    except ValueError as exc:  # directions differ from the stored study's
-        raise ConfigError(f"study {name!r}: {exc}") from None
-    stored = study.user_attrs.get("space")
-    wanted = space.to_dict()
-    if stored is None:
-        study.set_user_attr("space", wanted)
-        study.set_user_attr("space_name", space.name)
-    elif stored != wanted:
-        raise ConfigError(f"study {name!r} in {spec} was created with a different space or "
-                          f"objective; choose another --study")
-    return study
+            study = optuna.create_study(study_name=name, storage=storage,
+                                        sampler=TrialSeededSampler(seed), pruner=pruner,
+                                        directions=directions, load_if_exists=True)
+        except ValueError as exc:  # directions differ from the stored study's
+            raise ConfigError(f"study {name!r}: {exc}") from None
+        stored = study.user_attrs.get("space")
+        wanted = space.to_dict()
+        if stored is None:
+            study.set_user_attr("space", wanted)
+            study.set_user_attr("space_name", space.name)
+        elif stored != wanted:
+            raise ConfigError(f"study {name!r} in {where} was created with a different space "
+                              f"or objective; choose another --study")
+        return study
+    except MoeLabError:
+        raise
+    except Exception as exc:  # the database refused (permissions, a broken file...)
+        from moe_offload_lab.sim.tune.storage import _explain
+
+        raise ConfigError(f"--storage {where!r}: {_explain(exc, spec, schema)}") from None
 
 
 @contextmanager
@@ -118,27 +154,35 @@ def graceful_interrupt() -> Iterator[dict[str, bool]]:
 def run_worker(space: Space, name: str, spec: str, n_trials: int, seed: int = 0,
                worker: int = 0, progress: bool = False,
                callbacks: Sequence[Callable[[Any, Any], None]] = (),
-               barrier: Any = None) -> bool:
+               barrier: Any = None, schema: str | None = None) -> bool:
     """Add trials to the study until it has ``n_trials`` finished ones (or an interrupt).
     Returns False when stopped early by Ctrl-C/SIGTERM."""
     from optuna.study import MaxTrialsCallback
 
-    study = open_study(spec, name, space, seed, worker)
+    study = open_study(spec, name, space, seed, worker, schema)
     if barrier is not None:
         barrier.wait()
+    _report_stale(fail_stale(study))
     remaining = n_trials - finished(study)
     if remaining <= 0:
         return True
-    tag = f"{socket.gethostname()}:{os.getpid()}"
+    owner, task = owner_tag(), _slurm_task()
     bar = _bar(n_trials, finished(study)) if progress else None
     objective = Objective(space)
 
-    def tagged(trial: Any) -> Any:
-        trial.set_user_attr("worker", tag)
-        return objective(trial)
+    with graceful_interrupt() as flag, heartbeat(study) as current:
+        def tagged(trial: Any) -> Any:
+            trial.set_user_attr(OWNER_ATTR, owner)
+            if task:
+                trial.set_user_attr("slurm_task", task)
+            current["trial_id"] = trial._trial_id
+            try:
+                return objective(trial)
+            finally:
+                current["trial_id"] = None
 
-    with graceful_interrupt() as flag:
         def after(study: Any, trial: Any) -> None:
+            _report_stale(fail_stale(study))
             if bar is not None:
                 bar.n = min(n_trials, finished(study))
                 bar.refresh()
@@ -155,6 +199,18 @@ def run_worker(space: Space, name: str, spec: str, n_trials: int, seed: int = 0,
     return not flag["stop"]
 
 
+def _slurm_task() -> str:
+    """``<array job>_<task>`` inside a SLURM array task, else ''."""
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{os.environ.get('SLURM_ARRAY_JOB_ID', 'local')}_{task}" if task else ""
+
+
+def _report_stale(numbers: list[int]) -> None:
+    if numbers:
+        print(f"moe-tune: trial(s) {', '.join(map(str, numbers))} of a dead worker marked "
+              f"failed (rerun, not counted)", file=sys.stderr)
+
+
 def _bar(total: int, initial: int) -> Any:
     from tqdm import tqdm
 
@@ -162,9 +218,10 @@ def _bar(total: int, initial: int) -> Any:
 
 
 def _worker_main(space: Space, name: str, spec: str, n_trials: int, seed: int, worker: int,
-                 barrier: Any) -> None:
+                 barrier: Any, schema: str | None = None) -> None:
     try:
-        ok = run_worker(space, name, spec, n_trials, seed, worker, barrier=barrier)
+        ok = run_worker(space, name, spec, n_trials, seed, worker, barrier=barrier,
+                        schema=schema)
     except KeyboardInterrupt:
         sys.exit(130)
     except MoeLabError as exc:
@@ -174,20 +231,22 @@ def _worker_main(space: Space, name: str, spec: str, n_trials: int, seed: int, w
 
 
 def run_parallel(space: Space, name: str, spec: str, n_trials: int, workers: int,
-                 seed: int = 0, progress: bool = False) -> bool:
+                 seed: int = 0, progress: bool = False, schema: str | None = None) -> bool:
     """``workers`` local processes on one study (shared storage); True when it completed."""
     import multiprocessing as mp
 
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if workers == 1:
-        return run_worker(space, name, spec, n_trials, seed, 0, progress)
-    study = open_study(spec, name, space, seed)  # created (and checked) once, before the workers
+        return run_worker(space, name, spec, n_trials, seed, 0, progress, schema=schema)
+    # created (and checked) once, before the workers
+    study = open_study(spec, name, space, seed, schema=schema)
     if finished(study) >= n_trials:
         return True
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(workers)
-    procs = [ctx.Process(target=_worker_main, args=(space, name, spec, n_trials, seed, i, barrier))
+    procs = [ctx.Process(target=_worker_main,
+                         args=(space, name, spec, n_trials, seed, i, barrier, schema))
              for i in range(workers)]
     bar = _bar(n_trials, finished(study)) if progress else None
     with graceful_interrupt():  # the workers get the signal too and stop after their trial

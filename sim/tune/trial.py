@@ -12,16 +12,19 @@ import math
 from typing import Any
 
 from moe_offload_lab.sim.tune.space import Space
+from moe_offload_lab.sim.tune.stale import HEARTBEAT_ATTR, OWNER_ATTR
 from moe_offload_lab.traces.errors import ConfigError, MoeLabError
+
+_OWN_ATTRS = (OWNER_ATTR, HEARTBEAT_ATTR, "slurm_task", "overrides")  # not copied from a twin
 
 
 def evaluate(overrides: list[str], objectives: tuple[str, ...] | list[str]) -> tuple[list[float],
                                                                                       dict]:
     """Simulate the composed config of ``overrides``; the objective values and the summary."""
-    from moe_offload_lab.sim.cli import compose, run_config
+    from moe_offload_lab.sim.cli import checked_run_config
     from moe_offload_lab.sim.run import simulate
 
-    summary = simulate(run_config(compose(overrides))).summary
+    summary = simulate(checked_run_config(overrides)).summary
     values = [summary.get(o) for o in objectives]
     bad = [o for o, v in zip(objectives, values, strict=False) if v is None or not math.isfinite(v)]
     if bad:
@@ -76,7 +79,7 @@ class Objective:
         earlier = _earlier(trial, overrides)
         if earlier is not None:  # the same config again (e.g. a policy without parameters)
             for key, value in earlier.user_attrs.items():
-                if key not in ("worker", "overrides"):
+                if key not in _OWN_ATTRS:
                     trial.set_user_attr(key, value)
             trial.set_user_attr("same_as", earlier.number)
             values = list(earlier.values)

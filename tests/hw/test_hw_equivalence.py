@@ -1,4 +1,6 @@
-"""Numerics: every shape-free policy's replay equals the all-resident run bitwise (fp32, twin)."""
+"""Numerics: every shape-free policy's replay equals the all-resident run (fp32, CPU twin):
+bitwise where the computation is order-identical by construction (every expert on the test's
+thread), within HOST_THREAD_ATOL when experts ran on the executor's host threads."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from functools import cache
 
 import pytest
 import torch
-from hw_testing import CAPACITY, single_thread_torch, tiny_spec, tiny_trace
+from hw_testing import CAPACITY, HOST_THREAD_ATOL, single_thread_torch, tiny_spec, tiny_trace
 from moe_offload_lab.hw.replay import run_replay
 from moe_offload_lab.policies.config import load_policy_config, shape_free_policies
 
@@ -24,6 +26,14 @@ def reference(batch: int) -> torch.Tensor:
     return run_replay(tiny_spec(), tiny_trace(), None, batch=batch, resident_all=True).hidden
 
 
+def _assert_matches(result, want: torch.Tensor, name: str) -> None:  # noqa: ANN001
+    """Bitwise, or within HOST_THREAD_ATOL when experts ran on host threads."""
+    if result.stats["cpu_experts"]:
+        torch.testing.assert_close(result.hidden, want, rtol=0.0, atol=HOST_THREAD_ATOL)
+    else:
+        assert torch.equal(result.hidden, want), name
+
+
 def test_there_are_shape_free_policies_of_both_kinds() -> None:
     assert "lru" in POLICIES and "fiddler" in POLICIES and "belady" in POLICIES
     assert "lookahead-budgeted" in PREFETCHING and "oracle-prefetch" in PREFETCHING
@@ -35,7 +45,7 @@ def test_replay_equals_all_resident_bitwise(name: str, batch: int) -> None:
     result = run_replay(tiny_spec(), tiny_trace(), name, capacity_slots=CAPACITY, batch=batch,
                         check=True)
     assert result.hidden.dtype == torch.float32
-    assert torch.equal(result.hidden, reference(batch)), name
+    _assert_matches(result, reference(batch), name)
     stats = result.stats
     assert stats["max_used_slots"] <= CAPACITY
     moved = stats["fetches"] + stats["streams"] + stats["prefetches"] + stats["cpu_experts"]
@@ -48,7 +58,7 @@ def test_in_flight_and_cancelled_copies_keep_numerics(name: str) -> None:
     flight at the next layer (waited for, or cancelled by the policy)."""
     result = run_replay(tiny_spec(), tiny_trace(), name, capacity_slots=CAPACITY,
                         twin_copies_per_layer=0, check=True)
-    assert torch.equal(result.hidden, reference(1)), name
+    _assert_matches(result, reference(1), name)
 
 
 def test_cancellation_happens_and_frees_slots() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from moe_offload_lab.sim.cli import main
-from moe_offload_lab.sim.sweep import ERROR_FILE, collect, expand
+from moe_offload_lab.sim.sweep import ERROR_FILE, collect, expand, read_plan, states, write_plan
 from moe_offload_lab.traces.catalog import conf_dir
 from moe_offload_lab.traces.errors import ConfigError
 
@@ -93,3 +93,64 @@ def test_slurm_launcher_is_configured() -> None:
     assert "submitit" in launcher._target_ and "Slurm" in launcher._target_
     assert launcher.gpus_per_node == 0 and launcher.timeout_min == 60
     assert launcher.array_parallelism == 64
+
+
+def test_sweep_records_its_plan_and_job_states(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    assert main(["-m", "hydra/launcher=basic", "policy=lru,fifo", "trace.tokens=100",
+                 f"out={out}"]) == 0
+    plan = read_plan(out)
+    assert plan["jobs"] == [["policy=lru", "trace.tokens=100"], ["policy=fifo", "trace.tokens=100"]]
+    assert states(out) == {0: ("ok", ""), 1: ("ok", "")}
+    table = pd.read_csv(out / "sweep.csv")
+    assert table["status"].tolist() == ["ok", "ok"]
+
+
+def test_failed_and_missing_jobs_are_marked_collected_and_resumed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Job 1 fails inside its run (its trace has no lookahead for gate-lookahead), job 2 is
+    taken away as if killed before it finished: the table marks both, collect rebuilds it, and
+    resume reruns exactly those two (job 0 is not touched) once the trace is fixed."""
+    from moe_offload_lab.traces.cli import main as moe_trace
+
+    trace = tmp_path / "t.parquet"
+    assert moe_trace(["synth", "--tokens", "150", "--lookahead", "0", "--quiet", "-o",
+                      str(trace)]) == 0
+    out = tmp_path / "sweep"
+    assert main(["-m", "hydra/launcher=basic", "policy=lru,gate-lookahead,fifo",
+                 f"trace.path={trace}", f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 3 jobs failed (jobs 1)" in err and f"sweep resume {out}" in err
+    import shutil
+
+    shutil.rmtree(out / "2")  # as if the job never ran
+    (out / "sweep.csv").unlink()
+    assert main(["sweep", "collect", str(out)]) == 2
+    table = pd.read_csv(out / "sweep.csv")
+    assert table["status"].tolist() == ["ok", "failed", "missing"]
+    assert "lookahead" in table["error"][1] and table["error"][2] == "never ran"
+    first = (out / "0" / "summary.json").stat().st_mtime_ns
+    assert moe_trace(["synth", "--tokens", "150", "--lookahead", "1", "--quiet", "-o",
+                      str(trace)]) == 0
+    capsys.readouterr()
+    assert main(["sweep", "resume", str(out)]) == 0
+    assert "resuming" in capsys.readouterr().out
+    table = pd.read_csv(out / "sweep.csv")
+    assert table["status"].tolist() == ["ok", "ok", "ok"] and table["error"].isna().all()
+    assert (out / "0" / "summary.json").stat().st_mtime_ns == first  # not rerun
+    assert main(["sweep", "resume", str(out)]) == 0  # nothing left to do
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["sweep"], "usage"),
+    (["sweep", "collect", "/nonexistent/sweep"], "no such sweep folder"),
+    (["sweep", "resume", "{tmp}"], "no sweep.json"),
+    (["sweep", "resume", "{tmp}", "policy=lru"], "only Hydra overrides"),
+])
+def test_sweep_command_errors_are_one_line(args: list[str], needle: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    if "only Hydra" in needle:
+        write_plan(tmp_path, ["-m", "policy=lru"], [["policy=lru"]])
+    assert main([a.format(tmp=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("moe-sim: error:") and needle in err and "\n" not in err

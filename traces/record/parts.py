@@ -36,7 +36,8 @@ class PartStore:
             if old != self.key:
                 raise ConfigError(f"work directory {self.directory} belongs to a recording with "
                                   f"other arguments; delete it or rerun with the same arguments")
-        elif self.directory.exists() and any(self.directory.iterdir()):
+        elif self.directory.exists() and any(not p.name.endswith(".tmp")  # a killed write
+                                             for p in self.directory.iterdir()):
             raise ConfigError(f"work directory {self.directory} exists and is not a recording's; "
                               f"delete it")
         else:

@@ -48,8 +48,9 @@ def test_other_policies_and_in_flight_copies(arch: str) -> None:
         run_live(model(arch), prompt(), "gate-lookahead", capacity_slots=CAPACITY,
                  twin_copies_per_layer=0, check=True),
     ]
-    for result in runs:
-        assert_logits_match(arch, result.logits, ref_logits)
+    for result in runs:  # fiddler's host-placed experts run on host threads: a tolerance
+        assert_logits_match(arch, result.logits, ref_logits,
+                            host_threads=result.stats.get("cpu_experts", 0) > 0)
         assert torch.equal(result.tokens, ref_tokens)
     assert runs[0].stats["prefetches"] > 0
     assert runs[1].stats["cpu_experts"] > 0
