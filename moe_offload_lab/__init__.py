@@ -12,3 +12,8 @@ try:
     __version__ = version("moe-offload-lab")
 except PackageNotFoundError:  # a source checkout that was never installed
     __version__ = "0+unknown"
+
+
+def version_line(prog: str) -> str:
+    """What every command's ``--version`` prints: ``<prog> <version> (moe-offload-lab)``."""
+    return f"{prog} {__version__} (moe-offload-lab)"

@@ -13,6 +13,12 @@ a comparison writes compare.csv, compare.md, compare.png, summaries.json and eac
 runs/<label>/; a sweep writes one numbered folder per job plus sweep.csv and sweep.md, and prints
 the combined table. Every job's config is checked before anything runs. User errors print one
 line on stderr and exit with 2.
+
+``policy=path/to/file.yaml`` runs a policy file kept anywhere, and ``hydra.searchpath=[file://DIR]``
+adds a folder whose ``policy/`` configs ``policy=NAME`` finds (:mod:`sim.cli_args`). Hydra's own
+flags work as in any Hydra app: ``--cfg job|hydra|all`` (with ``--resolve``, ``--package``),
+``--info [searchpath|defaults|...]``, ``--help`` (the config groups and the composed config),
+``--hydra-help``; ``--version`` prints the tool's version.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from moe_offload_lab import version_line
+from moe_offload_lab.sim.cli_args import hydra_flag, policy_file_overrides, split_flags
 from moe_offload_lab.sim.run import RunConfig, prepare, simulate
 from moe_offload_lab.traces.catalog import conf_dir
 from moe_offload_lab.traces.errors import ConfigError, MoeLabError, run_command
@@ -49,6 +57,7 @@ def compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    overrides = policy_file_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             return hydra_compose(config_name="config", overrides=list(overrides),
@@ -74,12 +83,13 @@ def check(overrides: Sequence[str]) -> int:
     """Compose and check every job of these overrides (sweeps expanded); returns the job count."""
     from moe_offload_lab.sim.sweep import expand
 
+    overrides = policy_file_overrides(overrides)
     jobs = expand(overrides)
     hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith("hydra")]
     if hydra_overrides:  # Hydra's own choices (launcher...): composing once checks them
         compose([*jobs[0], *hydra_overrides], with_hydra=True)
-    for job in jobs:
-        cfg = run_config(compose(job))
+    for job in jobs:  # with hydra.searchpath, which decides where policy=NAME is found
+        cfg = run_config(compose([*job, *hydra_overrides]))
         where = f" (job {' '.join(job)})" if len(jobs) > 1 else ""
         try:
             _check_one(cfg)
@@ -239,13 +249,33 @@ def _finish_sweep(sweep_dir: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``moe-sim``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
+    if "--version" in args:
+        print(version_line(PROG))
         return 0
-    return run_command(PROG, lambda: _main(args or ["experiment=compare"]))
+    flags, overrides = split_flags(args)
+    if not overrides:  # plain `moe-sim` (and `moe-sim --cfg job`): the bundled comparison
+        args = [*flags, "experiment=compare"]
+    if hydra_flag(args):
+        return run_command(PROG, lambda: _show(args))
+    return run_command(PROG, lambda: _main(args))
+
+
+def _show(args: list[str]) -> int:
+    """Hydra's introspection flags (--cfg, --info, --help...): Hydra answers, after the
+    overrides compose (so a mistake is one line and status 2)."""
+    flags, overrides = split_flags(policy_file_overrides(args))
+    if not any(f in ("-h", "--help", "--hydra-help", "-sc", "--shell-completion") for f in flags):
+        compose([o for o in overrides if o not in _MULTIRUN], with_hydra=True)
+    hydra_args, _, _ = _hydra_args([*flags, *overrides])
+    try:
+        _run_hydra(hydra_args)
+    except SystemExit as exc:  # --help and --hydra-help exit
+        return exc.code if isinstance(exc.code, int) else 0
+    return 0
 
 
 def _main(args: list[str]) -> int:
+    args = policy_file_overrides(args)
     hydra_args, multirun, sweep_dir = _hydra_args(args)
     check([a for a in hydra_args if a not in _MULTIRUN])
     try:
