@@ -68,7 +68,7 @@ class PolicyConfig:
         """Plain nested dict (YAML- and JSON-safe)."""
         out = dataclasses.asdict(self)
         for kind in _COMPONENTS:
-            out[kind] = _plain(out[kind])
+            out[kind] = plain(out[kind])
         return out
 
 
@@ -78,11 +78,12 @@ def component_id(part: Mapping[str, Any]) -> str:
     return str(part.get("name") or part.get(TARGET_KEY))
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """Mappings and sequences as plain dicts and lists (YAML- and JSON-safe)."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 

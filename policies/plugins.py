@@ -96,6 +96,8 @@ def locate(target: Any, kind: str, base: type, where: str | None = None) -> type
                           f"'mypkg.module.MyClass', got {target!r}")
     target = target.strip()
     module_name, attr = _split(target, where)
+    if ":" not in target and not module_name.endswith(".py"):
+        module_name, attr = _longest_module(target, where)
     module = _import(module_name, where)
     obj: Any = module
     for part in attr.split("."):
@@ -120,6 +122,24 @@ def _split(target: str, where: str) -> tuple[str, str]:
         raise ConfigError(f"{where}: expected 'package.module.Class', 'package.module:Class' or "
                           f"'path/to/file.py:Class'")
     return module_name, attr
+
+
+def _longest_module(target: str, where: str) -> tuple[str, str]:
+    """(module, attribute path) of a dotted path: the longest prefix that imports (classes may
+    nest, ``pkg.mod.Outer.Inner``)."""
+    parts = target.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:i])
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (name == exc.name or name.startswith(f"{exc.name}.")):
+                continue  # this prefix is not a module: try a shorter one
+            break  # the module exists but fails to import: _import reports why
+        except Exception:  # reported by _import below
+            break
+        return name, ".".join(parts[i:])
+    return ".".join(parts[:-1]), parts[-1]
 
 
 def _import(module_name: str, where: str) -> Any:

@@ -29,12 +29,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from moe_offload_lab import version_line
 from moe_offload_lab.sim.cli_args import hydra_flag, policy_file_overrides, split_flags
 from moe_offload_lab.sim.run import RunConfig, prepare, simulate
 from moe_offload_lab.traces.catalog import conf_dir
 from moe_offload_lab.traces.errors import ConfigError, MoeLabError, run_command
 from omegaconf import DictConfig, OmegaConf
+
+from moe_offload_lab import version_line
 
 PROG = "moe-sim"
 _MULTIRUN = ("-m", "--multirun")
@@ -253,8 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(version_line(PROG))
         return 0
     flags, overrides = split_flags(args)
-    if not overrides:  # plain `moe-sim` (and `moe-sim --cfg job`): the bundled comparison
-        args = [*flags, "experiment=compare"]
+    if not overrides and "--hydra-help" not in flags:  # plain `moe-sim` (`--cfg job` too):
+        args = [*flags, "experiment=compare"]  # the bundled comparison
     if hydra_flag(args):
         return run_command(PROG, lambda: _show(args))
     return run_command(PROG, lambda: _main(args))
@@ -269,8 +270,8 @@ def _show(args: list[str]) -> int:
     hydra_args, _, _ = _hydra_args([*flags, *overrides])
     try:
         _run_hydra(hydra_args)
-    except SystemExit as exc:  # --help and --hydra-help exit
-        return exc.code if isinstance(exc.code, int) else 0
+    except SystemExit as exc:  # --help exits 0; Hydra's own complaints (printed) exit 1
+        return 2 if exc.code not in (0, None) else 0
     return 0
 
 

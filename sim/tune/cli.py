@@ -21,6 +21,8 @@ from pathlib import Path
 
 from moe_offload_lab.traces.errors import MoeLabError
 
+from moe_offload_lab import version_line
+
 PROG = "moe-tune"
 DEFAULT_OUT = "outputs/tune"
 
@@ -43,6 +45,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line(PROG))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run (or resume) a study")
     run.add_argument("space", help="a space in conf/tune (name) or a YAML path")

@@ -36,7 +36,8 @@ class TransitionTablePredictor(Predictor):
     distances beyond one layer (see the module docstring)."""
 
     learns = True
-    decision_cost = DecisionCost("cpu", 20e-6, 1e-6)  # declared fallback; `moe-policy cost` measures
+    # a declared figure, charged until `moe-policy cost --policies ...` measures the predictor
+    decision_cost = DecisionCost("cpu", 20e-6, 1e-6)
 
     @dataclass(frozen=True)
     class Params:
