@@ -12,7 +12,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from moe_offload_lab.policies.config import PolicyConfig, component_id, plain
+from moe_offload_lab.policies.config import PolicyConfig, plain
 from moe_offload_lab.policies.cost_table import BY_HORIZON, CostTable, charged_cost
 from moe_offload_lab.policies.plugins import TARGET_KEY, PluginEntry
 from moe_offload_lab.policies.registry import REGISTRIES, NoParams
@@ -187,8 +187,7 @@ def cost_lines(policy: Any, table: CostTable | None) -> list[str]:
         cost = policy.decision_cost
         return [f"decision cost (declared by the components; no cost table found): "
                 f"{cost.fixed_s * 1e6:.3g} us + {cost.per_token_s * 1e6:.3g} us/token"]
-    components = {kind: (component_id(getattr(config, kind)), getattr(policy, kind))
-                  for kind in REGISTRIES}
+    components = policy.components_by_kind()
     lines = [f"decision cost per MoE layer at horizon {config.horizon}, from {table.path}:"]
     for model in table.shapes:
         charged = charged_cost(components, load_model(model), config.horizon, table)

@@ -50,7 +50,7 @@ class ComposedPolicy(Policy):
         self.placement = PLACEMENTS.build(config.placement)
         self.admission = ADMISSIONS.build(config.admission)
         self.is_oracle = bool(self.predictor.is_oracle or self.replacement.is_oracle)
-        self._table_path, self.charged_cost = _cost_choice(config, self._components())
+        self._table_path, self.charged_cost = _cost_choice(config, self.components_by_kind())
         self._cost = self.charged_cost.cost
         self._keep: set[int] = set()
         self._keep_step = self._keep_layer = -1
@@ -67,7 +67,7 @@ class ComposedPolicy(Policy):
         hand. Before it: the components' declared figures."""
         return self._cost
 
-    def _components(self) -> dict[str, tuple[str, object]]:
+    def components_by_kind(self) -> dict[str, tuple[str, object]]:
         """kind -> (the id configs and cost tables name it by, the component)."""
         return {kind: (component_id(getattr(self.config, kind)), getattr(self, kind))
                 for kind in ("predictor", "planner", "replacement", "placement", "admission")}
@@ -85,7 +85,7 @@ class ComposedPolicy(Policy):
         self.num_experts = spec.num_experts
         self.horizon = min(self.config.horizon, spec.num_moe_layers)
         if self._table_path is not False:  # charged from a measured table
-            self.charged_cost = charged_cost(self._components(), spec, self.horizon,
+            self.charged_cost = charged_cost(self.components_by_kind(), spec, self.horizon,
                                              load_table(self._table_path))
             self._cost = self.charged_cost.cost
         self.predictor.reset(spec, self.horizon, trace, schedule, self.config.seed)

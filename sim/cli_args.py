@@ -76,6 +76,7 @@ def policy_file_overrides(overrides: Sequence[str]) -> list[str]:
     parser = OverridesParser.create()
     out: list[str] = []
     linked = False
+    theirs = _searchpath_policies(overrides)
     for item in overrides:
         key = item.split("=", 1)[0]
         if key.lstrip("+~") != "policy" or not _mentions_yaml(item):
@@ -89,7 +90,7 @@ def policy_file_overrides(overrides: Sequence[str]) -> list[str]:
             values = list(override.sweep_string_iterator())
         else:
             values = [override.get_value_element_as_str()]
-        names = [_link(v) if v.endswith(_YAML) else v for v in values]
+        names = [_link(v, theirs) if v.endswith(_YAML) else v for v in values]
         linked = linked or names != values
         out.append(f"{key}={','.join(names)}")
     if linked:
@@ -102,23 +103,50 @@ def _mentions_yaml(item: str) -> bool:
                for part in item.split("=", 1)[-1].split(","))
 
 
-def _link(value: str) -> str:
-    """The option name of policy file ``value`` in the shim folder (linking it on first use)."""
+def _searchpath_policies(overrides: Sequence[str]) -> set[str]:
+    """Policy names the user's own ``hydra.searchpath`` folders hold (never reused)."""
+    names: set[str] = set()
+    for item in overrides:
+        if item.split("=", 1)[0].lstrip("+") != _SEARCHPATH:
+            continue
+        for entry in _searchpath_entries(item):
+            if entry.startswith("file://"):
+                folder = Path(entry[len("file://"):]) / "policy"
+                names |= {p.stem for p in folder.glob("*.y*ml")}
+    return names
+
+
+def _searchpath_entries(item: str) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        value = OverridesParser.create().parse_override(item).value()
+    except HydraException as exc:
+        raise ConfigError(str(exc).strip().splitlines()[0]) from None
+    return [str(v) for v in (value if isinstance(value, list) else [value])]
+
+
+def _link(value: str, theirs: set[str]) -> str:
+    """The option name of policy file ``value`` in the shim folder (linking it on first use;
+    never a bundled name, one of ``theirs`` or another file's)."""
     path = Path(value).expanduser()
     if not path.is_file():
         raise ConfigError(f"policy={value}: no such file")
     resolved = path.resolve()
-    if resolved in _names:
+    if resolved in _names and _names[resolved] not in theirs:
         return _names[resolved]
     from moe_offload_lab.policies.config import available_policies
 
     folder = _shim_dir() / "policy"
     name = resolved.stem
-    taken = set(available_policies()) | set(_names.values())
+    taken = set(available_policies()) | set(_names.values()) | theirs
     if name in taken or not name.replace("-", "").replace("_", "").isalnum():
         digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:6]
         name = f"{''.join(c if c.isalnum() or c in '-_' else '-' for c in name)}-{digest}"
     target = folder / f"{name}.yaml"
+    if target.exists() or target.is_symlink():  # the same file, met again under another name
+        target.unlink()
     try:
         os.symlink(resolved, target)
     except OSError:  # no symlinks here: a copy (a snapshot of the file)
@@ -139,12 +167,9 @@ def _shim_dir() -> Path:
 def _with_searchpath(overrides: list[str], entry: str) -> list[str]:
     """``overrides`` with ``entry`` appended to the ``hydra.searchpath`` override (one added
     when there is none)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     for i, item in enumerate(overrides):
         if item.split("=", 1)[0].lstrip("+") == _SEARCHPATH:
-            value = OverridesParser.create().parse_override(item).value()
-            paths = [str(v) for v in (value if isinstance(value, list) else [value])]
+            paths = _searchpath_entries(item)
             if entry not in paths:
                 paths.append(entry)
             overrides[i] = f"{item.split('=', 1)[0]}=[{','.join(_quote(p) for p in paths)}]"

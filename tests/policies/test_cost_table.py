@@ -121,6 +121,8 @@ def test_committed_table_covers_every_bundled_component() -> None:
                 assert table.component_us(kind, cid, model, config.horizon) is not None, \
                     f"{kind} {cid} of {name} lacks a measurement on {model}"
         policy = build_policy(name)
+        if policy.is_oracle:  # needs the trace in reset; its components are covered above
+            continue
         policy.reset(MIXTRAL, 64, CostModel.for_spec(MIXTRAL))
         assert cost_summary(policy)["decision_cost_source"] == "measured", name
         assert policy.decision_cost.seconds(1) > 0

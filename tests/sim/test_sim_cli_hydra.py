@@ -5,6 +5,7 @@ printed command); the run summary labels where the decision cost came from."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -95,9 +96,10 @@ def test_searchpath_reaches_every_job_of_a_sweep(policy_file: Path, tmp_path: Pa
     table = pd.read_csv(sweep / "sweep.csv")
     assert table["policy"].tolist() == ["my-history", "lru"]
     # a file by path in a sweep, next to a user search path: one search path holds both
+    shutil.copy(policy_file, conf / "policy" / "my-history.yaml")  # their own, same stem
     overrides = policy_file_overrides([f"policy={policy_file},theirs",
                                        f"hydra.searchpath=[file://{conf}]"])
-    assert overrides[0] == "policy=my-history,theirs"
+    assert re.fullmatch(r"policy=my-history-[0-9a-f]{6},theirs", overrides[0])
     assert overrides[1].startswith(f"hydra.searchpath=['file://{conf}','file://")
     assert check(overrides) == 2  # every job composes and prepares
 
