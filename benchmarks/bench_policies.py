@@ -29,7 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moe_offload_lab.policies import load_policy  # noqa: E402
 from moe_offload_lab.policies.config import shape_free_policies  # noqa: E402
-from moe_offload_lab.policies.cost_table import charged_cost, load_table  # noqa: E402
+from moe_offload_lab.policies.cost_table import (  # noqa: E402
+    charged_cost,
+    declared_charge,
+    load_table,
+)
 from moe_offload_lab.policies.decision_timing import (  # noqa: E402
     CACHE_FRACTION,
     Workload,
@@ -54,7 +58,7 @@ def charged_us(policy_name: str, work: Workload, table) -> tuple[float, float]: 
     horizon = min(policy.config.horizon, work.spec.num_moe_layers)  # as reset sets it
     components = policy.components_by_kind()
     charged = charged_cost(components, work.spec, horizon, table).cost
-    declared = charged_cost(components, work.spec, horizon, None).cost
+    declared = declared_charge(components).cost
     return charged.seconds(work.batch) * 1e6, declared.seconds(work.batch) * 1e6
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from moe_offload_lab.policies.config import PolicyConfig, plain
+from moe_offload_lab.policies.cost import DecisionCost
 from moe_offload_lab.policies.cost_table import BY_HORIZON, CostTable, charged_cost
 from moe_offload_lab.policies.plugins import TARGET_KEY, PluginEntry
 from moe_offload_lab.policies.registry import REGISTRIES, NoParams
@@ -57,7 +58,10 @@ def describe(cls: type, kind: str, name: str, source: str) -> dict[str, Any]:
         ("reads lookahead", getattr(cls, "reads_lookahead", False)),
         ("uses predictions", getattr(cls, "uses_prediction", False) and kind != "planner"),
     ) if on]
-    return {"kind": kind, "name": name, "doc": _doc(cls),
+    declared = getattr(cls, "decision_cost", None)
+    declared_us = None if not isinstance(declared, DecisionCost) else {
+        "b1": round(declared.seconds(1) * 1e6, 3), "b32": round(declared.seconds(32) * 1e6, 3)}
+    return {"kind": kind, "name": name, "doc": _doc(cls), "declared_cost_us": declared_us,
             "params_doc": ("" if params_cls is NoParams or set(docs) >= {p["name"] for p in params}
                            else one_line(params_cls.__doc__)),
             "params": params, "flags": flags, "source": source,
@@ -140,9 +144,12 @@ def format_catalogue(rows: list[dict[str, Any]], table: CostTable | None) -> str
             cost = row.get("cost_us")
             if cost:
                 at = " at horizon 1" if kind in BY_HORIZON else ""
-                shown = "; ".join(f"{m} " + ", ".join(f"{b} {v:g}" for b, v in c.items())
+                shown = "; ".join(f"{m} " + ", ".join(f"{b} {v:.3g}" for b, v in c.items())
                                   for m, c in cost.items())
                 lines.append(f"      measured us/layer{at}: {shown}")
+            if row["declared_cost_us"]:
+                d = row["declared_cost_us"]
+                lines.append(f"      declared by the class: b1 {d['b1']:.3g}, b32 {d['b32']:.3g}")
             elif table is not None:
                 lines.append("      not in the cost table (charged its declared cost)")
         lines.append("")

@@ -10,7 +10,12 @@ from moe_offload_lab.policies.cache import CacheView
 from moe_offload_lab.policies.config import PolicyConfig, component_id
 from moe_offload_lab.policies.context import LayerContext
 from moe_offload_lab.policies.cost import CostModel, DecisionCost
-from moe_offload_lab.policies.cost_table import ChargedCost, charged_cost, load_table
+from moe_offload_lab.policies.cost_table import (
+    ChargedCost,
+    charged_cost,
+    declared_charge,
+    load_table,
+)
 from moe_offload_lab.policies.prediction import Prediction
 from moe_offload_lab.policies.registry import (
     ADMISSIONS,
@@ -216,7 +221,7 @@ def _cost_choice(config: PolicyConfig, components: dict[str, tuple[str, object]]
                  ) -> tuple[str | None | bool, ChargedCost]:
     """(the table to charge from at reset: a path, None for the default one, False for none;
     the cost until then) of a policy config's ``decision_cost``."""
-    declared = charged_cost(components, None, config.horizon, None)  # type: ignore[arg-type]
+    declared = declared_charge(components)
     given = config.decision_cost
     if given is None:
         return None, declared

@@ -173,10 +173,8 @@ def charged_cost(components: Mapping[str, tuple[str, Any]], spec: ModelSpec, hor
                  table: CostTable | None) -> ChargedCost:
     """The cost of a composed policy's ``components`` (kind -> (id, instance)) on ``spec`` at
     ``horizon`` from ``table`` (see the module docstring)."""
-    declared_sum = _declared_sum(c for _, c in components.values())
     if table is None:
-        return ChargedCost(declared_sum, "declared", tuple(
-            f"{k}:{cid}" for k, (cid, c) in components.items() if _positive(c.decision_cost)))
+        return declared_charge(components)
     model = table.shape_for(spec)
     total = dict(table.glue(model))
     extra: list[DecisionCost] = []
@@ -196,6 +194,12 @@ def charged_cost(components: Mapping[str, tuple[str, Any]], spec: ModelSpec, hor
     cost = _declared_sum([DecisionCost(where, fixed_s, per_token_s), *extra])
     source = "measured+declared" if declared else "measured"
     return ChargedCost(cost, source, tuple(declared), table.path)
+
+
+def declared_charge(components: Mapping[str, tuple[str, Any]]) -> ChargedCost:
+    """The sum of the components' declared figures (what is charged without a table)."""
+    return ChargedCost(_declared_sum(c for _, c in components.values()), "declared", tuple(
+        f"{k}:{cid}" for k, (cid, c) in components.items() if _positive(c.decision_cost)))
 
 
 def _positive(cost: DecisionCost) -> bool:

@@ -267,7 +267,7 @@ def _show(args: list[str]) -> int:
     flags, overrides = split_flags(policy_file_overrides(args))
     if not any(f in ("-h", "--help", "--hydra-help", "-sc", "--shell-completion") for f in flags):
         compose([o for o in overrides if o not in _MULTIRUN], with_hydra=True)
-    hydra_args, _, _ = _hydra_args([*flags, *overrides])
+    hydra_args, _, _ = _hydra_args([*overrides, *flags])  # a bare --info must not eat one
     try:
         _run_hydra(hydra_args)
     except SystemExit as exc:  # --help exits 0; Hydra's own complaints (printed) exit 1
