@@ -178,7 +178,8 @@ def _cost(args: argparse.Namespace) -> int:
     command = " ".join(["moe-policy", "cost", *sys.argv[2:]]) if sys.argv[1:2] == ["cost"] \
         else "moe-policy cost"
     print(f"measuring {len(names)} policies on {', '.join(models)} at batch "
-          f"{', '.join(map(str, batches))} (a few minutes)", file=sys.stderr)
+          f"{', '.join(map(str, batches))} (10-20 minutes on a busy 2-core machine)",
+          file=sys.stderr)
     table = measure_table(names, models, batches, args.tokens, args.batch_tokens, args.repeat,
                           progress=print_progress, command=command)
     if args.policies and out.is_file():

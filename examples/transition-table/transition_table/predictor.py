@@ -58,8 +58,9 @@ class TransitionTablePredictor(Predictor):
               seed: int = 0) -> None:
         """Empty tables for the model's layer pairs."""
         super().reset(spec, horizon, trace, schedule, seed)
-        n_layers, n_experts = spec.num_moe_layers, spec.num_experts
-        self._counts = np.zeros((max(n_layers - 1, 1), n_experts, n_experts))  # [L-1, E, E]
+        n_pairs, n_experts = max(spec.num_moe_layers - 1, 1), spec.num_experts
+        self._counts = np.zeros((n_pairs, n_experts, n_experts))  # [L-1, E, E]
+        self._row_sums = np.zeros((n_pairs, n_experts))  # [L-1, E] (row sums of _counts)
         self._weight = 1.0  # the current step's increment (decay ** -step)
         self._previous: np.ndarray | None = None  # [B, k] routing of the layer before
         self._last_step = -1
@@ -74,13 +75,16 @@ class TransitionTablePredictor(Predictor):
             self._weight /= self.params.decay
             if self._weight > _RESCALE_AT:
                 self._counts /= self._weight
+                self._row_sums /= self._weight
                 self._weight = 1.0
             self._previous = None
-        if ctx.layer > 0 and self._previous is not None and \
-                len(self._previous) == len(routing):
-            src = np.repeat(self._previous, routing.shape[1], axis=1).ravel()  # [B*k*k]
-            dst = np.tile(routing, (1, self._previous.shape[1])).ravel()  # [B*k*k]
-            np.add.at(self._counts[ctx.layer - 1], (src, dst), self._weight)
+        previous = self._previous
+        if ctx.layer > 0 and previous is not None and len(previous) == len(routing):
+            pair = ctx.layer - 1
+            # every (source, target) pair of each token: indices broadcast to [B, k, k]
+            np.add.at(self._counts[pair], (previous[:, :, None], routing[:, None, :]),
+                      self._weight)
+            np.add.at(self._row_sums[pair], previous, self._weight * routing.shape[1])
         self._previous = routing.copy()
 
     def predict(self, ctx: LayerContext) -> Prediction:
@@ -91,21 +95,22 @@ class TransitionTablePredictor(Predictor):
         if routing is None:
             return pred
         p = self.params
-        n_experts, top_k = self.num_experts, routing.shape[1]
-        dist = np.zeros((len(routing), n_experts))  # [B, E]
-        weights = gates / np.maximum(gates.sum(axis=1, keepdims=True), 1e-12)  # [B, k]
-        np.add.at(dist, (np.arange(len(routing))[:, None], routing), weights)
+        n_tokens, top_k = routing.shape
+        dist = np.zeros((n_tokens, self.num_experts))  # [B, E]
+        dist[np.arange(n_tokens)[:, None], routing] = gates / np.maximum(
+            gates.sum(axis=1, keepdims=True), 1e-12)  # a token's k experts are distinct
+        floor = max(p.min_score, 1e-12)
         for i in range(self.horizon):
             source = ctx.layer + i  # the table from this layer to the next
             if source + 1 >= self.num_layers:
                 break  # the target lies in the next step
-            table = self._counts[source] + p.prior / n_experts  # [E, E]
-            table /= table.sum(axis=1, keepdims=True)
-            dist = dist @ table  # [B, E]
-            token_need = np.minimum(1.0, top_k * dist)  # [B, E]
-            need = 1.0 - np.prod(1.0 - token_need, axis=0)  # [E]
-            order = np.argsort(-need, kind="stable")
-            order = order[need[order] >= max(p.min_score, 1e-12)]
+            # dist @ row-normalised (counts + prior / E), without building that table
+            scaled = dist / (self._row_sums[source] + p.prior)  # [B, E]
+            dist = scaled @ self._counts[source]  # [B, E]
+            dist += (p.prior / self.num_experts) * scaled.sum(axis=1, keepdims=True)
+            need = 1.0 - np.prod(1.0 - np.minimum(1.0, top_k * dist), axis=0)  # [E]
+            order = np.flatnonzero(need >= floor)
+            order = order[np.argsort(-need[order], kind="stable")]
             pred.ranked[i] = order.tolist()
             pred.confidence[i] = need[order].tolist()
         return pred
