@@ -257,7 +257,7 @@ def provenance(command: str, settings: Mapping[str, Any]) -> dict[str, Any]:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = "not installed"
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None  # measured with the settings
     return {
         "machine": {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(),
                     "platform": platform.platform(terse=True), "machine": platform.machine(),
@@ -346,8 +346,10 @@ def measure_table(policies: Sequence[str], models: Sequence[str] = DEFAULT_MODEL
                 "tokens_larger_batches": batch_tokens, "repeat": repeat,
                 "cache_fraction": 0.25, "horizons_of_predictors_and_planners": list(HORIZONS),
                 "timer_overhead_us": round(overhead * 1e6, 4)}
-    return CostTable(shapes, tuple(batches), components, glue_us,
-                     provenance(command, settings))
+    prov = provenance(command, settings)
+    if hasattr(os, "getloadavg"):  # a busy machine inflates the figures: say how busy
+        prov["machine"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
+    return CostTable(shapes, tuple(batches), components, glue_us, prov)
 
 
 def merge(old: CostTable, new: CostTable) -> CostTable:
