@@ -247,8 +247,14 @@ def cost_summary(policy: Any) -> dict[str, Any]:
 
 
 # ---- measuring a table ------------------------------------------------------------------------
-def provenance(command: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Machine, date, versions and method of a measurement."""
+def _load() -> float | None:
+    """The 1-minute load average (a busy machine inflates the figures), where the OS has one."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def provenance(command: str, settings: Mapping[str, Any], load_at_start: float | None = None
+               ) -> dict[str, Any]:
+    """Machine, date, versions and method of a measurement (called when it ends)."""
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
@@ -257,11 +263,11 @@ def provenance(command: str, settings: Mapping[str, Any]) -> dict[str, Any]:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = "not installed"
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None  # measured with the settings
     return {
         "machine": {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(),
                     "platform": platform.platform(terse=True), "machine": platform.machine(),
-                    "load_average_1min_at_start": round(load[0], 2) if load else None},
+                    "load_average_1min_at_start": load_at_start,
+                    "load_average_1min_at_end": _load()},
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": versions,
         "command": command,
@@ -307,6 +313,7 @@ def measure_table(policies: Sequence[str], models: Sequence[str] = DEFAULT_MODEL
     from moe_offload_lab.traces.catalog import load_model
     from moe_offload_lab.traces.synthetic import generate
 
+    load_at_start = _load()
     configs = [load_policy_config(p) for p in policies]
     overhead = timer_overhead_s()
     samples: dict[tuple, list[float]] = {}
@@ -346,10 +353,8 @@ def measure_table(policies: Sequence[str], models: Sequence[str] = DEFAULT_MODEL
                 "tokens_larger_batches": batch_tokens, "repeat": repeat,
                 "cache_fraction": 0.25, "horizons_of_predictors_and_planners": list(HORIZONS),
                 "timer_overhead_us": round(overhead * 1e6, 4)}
-    prov = provenance(command, settings)
-    if hasattr(os, "getloadavg"):  # a busy machine inflates the figures: say how busy
-        prov["machine"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
-    return CostTable(shapes, tuple(batches), components, glue_us, prov)
+    return CostTable(shapes, tuple(batches), components, glue_us,
+                     provenance(command, settings, load_at_start))
 
 
 def merge(old: CostTable, new: CostTable) -> CostTable:
