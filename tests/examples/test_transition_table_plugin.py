@@ -73,11 +73,8 @@ def test_tune_workers_import_the_plugin(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     exported = yaml.safe_load((tmp_path / "exported" / "tuned-space.yaml").read_text())
     assert exported["predictor"]["_target_"] == "transition_table.TransitionTablePredictor"
-    command = done.stdout.strip().splitlines()[-1].split()
+    command = done.stdout.strip().splitlines()[-1].split()  # (tests/sim runs such commands)
     assert command[:2] == ["moe-sim", f"policy={(tmp_path / 'exported' / 'tuned-space.yaml')}"]
-    again = _run("moe_offload_lab.sim.cli", [*command[1:], f"out={tmp_path / 'again'}"],
-                 EXAMPLE)
-    assert again.returncode == 0, again.stderr
 
 
 def test_executor_imports_the_plugin(tmp_path: Path) -> None:
