@@ -11,7 +11,11 @@ measured with). A composed policy without a ``decision_cost`` in its config is c
   horizons 1 and 3 and are interpolated linearly in the policy's horizon (extrapolated beyond 3
   with a non-negative slope); a component measured inside several policies gets the median;
 - the components' sum plus the composed policy's own work, fitted as ``fixed_s + tokens *
-  per_token_s`` through the measured batch sizes (least squares, both terms non-negative).
+  per_token_s`` through the measured batch sizes (least squares, both terms non-negative);
+- except that a policy whose components and parameters match a measured whole policy exactly
+  (every bundled one, unless a parameter is overridden) is charged that policy's own
+  measurement (interpolated in the horizon the same way): components interact (a replacement
+  rule does little under an admission rule that caches nothing), which a sum cannot see.
 
 A component the table lacks (a plug-in not measured yet) keeps the figure its class declares;
 one that measures itself (the ``learned`` predictor: its checkpoint's inference time, set on the
@@ -24,7 +28,10 @@ variable ``MOE_LAB_DECISION_COSTS``, selects another table.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import hashlib
+import json
 import math
 import os
 import platform
@@ -68,6 +75,8 @@ class CostTable:
     glue_us: dict[str, dict[str, float]]  # model -> {"b<B>": us}
     provenance: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    # whole policies: fingerprint -> {"name": ..., model -> {"h<H>": {"b<B>": us}}}
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # ---- lookup --------------------------------------------------------------------------------
     def shape_for(self, spec: ModelSpec) -> str:
@@ -91,6 +100,16 @@ class CostTable:
         return {b: _in_horizon([(h, v[b]) for h, v in points if b in v], horizon)
                 for b in self.batches}
 
+    def policy_us(self, fingerprint: str, model: str, horizon: int) -> dict[int, float] | None:
+        """A whole policy's measured microseconds per layer at each batch (None: not measured
+        with exactly these components and parameters)."""
+        entry = self.policies.get(fingerprint, {}).get(model)
+        if not entry:
+            return None
+        points = sorted((int(h[1:]), _batches(v)) for h, v in entry.items())
+        return {b: _in_horizon([(h, v[b]) for h, v in points if b in v], horizon)
+                for b in self.batches}
+
     def glue(self, model: str) -> dict[int, float]:
         """The composed policy's own microseconds per layer at each measured batch."""
         return _batches(self.glue_us.get(model, {}))
@@ -100,7 +119,7 @@ class CostTable:
         """The YAML layout."""
         return {"provenance": self.provenance, "shapes": self.shapes,
                 "batches": list(self.batches), "glue_us": self.glue_us,
-                "components": self.components}
+                "components": self.components, "policies": self.policies}
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> CostTable:
@@ -111,12 +130,13 @@ class CostTable:
             batches = tuple(int(b) for b in data["batches"])
             components = {str(k): dict(v or {}) for k, v in (data.get("components") or {}).items()}
             glue = {str(m): dict(v) for m, v in (data.get("glue_us") or {}).items()}
+            policies = {str(k): dict(v) for k, v in (data.get("policies") or {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"decision cost table {where}: malformed ({exc})") from None
         if not shapes or not batches:
             raise ConfigError(f"decision cost table {where}: no shapes or batches")
         return cls(shapes, batches, components, glue, dict(data.get("provenance") or {}),
-                   str(where))
+                   str(where), policies)
 
 
 def _batches(entry: Mapping[str, Any]) -> dict[int, float]:
@@ -176,6 +196,11 @@ def charged_cost(components: Mapping[str, tuple[str, Any]], spec: ModelSpec, hor
     if table is None:
         return declared_charge(components)
     model = table.shape_for(spec)
+    own_costs = any("decision_cost" in c.__dict__ for _, c in components.values())
+    whole = None if own_costs else table.policy_us(fingerprint(components), model, horizon)
+    if whole is not None:  # this very policy was measured: charge that, not the components' sum
+        fixed_s, per_token_s = fit_line([(b, us * 1e-6) for b, us in sorted(whole.items())])
+        return ChargedCost(DecisionCost("cpu", fixed_s, per_token_s), "measured", (), table.path)
     total = dict(table.glue(model))
     extra: list[DecisionCost] = []
     declared: list[str] = []
@@ -194,6 +219,18 @@ def charged_cost(components: Mapping[str, tuple[str, Any]], spec: ModelSpec, hor
     cost = _declared_sum([DecisionCost(where, fixed_s, per_token_s), *extra])
     source = "measured+declared" if declared else "measured"
     return ChargedCost(cost, source, tuple(declared), table.path)
+
+
+def fingerprint(components: Mapping[str, tuple[str, Any]]) -> str:
+    """A short hash of a policy's components and their parameters (defaults resolved): a whole
+    policy's measurement is charged only to a policy that matches it exactly."""
+    parts = {}
+    for kind, (cid, component) in sorted(components.items()):
+        params = getattr(component, "params", None)
+        values = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else {}
+        parts[kind] = [cid, values]
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def declared_charge(components: Mapping[str, tuple[str, Any]]) -> ChargedCost:
@@ -301,8 +338,6 @@ def measure_table(policies: Sequence[str], models: Sequence[str] = DEFAULT_MODEL
                   command: str = REGENERATE) -> CostTable:
     """Measure every component of ``policies`` (names or YAML paths) on each model shape
     (synthetic traces of the models' presets) and batch size."""
-    import dataclasses
-
     from moe_offload_lab.policies.config import build_policy, component_id, load_policy_config
     from moe_offload_lab.policies.decision_timing import (
         Workload,
@@ -318,6 +353,7 @@ def measure_table(policies: Sequence[str], models: Sequence[str] = DEFAULT_MODEL
     overhead = timer_overhead_s()
     samples: dict[tuple, list[float]] = {}
     glue: dict[tuple, list[float]] = {}
+    wholes: dict[str, dict[str, Any]] = {}
     shapes = {}
     for model in models:
         spec = load_model(model)
@@ -331,9 +367,14 @@ def measure_table(policies: Sequence[str], models: Sequence[str] = DEFAULT_MODEL
                     one = dataclasses.replace(config, horizon=horizon)
                     if progress:
                         progress(f"{model} batch {batch}: {config.name} (horizon {horizon})")
-                    whole = policy_seconds(build_policy(one), work, repeat)
+                    policy = build_policy(one)
+                    whole = policy_seconds(policy, work, repeat)
                     parts = component_seconds(build_policy(one), work, repeat, overhead)
                     glue.setdefault((model, batch), []).append(whole - sum(parts.values()))
+                    entry = wholes.setdefault(fingerprint(policy.components_by_kind()),
+                                              {"name": config.name})
+                    entry.setdefault(model, {}).setdefault(f"h{horizon}", {})[f"b{batch}"] = \
+                        round(whole * 1e6, 3)
                     for kind, seconds in parts.items():
                         cid = component_id(getattr(one, kind))
                         key = (kind, cid, model, horizon if kind in BY_HORIZON else 0, batch)
@@ -354,7 +395,7 @@ def measure_table(policies: Sequence[str], models: Sequence[str] = DEFAULT_MODEL
                 "cache_fraction": 0.25, "horizons_of_predictors_and_planners": list(HORIZONS),
                 "timer_overhead_us": round(overhead * 1e6, 4)}
     return CostTable(shapes, tuple(batches), components, glue_us,
-                     provenance(command, settings, load_at_start))
+                     provenance(command, settings, load_at_start), policies=wholes)
 
 
 def merge(old: CostTable, new: CostTable) -> CostTable:
@@ -369,7 +410,8 @@ def merge(old: CostTable, new: CostTable) -> CostTable:
     prov = dict(new.provenance)
     prov["merged_into"] = {"date": old.provenance.get("date"),
                            "command": old.provenance.get("command")}
-    return CostTable(new.shapes, new.batches, components, new.glue_us, prov, old.path)
+    return CostTable(new.shapes, new.batches, components, new.glue_us, prov, old.path,
+                     {**old.policies, **new.policies})
 
 
 def write_table(table: CostTable, path: str | Path) -> Path:
@@ -416,6 +458,12 @@ def format_table(table: CostTable) -> str:
                 lines.append(row(label, values))
     lines.append(row("composed policy's own work", [table.glue_us.get(m, {}).get(f"b{b}")
                                                     for m, b in columns]))
+    if table.policies:
+        lines.append("whole policies (charged to a policy with exactly these components):")
+        for entry in sorted(table.policies.values(), key=lambda e: e["name"]):
+            for h in sorted({int(h[1:]) for m in table.shapes for h in entry.get(m, {})}):
+                lines.append(row(f"  {entry['name']} h{h}", [
+                    entry.get(m, {}).get(f"h{h}", {}).get(f"b{b}") for m, b in columns]))
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from moe_offload_lab.policies.cost import CostModel
 from moe_offload_lab.policies.cost_table import (
     CostTable,
     cost_summary,
+    fingerprint,
     fit_line,
     load_table,
     write_table,
@@ -94,6 +95,27 @@ def test_policy_is_charged_from_the_table(tmp_path) -> None:
     assert summary["decision_cost_declared"] == ["replacement:lfu"]
 
 
+def test_a_measured_whole_policy_is_charged_its_own_measurement(tmp_path) -> None:
+    config = load_policy_config("lru").to_dict()
+    lru = build_policy(config)
+    fp = fingerprint(lru.components_by_kind())
+    path = _table(tmp_path, replacement={"lru": {"mixtral-8x7b": {"b1": 50.0, "b32": 50.0}}})
+    data = yaml.safe_load(open(path))
+    data["policies"] = {fp: {"name": "lru", "mixtral-8x7b": {"h1": {"b1": 3.0, "b32": 34.0}}}}
+    (tmp_path / "costs.yaml").write_text(yaml.safe_dump(data))
+    policy = build_policy(config | {"decision_cost": {"table": path}})
+    policy.reset(MIXTRAL, 64, CostModel.for_spec(MIXTRAL))
+    assert policy.decision_cost.seconds(1) == pytest.approx(3e-6)  # the whole, not 50 + glue
+    assert policy.decision_cost.seconds(32) == pytest.approx(34e-6)
+    assert cost_summary(policy)["decision_cost_source"] == "measured"
+    # another parameter: no longer the measured policy, charged from its components
+    variant = config | {"decision_cost": {"table": path},
+                        "admission": {"name": "min-count", "min_count": 3}}
+    policy = build_policy(variant)
+    policy.reset(MIXTRAL, 64, CostModel.for_spec(MIXTRAL))
+    assert policy.decision_cost.seconds(1) > 50e-6
+
+
 def test_hand_typed_cost_is_labelled_declared(tmp_path) -> None:
     config = load_policy_config("lru").to_dict() | {
         "decision_cost": {"where": "cpu", "fixed_s": 5e-6, "per_token_s": 0.0}}
@@ -145,6 +167,7 @@ def test_cost_command_writes_and_merges_a_table(tmp_path, capsys) -> None:
     assert main([*args, "--policies", "history"]) == 0  # merged into the same table
     data = yaml.safe_load(out.read_text())
     assert "lru" in data["components"]["replacement"]
+    assert sorted(e["name"] for e in data["policies"].values()) == ["history", "lru"]
     assert set(data["components"]["predictor"]["history"]["mixtral-8x7b"]) == {"h1", "h3"}
     assert main([*args[:3], "--models", "qwen3-30b-a3b", "--batches", "1", "--tokens", "16",
                  "--repeat", "1", "--policies", "lru"]) == 2  # other shapes: no silent merge
