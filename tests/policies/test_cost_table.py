@@ -143,6 +143,9 @@ def test_committed_table_covers_every_bundled_component() -> None:
                 assert table.component_us(kind, cid, model, config.horizon) is not None, \
                     f"{kind} {cid} of {name} lacks a measurement on {model}"
         policy = build_policy(name)
+        whole = table.policies.get(fingerprint(policy.components_by_kind()))
+        assert whole is not None and whole["name"] == name, f"{name} is not measured whole"
+        assert set(whole) == {"name", *table.shapes}
         if policy.is_oracle:  # needs the trace in reset; its components are covered above
             continue
         policy.reset(MIXTRAL, 64, CostModel.for_spec(MIXTRAL))
