@@ -2,6 +2,8 @@
 
     moe-trace synth --preset mixtral-8x7b --requests 16 --seed 0 -o mixtral.parquet
     moe-trace stats mixtral.parquet [--json]
+    moe-trace fit real.parquet -o fitted.yaml        # then: moe-trace synth --preset fitted.yaml
+    moe-trace compare real.parquet synthetic.parquet [-o compare.png] [--markdown]
     moe-trace validate mixtral.parquet
     moe-trace plot mixtral.parquet -o mixtral.png
     moe-trace record --config tiny-mixtral --prompts prompts.txt --lookahead 2 -o rec.parquet
@@ -46,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
     synth = sub.add_parser("synth", help="generate a synthetic trace from a preset")
     synth.add_argument(
-        "--preset", default="mixtral-8x7b", help="a name from conf/trace (default: mixtral-8x7b)"
+        "--preset", default="mixtral-8x7b",
+        help="a name from conf/trace or a preset YAML file (default: mixtral-8x7b)"
     )
     size = synth.add_mutually_exclusive_group()
     size.add_argument("--requests", type=int, help="number of requests (default: the preset's)")
@@ -58,8 +61,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="D",
         help="lookahead distances to record (default: the preset's)",
     )
+    synth.add_argument("--features", type=int, metavar="F",
+                       help="hidden-state features per layer (default: the preset's; 0: none)")
     synth.add_argument("-o", "--output", required=True, type=Path, help="trace file to write")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    fit = sub.add_parser("fit", help="fit the generator to a real trace and write a preset",
+                         description="Fit the hidden-state generator to a real trace; writes a "
+                                     "preset YAML and its .npz of router rows beside it.")
+    fit.add_argument("trace", type=Path, help="the real trace (Parquet)")
+    fit.add_argument("-o", "--output", required=True, type=Path, help="preset YAML to write")
+    fit.add_argument("--dim", type=int, default=16, help="latent state dimension (default 16)")
+    fit.add_argument("--seed", type=int, default=0)
+
+    compare = sub.add_parser("compare", help="two traces' routing statistics side by side",
+                             description="Profile two traces (LRU/Belady curves, adjacent-token "
+                                         "reuse, top-1 transitions, skew) side by side.")
+    compare.add_argument("traces", type=Path, nargs=2, metavar="TRACE")
+    compare.add_argument("-o", "--output", type=Path, help="also draw the comparison (PNG)")
+    output = compare.add_mutually_exclusive_group()
+    output.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    output.add_argument("--json", action="store_true", help="print both profiles as JSON")
 
     stats = sub.add_parser("stats", help="print the analysis of a trace")
     stats.add_argument("trace", type=Path)
@@ -107,13 +129,59 @@ def _synth(args: argparse.Namespace) -> int:
             raise ConfigError("--lookahead must not be negative")
         config = config.with_overrides(lookahead_distances=args.lookahead)
     trace = generate(
-        config, requests=args.requests, tokens=args.tokens, seed=args.seed, progress=not args.quiet
+        config, requests=args.requests, tokens=args.tokens, seed=args.seed,
+        progress=not args.quiet, features=args.features,
     )
     trace.save(args.output)
     print(
         f"wrote {args.output}: {trace.num_tokens} tokens, {len(trace.request_ids())} requests, "
-        f"model {trace.spec.name}, lookahead distances {trace.lookahead_distances or 'none'}"
+        f"model {trace.spec.name}, lookahead distances {trace.lookahead_distances or 'none'}, "
+        f"features {0 if trace.features is None else trace.features.shape[2]}"
     )
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from moe_offload_lab.traces.fit import fit_trace, write_preset
+    from moe_offload_lab.traces.format import Trace
+
+    if args.output.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"the preset is YAML; name it *.yaml, not {args.output.name}")
+    trace = Trace.load(args.trace)
+    result = fit_trace(trace, dim=args.dim, seed=args.seed, where=str(args.trace),
+                       progress=lambda step: print(f"fit: {step}", file=sys.stderr))
+    preset, structure = write_preset(result, args.output, source=args.trace.name,
+                                     tokens=trace.num_tokens,
+                                     requests=len(trace.request_ids()))
+    print(f"wrote {preset} and {structure.name}; generate with: moe-trace synth --preset "
+          f"{preset} --tokens N -o OUT.parquet")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from moe_offload_lab.traces.analysis.profile import routing_profile
+    from moe_offload_lab.traces.compare import comparison_rows, format_rows, plot_comparison
+    from moe_offload_lab.traces.format import Trace
+
+    if args.output is not None and args.output.suffix.lower() != ".png":
+        raise ConfigError(f"the figure is written as PNG; name it *.png, not {args.output.name}")
+    traces = [Trace.load(path, columns="all") for path in args.traces]
+    profiles = [routing_profile(t) for t in traces]
+    labels = [path.name for path in args.traces]
+    if len(set(labels)) < 2:
+        labels = [str(path) for path in args.traces]
+    if args.json:
+        json.dump({"traces": labels, "profiles": profiles}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        shapes = "; ".join(f"{label}: {p['trace']['model']}, {p['trace']['tokens']} tokens, "
+                           f"{p['trace']['requests']} requests" for label, p in
+                           zip(labels, profiles, strict=False))
+        print(shapes)
+        print(format_rows(comparison_rows(profiles), labels, markdown=args.markdown))
+    if args.output is not None:
+        path = plot_comparison(profiles, labels, args.output)
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -187,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from moe_offload_lab.traces.importers.cli import HANDLERS as IMPORT_EXPORT
 
     handlers = {"synth": _synth, "stats": _stats, "validate": _validate, "plot": _plot,
-                "record": _record, **IMPORT_EXPORT}
+                "record": _record, "fit": _fit, "compare": _compare, **IMPORT_EXPORT}
     return run_command(PROG, lambda: handlers[args.command](args))
 
 

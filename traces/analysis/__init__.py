@@ -11,6 +11,8 @@ Modules (each documents its definitions):
   cache size in one pass, Belady's MIN;
 - :mod:`~traces.analysis.lookahead` -- accuracy of the trace's lookahead predictions;
 - :mod:`~traces.analysis.report` -- :func:`compute_stats`, everything as one JSON-ready dict;
+- :mod:`~traces.analysis.profile` -- :func:`routing_profile`, the statistics ``moe-trace compare``
+  and ``moe-trace fit`` use (cache curves, reuse against chance, transitions, skew);
 - :mod:`~traces.analysis.plot` -- :func:`plot_stats`, a figure of that dict.
 
 The hot loops are numba kernels compiled on first use and cached on disk (``cache=True``).

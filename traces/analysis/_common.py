@@ -40,6 +40,17 @@ def _transpose_tokens_layers(ids, out):  # pragma: no cover - compiled
                     out[layer, t, s] = ids[t, layer, s]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def set_overlap(a, b):  # pragma: no cover - compiled
+    """|A ∩ B| of two rows of distinct expert ids (each a top-k set, any order)."""
+    m = 0
+    for x in range(a.shape[0]):
+        e = a[x]
+        for y in range(b.shape[0]):
+            m += b[y] == e
+    return m
+
+
 def layer_major(ids: np.ndarray) -> np.ndarray:
     """A layer-major copy [L, T, k] of token-major routing [T, L, k] (same dtype).
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from moe_offload_lab.traces.analysis._common import routing
+from moe_offload_lab.traces.analysis._common import routing, set_overlap
 from moe_offload_lab.traces.errors import TraceError
 from moe_offload_lab.traces.format import Trace
 
@@ -18,17 +18,11 @@ from moe_offload_lab.traces.format import Trace
 @numba.njit(cache=True, nogil=True)
 def _overlap_per_target(predicted, ids, distance):  # pragma: no cover - compiled
     """Summed ``|predicted[t, l-d] ∩ ids[t, l]|`` over tokens, per target layer l (int64 [L])."""
-    n_tokens, n_layers, k = ids.shape
+    n_tokens, n_layers = ids.shape[0], ids.shape[1]
     out = np.zeros(n_layers, np.int64)
     for t in range(n_tokens):
         for target in range(distance, n_layers):
-            src = target - distance
-            m = 0
-            for i in range(k):
-                e = predicted[t, src, i]
-                for j in range(k):
-                    m += ids[t, target, j] == e
-            out[target] += m
+            out[target] += set_overlap(predicted[t, target - distance], ids[t, target])
     return out
 
 

@@ -2,8 +2,14 @@
 
 ``tiny-moe-stdlib``: a 4-layer, 16-expert, top-2 Mixtral-style byte-level model trained on the CPU
 on docstrings of the Python standard library, recorded on held-out docstrings with lookahead
-distances 1 and 2 and 16 features per layer. ``traces/bundled/README.md`` gives its provenance;
-``python -m moe_offload_lab.traces.bundled.build`` rebuilds it.
+distances 1 and 2 and 16 features per layer. ``python -m moe_offload_lab.traces.bundled.build``
+rebuilds it.
+
+``flame-moe-290m``: 2,048 consecutive tokens of the real routing of FLAME-MoE-290M (8 MoE layers,
+64 experts, top-6) from the public dataset CMU-FLAME/FLAME-MoE-Traces (Apache-2.0, licence in
+``flame-moe-290m.LICENSE.txt``); ``flame-moe-290m-first10``: the first 10 positions of 64
+sequences of the same capture. ``python -m moe_offload_lab.traces.bundled.flame SRC`` rebuilds
+both. ``traces/bundled/README.md`` gives the provenance of every bundled trace.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from pathlib import Path
 
 from moe_offload_lab.traces.errors import ConfigError
 
-BUNDLED = ("tiny-moe-stdlib",)
+BUNDLED = ("tiny-moe-stdlib", "flame-moe-290m", "flame-moe-290m-first10")
 
 
 def path(name: str = "tiny-moe-stdlib") -> Path:

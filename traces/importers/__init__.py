@@ -13,6 +13,7 @@ eplb           load matrix ``[layers, experts]``            load matrix (``.npy`
 moe-infinity   expert activation matrices ``.npy``          ``.npy`` [requests, L, E] counts
 csv            long CSV                                    long CSV
 npy            plain ``.npz`` arrays                       plain ``.npz`` arrays
+flame          FLAME-MoE per-layer files (a folder)        -
 =============  ==========================================  ======================================
 
 ``import_trace(fmt, path, model, **options)`` and ``export_trace(fmt, trace, path, **options)``
@@ -29,6 +30,7 @@ from typing import Any
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.importers.eplb import export_eplb, import_eplb
+from moe_offload_lab.traces.importers.flame import import_flame
 from moe_offload_lab.traces.importers.megatron import export_megatron, import_megatron
 from moe_offload_lab.traces.importers.moe_infinity import export_moe_infinity, import_moe_infinity
 from moe_offload_lab.traces.importers.plain import export_csv, export_npz, import_csv, import_npz
@@ -44,6 +46,7 @@ IMPORTERS: dict[str, Callable[..., Trace]] = {
     "moe-infinity": import_moe_infinity,
     "csv": import_csv,
     "npy": import_npz,
+    "flame": import_flame,
 }
 EXPORTERS: dict[str, Callable[..., Path]] = {
     "csv": export_csv,
@@ -55,7 +58,7 @@ EXPORTERS: dict[str, Callable[..., Path]] = {
 }
 
 
-def import_trace(fmt: str, path: str | Path, model: str | Path | ModelSpec,
+def import_trace(fmt: str, path: str | Path, model: str | Path | ModelSpec | None,
                  **options: Any) -> Trace:
     """Read ``path`` in format ``fmt`` as a validated trace of ``model`` (catalog name, YAML,
     Hugging Face config.json or spec)."""

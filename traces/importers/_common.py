@@ -43,7 +43,7 @@ def load_torch_file(path: Path, what: str) -> Any:
         raise TraceError(f"{path}: not a readable torch.save file (damaged, or holding objects "
                          f"other than tensors, numbers, strings and containers)") from None
     except (OSError, RuntimeError, EOFError, ValueError, AttributeError, ImportError, KeyError,
-            TypeError, zipfile.BadZipFile) as exc:
+            TypeError, IndexError, zipfile.BadZipFile) as exc:
         raise TraceError(f"{path}: not a readable torch.save file ({first_line(exc)})") from None
 
 

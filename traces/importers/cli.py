@@ -10,11 +10,13 @@
     moe-trace import --from eplb load.npy --model deepseek-v3 -o t.parquet
     moe-trace import --from moe-infinity eam.npy --model mixtral-8x7b -o t.parquet
     moe-trace import --from csv routing.csv --model mixtral-8x7b -o t.parquet
+    moe-trace import --from flame flame-moe-290m/ -o flame.parquet
     moe-trace export --to csv mixtral.parquet -o routing.csv
     moe-trace export --to vllm mixtral.parquet -o routed.npz [--all-layers]
     moe-trace export --to eplb mixtral.parquet -o load.npy [--all-layers]
 
-Formats: vllm, megatron, eplb, moe-infinity, csv, npy (both directions), sglang (import).
+Formats: vllm, megatron, eplb, moe-infinity, csv, npy (both directions), sglang and flame
+(import).
 ``--model`` is a catalog name, a ModelSpec YAML, or a Hugging Face config.json (or the checkpoint
 folder holding one). ``add_parsers`` adds both
 subcommands to an existing ``moe-trace`` parser; each sets ``handler`` (a function of the parsed
@@ -33,9 +35,11 @@ from typing import Any
 from moe_offload_lab.traces.errors import ConfigError, run_command
 
 PROG = "moe-trace"
-FORMATS = ("vllm", "megatron", "sglang", "eplb", "moe-infinity", "csv", "npy")
+FORMATS = ("vllm", "megatron", "sglang", "eplb", "moe-infinity", "csv", "npy", "flame")
+MODEL_OPTIONAL = ("flame",)  # formats whose files name the model
 # option -> (formats it applies to, keyword of the importer or exporter)
-IMPORT_OPTIONS = {"lengths": (("vllm",), "lengths"), "mode": (("megatron",), "mode"),
+IMPORT_OPTIONS = {"lengths": (("vllm", "flame"), "lengths"),
+                  "max_tokens": (("flame",), "max_tokens"), "mode": (("megatron",), "mode"),
                   "micro_batch_size": (("megatron",), "micro_batch_size"),
                   "tensor_parallel": (("megatron",), "tensor_parallel"),
                   "sequence_parallel": (("megatron",), "sequence_parallel"),
@@ -61,11 +65,14 @@ def add_parsers(subparsers: Any) -> None:
                      help="file to import (megatron: the rank files of one data-parallel replica)")
     imp.add_argument("--from", dest="fmt", required=True, metavar="FORMAT",
                      help=f"input format: {', '.join(FORMATS)}")
-    imp.add_argument("--model", required=True,
+    imp.add_argument("--model",
                      help="model the capture comes from: a name from conf/model, a ModelSpec "
-                          "YAML, or a Hugging Face config.json (or its checkpoint folder)")
+                          "YAML, or a Hugging Face config.json (or its checkpoint folder); "
+                          "flame: optional, its files name the model")
     imp.add_argument("--lengths", type=Path, metavar="FILE",
-                     help="vllm only: request lengths, one 'TOKENS [PROMPT_TOKENS]' per line")
+                     help="vllm and flame: request lengths, one 'TOKENS [PROMPT_TOKENS]' per line")
+    imp.add_argument("--max-tokens", type=int, metavar="N",
+                     help="flame: import the first N tokens (the dataset's files hold 52M)")
     meg = imp.add_argument_group("megatron")
     meg.add_argument("--mode", choices=("auto", "training", "inference"),
                      help="training (micro-batches, recompute repeats) or inference (engine "
@@ -93,7 +100,7 @@ def add_parsers(subparsers: Any) -> None:
         description="Write a trace in another format (what the format cannot hold is dropped).")
     exp.add_argument("trace", type=Path, help="trace file to export")
     exp.add_argument("--to", dest="fmt", required=True, metavar="FORMAT",
-                     help=f"output format: {', '.join(FORMATS)}")
+                     help=f"output format: {', '.join(f for f in FORMATS if f != 'flame')}")
     exp.add_argument("--all-layers", action="store_true",
                      help="vllm and eplb: size the layer axis by every transformer block, as "
                           "vLLM and SGLang do (dense blocks hold 0)")
@@ -108,6 +115,8 @@ def run_import(args: argparse.Namespace) -> int:
     if args.fmt not in IMPORTERS:
         raise ConfigError(f"unknown import format {args.fmt!r}; known: {', '.join(IMPORTERS)}")
     options = {}
+    if args.model is None and args.fmt not in MODEL_OPTIONAL:
+        raise ConfigError(f"--model is required for --from {args.fmt}")
     for name, (formats, keyword) in IMPORT_OPTIONS.items():
         value = getattr(args, name, None)
         if value is None:

@@ -68,8 +68,7 @@ def test_transfer_to_another_trace(trace_file, tmp_path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["trace.paths=[missing.parquet]"], "trace file not found"),
-    (["predictor=llapor", "trace.bundled=null", "trace.preset=switch-base-8",
-      "trace.tokens=200"], "needs a trace with features"),
+    (["predictor=llapor", "trace.bundled=flame-moe-290m"], "needs a trace with features"),
     (["predictor=nope"], "unknown predictor 'nope'; available: history-transformer"),
     (["train.pos_weight=half"], "pos_weight"),
     (["predictor=probe", "+predictor.router_weights=missing.npy"], "router weights not found"),

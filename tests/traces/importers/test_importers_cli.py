@@ -136,7 +136,7 @@ def bad_jsonl(tmp_path):
     (["import", "--from", "megatron", "JSONL", "--model", "TINY", "-o", "OUT"],
      "bad.jsonl:2: malformed JSON"),
     (["import", "--from", "csv", "IN", "--model", "TINY", "--lengths", "IN", "-o", "OUT"],
-     "--lengths applies to --from vllm only"),
+     "--lengths applies to --from vllm or flame only"),
     (["export", "--to", "csv", "--all-layers", "TRACE", "-o", "OUT"],
      "--all-layers applies to --to vllm or eplb only"),
     (["export", "--to", "csv", "missing.parquet", "-o", "OUT"], "missing.parquet: no such file"),
