@@ -25,6 +25,8 @@ from typing import Any
 from moe_offload_lab.traces.atomic import check_output_folder
 from moe_offload_lab.traces.errors import run_command
 
+from moe_offload_lab import version_line
+
 PROG = "moe-hw"
 
 
@@ -36,7 +38,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layers", type=int, help="scaled-down copy: this many layers")
     parser.add_argument("--hidden", type=int, help="scaled-down copy: this hidden size")
     parser.add_argument("--intermediate", type=int, help="scaled-down copy: expert width")
-    parser.add_argument("--policy", default="lru", help="conf/policy name")
+    parser.add_argument("--policy", default="lru", help="conf/policy name or a policy YAML path")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--slots", type=int, help="expert cache slots")
     size.add_argument("--gpu-memory-gb", type=float, help="GPU memory budget instead of slots")
@@ -86,7 +88,7 @@ def _live_parser() -> argparse.ArgumentParser:
                         help="a local checkpoint folder or a tiny config (tiny-mixtral, ...)")
     parser.add_argument("--prompt", action="append", required=True,
                         help="prompt text (repeat for a batch; left-padded to the longest)")
-    parser.add_argument("--policy", default="lru", help="conf/policy name")
+    parser.add_argument("--policy", default="lru", help="conf/policy name or a policy YAML path")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--slots", type=int, help="expert cache slots")
     size.add_argument("--gpu-memory-gb", type=float, help="GPU memory budget instead of slots")
@@ -123,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__)
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command == "--version":
+        print(version_line(PROG))
+        return 0
     if command == "run":
         return run_command(PROG, lambda: _run(rest))
     if command == "live":

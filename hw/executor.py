@@ -174,8 +174,8 @@ class OffloadExecutor(Transfers):
             self.scratch.fences.write[scratch_index] = handle.end
         else:
             self.slots.fences.write[slot] = handle.end
-        row = [_K_COPY, handle.start, handle.end, self.step, layer, key % self.n_experts,
-               self.bytes, _R_LINK, DETAIL[purpose], 0]
+        row = [_K_COPY, handle.start, handle.end, self.step, key // self.n_experts,
+               key % self.n_experts, self.bytes, _R_LINK, DETAIL[purpose], 0]  # the key copied
         self.rows.append(row)
         copy = _Copy(key, purpose, handle, row)
         stat = {"demand": "fetches", "stream": "streams", "prefetch": "prefetches"}[purpose]

@@ -6,7 +6,8 @@ Keys (unknown ones raise :class:`~traces.errors.ConfigError`)::
     model_overrides: {num_layers: 4, hidden_size: 256}   # optional: a scaled-down copy
     trace: {path: run.parquet}     # or {preset: <traces.synthetic preset>, tokens: 200, seed: 0}
                                    # or {bundled: <name>}; default: the model's preset
-    policy: lru                    # a conf/policy name or mapping (ignored with resident_all)
+    policy: lru                    # a conf/policy name, YAML path or mapping (plug-ins by
+                                   # _target_ or entry point load too; not with resident_all)
     cache: {slots: 64}             # or {gpu_memory_gb: 20}
     batch: 1
     device: cpu                    # or cuda

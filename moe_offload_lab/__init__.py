@@ -14,6 +14,11 @@ except PackageNotFoundError:  # a source checkout that was never installed
     __version__ = "0+unknown"
 
 
+def version_line(prog: str) -> str:
+    """What every command's ``--version`` prints: ``<prog> <version> (moe-offload-lab)``."""
+    return f"{prog} {__version__} (moe-offload-lab)"
+
+
 _COMMANDS = {f"moe_offload_lab.{module}": name for module, name in (
     ("traces.cli", "moe-trace"), ("sim.cli", "moe-sim"), ("sim.tune.cli", "moe-tune"),
     ("sim.report.cli", "moe-report"), ("hw.cli", "moe-hw"), ("policies.cli", "moe-policy"),

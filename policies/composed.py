@@ -7,9 +7,15 @@ from collections.abc import Collection, Mapping, Sequence
 from moe_offload_lab.policies.admission.rules import AlwaysAdmit
 from moe_offload_lab.policies.base import FetchPlan, Policy, Schedule
 from moe_offload_lab.policies.cache import CacheView
-from moe_offload_lab.policies.config import PolicyConfig
+from moe_offload_lab.policies.config import PolicyConfig, component_id
 from moe_offload_lab.policies.context import LayerContext
 from moe_offload_lab.policies.cost import CostModel, DecisionCost
+from moe_offload_lab.policies.cost_table import (
+    ChargedCost,
+    charged_cost,
+    declared_charge,
+    load_table,
+)
 from moe_offload_lab.policies.prediction import Prediction
 from moe_offload_lab.policies.registry import (
     ADMISSIONS,
@@ -49,15 +55,8 @@ class ComposedPolicy(Policy):
         self.placement = PLACEMENTS.build(config.placement)
         self.admission = ADMISSIONS.build(config.admission)
         self.is_oracle = bool(self.predictor.is_oracle or self.replacement.is_oracle)
-        if config.decision_cost is not None:
-            try:
-                self._cost = DecisionCost(**config.decision_cost)
-            except TypeError as exc:
-                raise ConfigError(f"policy {config.name!r}: decision_cost: {exc}") from None
-        else:
-            self._cost = (self.predictor.decision_cost + self.planner.decision_cost
-                          + self.replacement.decision_cost + self.placement.decision_cost
-                          + self.admission.decision_cost)
+        self._table_path, self.charged_cost = _cost_choice(config, self.components_by_kind())
+        self._cost = self.charged_cost.cost
         self._keep: set[int] = set()
         self._keep_step = self._keep_layer = -1
         self._victims: list[int] = []
@@ -66,11 +65,11 @@ class ComposedPolicy(Policy):
 
     @property
     def decision_cost(self) -> DecisionCost:
-        """Sum of the components' declared costs, or the config's override.
+        """What one MoE layer of decisions costs (:attr:`charged_cost` says where it came from).
 
-        Component figures were measured with ``benchmarks/bench_policies.py`` (Mixtral shape,
-        one CPU core of the development machine): a starting point, to be replaced by the
-        executor's calibration on the machine that runs the engine."""
+        After :meth:`reset`: the measured cost table's figures for the run's model shape and
+        horizon (:mod:`policies.cost_table`), unless the config declares ``decision_cost`` by
+        hand. Before it: the components' declared figures."""
         return self._cost
 
     def needs_lookahead(self, spec: ModelSpec) -> tuple[int, ...]:
@@ -79,6 +78,11 @@ class ComposedPolicy(Policy):
         if not self.predictor.reads_lookahead:
             return ()
         return tuple(range(1, min(self.config.horizon, spec.num_moe_layers) + 1))
+
+    def components_by_kind(self) -> dict[str, tuple[str, object]]:
+        """kind -> (the id configs and cost tables name it by, the component)."""
+        return {kind: (component_id(getattr(self.config, kind)), getattr(self, kind))
+                for kind in ("predictor", "planner", "replacement", "placement", "admission")}
 
     def reset(self, spec: ModelSpec, capacity_slots: int, cost_model: CostModel,
               trace: Trace | None = None, schedule: Schedule | None = None) -> None:
@@ -92,6 +96,10 @@ class ComposedPolicy(Policy):
         self.spec = spec
         self.num_experts = spec.num_experts
         self.horizon = min(self.config.horizon, spec.num_moe_layers)
+        if self._table_path is not False:  # charged from a measured table
+            self.charged_cost = charged_cost(self.components_by_kind(), spec, self.horizon,
+                                             load_table(self._table_path))
+            self._cost = self.charged_cost.cost
         self.predictor.reset(spec, self.horizon, trace, schedule, self.config.seed)
         self.replacement.reset(spec, capacity_slots, trace, schedule)
         self.placement.reset(spec, cost_model)
@@ -213,6 +221,27 @@ class ComposedPolicy(Policy):
         if prediction.step == ctx.step and prediction.layer == ctx.layer:
             return prediction
         return self._predict(ctx)
+
+
+def _cost_choice(config: PolicyConfig, components: dict[str, tuple[str, object]]
+                 ) -> tuple[str | None | bool, ChargedCost]:
+    """(the table to charge from at reset: a path, None for the default one, False for none;
+    the cost until then) of a policy config's ``decision_cost``."""
+    declared = declared_charge(components)
+    given = config.decision_cost
+    if given is None:
+        return None, declared
+    if "table" in given:
+        if set(given) != {"table"} or not isinstance(given["table"], str):
+            raise ConfigError(f"policy {config.name!r}: decision_cost: {{table: PATH}} takes "
+                              f"nothing else")
+        load_table(given["table"])  # a missing file is an error now, not at reset
+        return given["table"], declared
+    try:
+        cost = DecisionCost(**given)
+    except TypeError as exc:
+        raise ConfigError(f"policy {config.name!r}: decision_cost: {exc}") from None
+    return False, ChargedCost(cost, "declared")
 
 
 def _admit_all(key: int, ctx: LayerContext) -> bool:

@@ -13,6 +13,15 @@ A config composes one component of each kind, each ``{name: <registered name>, <
     admission:   {name: always}          # optional
     decision_cost: {where: cpu, fixed_s: 2.0e-6, per_token_s: 0.0}   # optional override
 
+A component of the user's own code takes ``_target_`` (an import path) instead of ``name``::
+
+    predictor: {_target_: transition_table.TransitionTablePredictor, decay: 0.98}
+
+(:mod:`policies.plugins`: import paths, ``.py`` files, entry points). Without ``decision_cost``
+the policy is charged the measured cost table's figures (:mod:`policies.cost_table`);
+``decision_cost: {where, fixed_s, per_token_s}`` declares a figure by hand instead, and
+``decision_cost: {table: PATH}`` picks another measured table.
+
 The files are plain YAML so Hydra can compose them as its ``policy`` group; :func:`build_policy`
 accepts a mapping, an OmegaConf node, a bundled name or a path to a YAML file.
 """
@@ -25,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moe_offload_lab.policies.plugins import TARGET_KEY
 from moe_offload_lab.traces.catalog import available, load_named_or_path
 from moe_offload_lab.traces.errors import ConfigError
 
@@ -58,15 +68,22 @@ class PolicyConfig:
         """Plain nested dict (YAML- and JSON-safe)."""
         out = dataclasses.asdict(self)
         for kind in _COMPONENTS:
-            out[kind] = _plain(out[kind])
+            out[kind] = plain(out[kind])
         return out
 
 
-def _plain(value: Any) -> Any:
+def component_id(part: Mapping[str, Any]) -> str:
+    """How a component mapping is named in tables and cost lookups: its ``name``, else its
+    ``_target_`` import path."""
+    return str(part.get("name") or part.get(TARGET_KEY))
+
+
+def plain(value: Any) -> Any:
+    """Mappings and sequences as plain dicts and lists (YAML- and JSON-safe)."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -112,8 +129,10 @@ def policy_config(data: Mapping[str, Any], where: str = "policy config") -> Poli
         part = data[kind]
         if isinstance(part, str):
             part = {"name": part}
-        if not isinstance(part, Mapping) or not isinstance(part.get("name"), str):
-            raise ConfigError(f"{where}: {kind} must be a mapping with a 'name'")
+        if not isinstance(part, Mapping) or not (isinstance(part.get("name"), str)
+                                                 or isinstance(part.get(TARGET_KEY), str)):
+            raise ConfigError(f"{where}: {kind} must be a mapping with a 'name' (or a "
+                              f"'{TARGET_KEY}' import path)")
         values[kind] = dict(part)
     if data.get("decision_cost") is not None:
         if not isinstance(data["decision_cost"], Mapping):

@@ -17,6 +17,12 @@ and sweep.md (always, from whatever jobs finished: missing and failed jobs are m
 prints the combined table (``sim/sweep.py``). Every job's config is checked before anything
 runs. User errors, and launcher errors, print one line on stderr and exit with 2; a sweep with
 a missing or failed job exits with 2 after writing its table.
+
+``policy=path/to/file.yaml`` runs a policy file kept anywhere, and ``hydra.searchpath=[file://DIR]``
+adds a folder whose ``policy/`` configs ``policy=NAME`` finds (:mod:`sim.cli_args`). Hydra's own
+flags work as in any Hydra app: ``--cfg job|hydra|all`` (with ``--resolve``, ``--package``),
+``--info [searchpath|defaults|...]``, ``--help`` (the config groups and the composed config),
+``--hydra-help``; ``--version`` prints the tool's version.
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from moe_offload_lab.sim.cli_args import hydra_flag, policy_file_overrides, split_flags
 from moe_offload_lab.sim.run import RunConfig, batch_label, prepare, simulate
 from moe_offload_lab.traces.catalog import conf_dir
 from moe_offload_lab.traces.errors import ConfigError, MoeLabError, run_command
 from omegaconf import DictConfig, OmegaConf
+
+from moe_offload_lab import version_line
 
 PROG = "moe-sim"
 _MULTIRUN = ("-m", "--multirun")
@@ -57,6 +66,7 @@ def compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    overrides = policy_file_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             return hydra_compose(config_name="config", overrides=list(overrides),
@@ -93,14 +103,15 @@ def check(overrides: Sequence[str]) -> list[list[str]]:
     """Compose and check every job of these overrides (sweeps expanded); returns the jobs."""
     from moe_offload_lab.sim.sweep import expand
 
+    overrides = policy_file_overrides(overrides)
     jobs = expand(overrides)
     hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith("hydra")]
     if hydra_overrides:  # Hydra's own choices (launcher...): composing once checks them
         compose([*jobs[0], *hydra_overrides], with_hydra=True)
-    for job in jobs:
+    for job in jobs:  # with hydra.searchpath, which decides where policy=NAME is found
         where = f" (job {' '.join(job)})" if len(jobs) > 1 else ""
         try:
-            _check_one(checked_run_config(job))
+            _check_one(checked_run_config([*job, *hydra_overrides]))
         except MoeLabError as exc:
             raise type(exc)(f"{exc}{where}") from None
     return jobs
@@ -389,15 +400,35 @@ def _sweep_command(args: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``moe-sim``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
+    if "--version" in args:
+        print(version_line(PROG))
         return 0
-    return run_command(PROG, lambda: _main(args or ["experiment=compare"]))
+    flags, overrides = split_flags(args)
+    if not overrides and "--hydra-help" not in flags:  # plain `moe-sim` (`--cfg job` too):
+        args = [*flags, "experiment=compare"]  # the bundled comparison
+    if hydra_flag(args):
+        return run_command(PROG, lambda: _show(args))
+    return run_command(PROG, lambda: _main(args))
+
+
+def _show(args: list[str]) -> int:
+    """Hydra's introspection flags (--cfg, --info, --help...): Hydra answers, after the
+    overrides compose (so a mistake is one line and status 2)."""
+    flags, overrides = split_flags(policy_file_overrides(args))
+    if not any(f in ("-h", "--help", "--hydra-help", "-sc", "--shell-completion") for f in flags):
+        compose([o for o in overrides if o not in _MULTIRUN], with_hydra=True)
+    hydra_args, _, _ = _hydra_args([*overrides, *flags])  # a bare --info must not eat one
+    try:
+        _run_hydra(hydra_args)
+    except SystemExit as exc:  # --help exits 0; Hydra's own complaints (printed) exit 1
+        return 2 if exc.code not in (0, None) else 0
+    return 0
 
 
 def _main(args: list[str]) -> int:
     if args and args[0] == "sweep":
         return _sweep_command(args[1:])
+    args = policy_file_overrides(args)
     hydra_args, multirun, sweep_dir = _hydra_args(args)
     jobs = check([a for a in hydra_args if a not in _MULTIRUN])
     _check_output_dirs(hydra_args)

@@ -5,7 +5,9 @@ Rows are appended as plain tuples during the run (cheap) and turned into a colum
 
 - ``kind``: ``copy``, ``compute``, ``stall``, ``policy`` or ``step``;
 - ``start_s``, ``end_s``: simulated seconds;
-- ``step``, ``layer``, ``expert`` (``-1`` where not applicable);
+- ``step``, ``layer``, ``expert`` (``-1`` where not applicable); a copy row names the expert
+  copied (its layer and expert, so a prefetch row names its target layer) and the step that
+  issued it;
 - ``bytes``: bytes moved (copies; a cancelled copy counts what crossed the link);
 - ``resource``: ``link``, ``gpu``, ``cpu`` or ``none``;
 - ``detail``: copies ``demand``, ``stream``, ``prefetch`` (never used), ``prefetch_used`` or

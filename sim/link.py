@@ -172,9 +172,9 @@ class Link:
             copy.state = "cancelled"
             now = self.env.now
             start = copy.start_s if copy.moved else now  # suspended: it ran from start_s
-            copy.row = self.log.add_codes(_K_COPY, start, now, copy.step, copy.layer,
-                                          copy.key % self.num_experts, copy.moved, _R_LINK,
-                                          _D_CANCELLED, 0)
+            layer, expert = divmod(copy.key, self.num_experts)  # the copied key's
+            copy.row = self.log.add_codes(_K_COPY, start, now, copy.step, layer, expert,
+                                          copy.moved, _R_LINK, _D_CANCELLED, 0)
         elif copy.state == "running":
             self._stop_running(copy)
             if not self._kicked:
@@ -277,9 +277,9 @@ class Link:
         else:
             moved = int(min(max(0.0, (now - first - self._cur_latency) * bw), copy.num_bytes))
         copy.state = "cancelled"
-        copy.row = self.log.add_codes(_K_COPY, first, now, copy.step, copy.layer,
-                                      copy.key % self.num_experts, moved, _R_LINK,
-                                      _D_CANCELLED, 0)
+        layer, expert = divmod(copy.key, self.num_experts)  # the copied key's
+        copy.row = self.log.add_codes(_K_COPY, first, now, copy.step, layer, expert, moved,
+                                      _R_LINK, _D_CANCELLED, 0)
         self._timer = None
         self.running = None
         self._last_end = -1.0
@@ -295,8 +295,9 @@ class Link:
         if detail == "prefetch" and copy.used:
             detail = "prefetch_used"
         buf = self._buf  # EventLog.add_codes, inlined (hot)
-        buf += _pack(_K_COPY, copy.start_s, now, copy.step, copy.layer,
-                     copy.key % self.num_experts, copy.num_bytes, _R_LINK, _DETAIL[detail], 0)
+        layer, expert = divmod(copy.key, self.num_experts)  # the copied key's
+        buf += _pack(_K_COPY, copy.start_s, now, copy.step, layer, expert,
+                     copy.num_bytes, _R_LINK, _DETAIL[detail], 0)
         copy.row = len(buf) // _ROW_SIZE - 1
         slot_done, on_done = self.slot_done, self.on_done  # _done, inlined (hot)
         if slot_done is not None and detail != "stream":
@@ -323,9 +324,9 @@ class Link:
             start = batch.start_s if i == 0 else t
             t += copy.num_bytes / bw + copy.extra_s
             copy.state, copy.start_s, copy.end_s = "done", start, now
-            buf += _pack(_K_COPY, start, min(t, now), copy.step, copy.layer,
-                         copy.key % self.num_experts, copy.num_bytes, _R_LINK,
-                         _DETAIL[copy.purpose], 0)
+            layer, expert = divmod(copy.key, self.num_experts)  # the copied key's
+            buf += _pack(_K_COPY, start, min(t, now), copy.step, layer, expert,
+                         copy.num_bytes, _R_LINK, _DETAIL[copy.purpose], 0)
             copy.row = len(buf) // _ROW_SIZE - 1
         batch.state, batch.end_s = "done", now
         for copy in batch.members:

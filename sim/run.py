@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 from moe_offload_lab.policies.base import Policy, check_lookahead
 from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.policies.cost_table import cost_summary
 from moe_offload_lab.sim.compute import ComputeModel
 from moe_offload_lab.sim.engine import Engine
 from moe_offload_lab.sim.eventlog import write_parquet
@@ -339,6 +340,7 @@ def simulate(cfg: RunConfig) -> SimResult:
         "host_dram_experts": ready.host_dram_experts,
         "nvme_reads": host.nvme_reads if host is not None else 0,
         "measured_used": engine.compute.measured_used,
+        **cost_summary(policy),  # what each layer's decisions were charged, and from where
         **summarize(result.events),
         "workload": (cfg.workload or {}).get("kind", "static"),
         **latency_metrics(steps, engine.schedule, trace.request_id, trace.phase,

@@ -24,6 +24,8 @@ from typing import Any
 
 from moe_offload_lab.traces.errors import ConfigError, run_command
 
+from moe_offload_lab import version_line
+
 PROG = "moe-trace"
 
 
@@ -41,6 +43,7 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=version_line(PROG))
     sub = parser.add_subparsers(dest="command", required=True)
 
     synth = sub.add_parser("synth", help="generate a synthetic trace from a preset")

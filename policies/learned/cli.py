@@ -25,6 +25,8 @@ import numpy as np
 from moe_offload_lab.traces.catalog import conf_dir
 from moe_offload_lab.traces.errors import ConfigError, run_command
 
+from moe_offload_lab import version_line
+
 PROG = "moe-train"
 
 
@@ -222,6 +224,9 @@ def evaluate(cfg: dict[str, Any]) -> tuple[Any, Any]:
 
 def _main(argv: Sequence[str]) -> int:
     args = list(argv)
+    if args[:1] == ["--version"]:
+        print(version_line(PROG))
+        return 0
     if args and args[0] in ("-h", "--help", "help"):
         print(__doc__)
         return 0

@@ -19,6 +19,7 @@ from moe_offload_lab.sim.report.figures import (
     pareto_section,
     speedup_section,
 )
+from moe_offload_lab.sim.report.prefetch import prefetch_section
 from moe_offload_lab.sim.report.sources import REPORT_DIR, Source, load_folder, load_study
 from moe_offload_lab.sim.report.style import Section, markdown_table, save
 from moe_offload_lab.sim.report.timeline import timeline_section
@@ -27,18 +28,25 @@ from moe_offload_lab.traces.errors import ConfigError
 
 Builder = Callable[[Source], "Section | str"]
 RUN_FIGURES: tuple[Builder, ...] = (speedup_section, hit_ratio_section, latency_section,
-                                    breakdown_section, pareto_section, timeline_section)
+                                    breakdown_section, pareto_section, prefetch_section,
+                                    timeline_section)
 STUDY_FIGURES: tuple[Builder, ...] = (study_pareto_section, history_section, policy_section,
                                       hit_ratio_section)
 
 
-def build_sections(source: Source, timeline_steps: int = 2) -> tuple[list[Section], list[str]]:
-    """Every figure that applies to ``source``, and why the others were left out."""
+def build_sections(source: Source, timeline_steps: int = 2, timeline_run: str | None = None
+                   ) -> tuple[list[Section], list[str]]:
+    """Every figure that applies to ``source``, and why the others were left out.
+    ``timeline_run``: the label of the run the timeline excerpt draws (default: the most
+    eventful one)."""
     builders = STUDY_FIGURES if source.kind == "study" else RUN_FIGURES
+    if timeline_run is not None and source.kind == "study":
+        raise ConfigError("--timeline-run applies to run, comparison and sweep folders, not to "
+                          "a tuning study")
     sections, skipped = [], []
     for builder in builders:
         if builder is timeline_section:
-            result = timeline_section(source, timeline_steps)
+            result = timeline_section(source, timeline_steps, timeline_run)
         else:
             result = builder(source)
         name = builder.__name__.removesuffix("_section").replace("_", " ")
@@ -89,10 +97,11 @@ def _replace(new: Path, out: Path) -> None:
 
 def write_report(folder: str | Path | None = None, out: str | Path | None = None, *,
                  storage: str | None = None, study: str | None = None,
-                 timeline_steps: int = 2) -> Path:
+                 timeline_steps: int = 2, timeline_run: str | None = None) -> Path:
     """Write the report of ``folder`` (or of ``study`` in ``storage``) into ``out`` (default
-    ``<folder>/report``); returns the path of ``report.md``. Raises ConfigError on bad input,
-    before anything is written."""
+    ``<folder>/report``); returns the path of ``report.md``. ``timeline_run`` picks the run of
+    the timeline excerpt by label. Raises ConfigError on bad input, before anything is
+    written."""
     if storage or study:
         if not (storage and study):
             raise ConfigError("--storage and --study go together")
@@ -104,7 +113,7 @@ def write_report(folder: str | Path | None = None, out: str | Path | None = None
     else:
         source = load_folder(folder)
         out = Path(folder) / REPORT_DIR if out is None else out
-    return report_source(source, out, timeline_steps)
+    return report_source(source, out, timeline_steps, timeline_run)
 
 
 def _study_report_dir(folder: str | Path | None, storage: str, study: str) -> Path:
@@ -122,12 +131,13 @@ def _study_report_dir(folder: str | Path | None, storage: str, study: str) -> Pa
     return base / REPORT_DIR
 
 
-def report_source(source: Source, out: str | Path, timeline_steps: int = 2) -> Path:
+def report_source(source: Source, out: str | Path, timeline_steps: int = 2,
+                  timeline_run: str | None = None) -> Path:
     """Write the report of an already loaded :class:`Source` into ``out``; returns the path of
     ``report.md``."""
     if not isinstance(timeline_steps, int) or timeline_steps < 1:
         raise ConfigError(f"--timeline-steps must be a positive integer, got {timeline_steps!r}")
-    sections, skipped = build_sections(source, timeline_steps)
+    sections, skipped = build_sections(source, timeline_steps, timeline_run)
     if not sections:
         raise ConfigError(f"{source.where}: nothing to draw ({'; '.join(skipped)})")
     out = Path(out)

@@ -5,6 +5,7 @@
     moe-report outputs/sim/...                      a single run
     moe-report outputs/tune/pareto                  a moe-tune study folder (study.db)
     moe-report --storage journal:out/tune.log --study s1 -o out/s1-report
+    moe-report outputs/sweep/... --timeline-run "prescope, cache.fraction=0.25"
 
 Writes PNG figures, their tables as CSV and ``report.md`` into ``<folder>/report/`` (``-o``
 chooses another folder), all at once: on an error nothing is written. User errors (a missing
@@ -18,6 +19,8 @@ import sys
 from collections.abc import Sequence
 
 from moe_offload_lab.traces.errors import ConfigError, run_cli
+
+from moe_offload_lab import version_line
 
 PROG = "moe-report"
 
@@ -36,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--study", help="study name in --storage")
     parser.add_argument("--timeline-steps", type=int, default=2,
                         help="steps in the timeline excerpt (default 2)")
+    parser.add_argument("--timeline-run", metavar="LABEL",
+                        help="the run the timeline excerpt draws: its label in the report, or a "
+                             "unique part of it (default: the most eventful run)")
+    parser.add_argument("--version", action="version", version=version_line(PROG))
     return parser
 
 
@@ -44,7 +51,7 @@ def _run(args: list[str]) -> int:
 
     ns = _parser().parse_args(args)
     path = write_report(ns.folder, ns.out, storage=ns.storage, study=ns.study,
-                        timeline_steps=ns.timeline_steps)
+                        timeline_steps=ns.timeline_steps, timeline_run=ns.timeline_run)
     print(f"wrote {path}")
     return 0
 

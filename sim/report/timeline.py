@@ -15,6 +15,7 @@ import seaborn as sns
 from matplotlib.patches import Patch
 from moe_offload_lab.sim.report.sources import Source
 from moe_offload_lab.sim.report.style import Section, new_figure
+from moe_offload_lab.traces.errors import ConfigError
 
 # (row, legend label, kind, resource or None, details or None)
 CATEGORIES = (
@@ -61,9 +62,30 @@ def _window(events: pd.DataFrame, n_steps: int) -> pd.DataFrame:
     return steps.iloc[start:start + n_steps]
 
 
-def timeline_section(source: Source, n_steps: int = 2) -> Section | str:
-    """The Gantt chart of ``n_steps`` steps of the most eventful run with an event log."""
-    run = pick_run(source.runs)
+def find_run(runs: pd.DataFrame, label: str) -> pd.Series:
+    """The run labelled ``label``: an exact label, else the one run whose label contains it
+    (case-insensitive). ConfigError when there is none, several, or it has no event log."""
+    exact = runs[runs["label"] == label]
+    if exact.empty:
+        exact = runs[runs["label"].str.lower().str.contains(label.lower(), regex=False)]
+    labels = ", ".join(repr(x) for x in runs["label"])
+    if exact.empty:
+        raise ConfigError(f"--timeline-run {label!r}: no such run (runs: {labels})")
+    if len(exact) > 1:
+        raise ConfigError(f"--timeline-run {label!r} matches {len(exact)} runs "
+                          f"({', '.join(repr(x) for x in exact['label'])}); give a full label")
+    run = exact.iloc[0]
+    if not run["dir"] or not (Path(run["dir"]) / "events.parquet").is_file():
+        raise ConfigError(f"--timeline-run {label!r}: run {run['label']!r} has no "
+                          f"events.parquet")
+    return run
+
+
+def timeline_section(source: Source, n_steps: int = 2, run_label: str | None = None
+                     ) -> Section | str:
+    """The Gantt chart of ``n_steps`` steps of run ``run_label`` (see :func:`find_run`), by
+    default of the most eventful run with an event log."""
+    run = pick_run(source.runs) if run_label is None else find_run(source.runs, run_label)
     if run is None:
         return "no run folder with events.parquet"
     events = pd.read_parquet(Path(run["dir"]) / "events.parquet")

@@ -30,6 +30,8 @@ from moe_offload_lab.sim.tune.slurm import STORAGE_ENV
 from moe_offload_lab.sim.tune.storage import mask, scrub
 from moe_offload_lab.traces.errors import MoeLabError
 
+from moe_offload_lab import version_line
+
 PROG = "moe-tune"
 DEFAULT_OUT = "outputs/tune"
 
@@ -65,6 +67,7 @@ def _space_args(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line(PROG))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run (or resume) a study")
     _space_args(run)

@@ -3,8 +3,9 @@ that reproduces its value.
 
 The policy YAML is the trial's composed ``policy`` group (the chosen policy with the tuned
 ``policy.*`` overrides applied), renamed. The command carries the study's base overrides and the
-trial's non-policy overrides (``cache.fraction`` ...). Files are written atomically; a bundled
-config is never replaced without ``force``.
+trial's non-policy overrides (``cache.fraction`` ...); a file outside ``conf/policy`` is named
+by ``hydra.searchpath`` (a folder called ``policy``) or by path. Files are written atomically; a
+bundled config is never replaced without ``force``.
 """
 
 from __future__ import annotations
@@ -66,10 +67,10 @@ def moe_sim_command(name: str, rest: list[str], policy_dir: Path) -> str:
     args = ["moe-sim", f"policy={name}", *rest]
     bundled = (conf_dir() / "policy").resolve()
     if policy_dir.resolve() != bundled:
-        if policy_dir.name != "policy":
-            args.append(f"# copy {name}.yaml into conf/policy first")
-            return " ".join(shlex.quote(a) if not a.startswith("#") else a for a in args)
-        args.append(f"hydra.searchpath=[file://{policy_dir.resolve().parent.as_posix()}]")
+        if policy_dir.name != "policy":  # moe-sim takes the file by path
+            args[1] = f"policy={(policy_dir / f'{name}.yaml').as_posix()}"
+        else:
+            args.append(f"hydra.searchpath=[file://{policy_dir.resolve().parent.as_posix()}]")
     return " ".join(shlex.quote(a) for a in args)
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from moe_offload_lab.policies.cache import SlotCache
-from moe_offload_lab.policies.config import build_policy
 from moe_offload_lab.policies.context import LayerContext
+from moe_offload_lab.policies.cost import DecisionCost
 from moe_offload_lab.policies.learned import checkpoint
 from moe_offload_lab.policies.learned.data import build_examples
 from moe_offload_lab.policies.learned.runner import Runner
@@ -125,8 +125,9 @@ def test_runs_in_the_simulator_and_charges_its_cost(name) -> None:
                      "replacement": {"name": "lru"}, "placement": {"name": "gpu"},
                      "admission": {"name": "always"}}
     result = simulate(RunConfig.from_dict(cfg))
-    policy = build_policy(cfg["policy"])
-    cost = policy.decision_cost
+    s = result.summary  # what the run charged: the table's figures plus the checkpoint's own
+    cost = DecisionCost(s["decision_cost_where"], s["decision_cost_fixed_us"] * 1e-6,
+                        s["decision_cost_per_token_us"] * 1e-6)
     predictor_cost = checkpoint.read_meta(CKPT.format(name))["cost"]["cpu"]
     assert cost.fixed_s >= predictor_cost["fixed_s"] > 0
     events = result.events
