@@ -55,14 +55,19 @@ class ComposedPolicy(Policy):
             except TypeError as exc:
                 raise ConfigError(f"policy {config.name!r}: decision_cost: {exc}") from None
         else:
-            self._cost = (self.predictor.decision_cost + self.planner.decision_cost
-                          + self.replacement.decision_cost + self.placement.decision_cost
-                          + self.admission.decision_cost)
+            self._cost = self._component_cost()
         self._keep: set[int] = set()
         self._keep_step = self._keep_layer = -1
         self._victims: list[int] = []
         self._ctx: LayerContext | None = None
         self.horizon = config.horizon
+
+    def _component_cost(self) -> DecisionCost:
+        """The sum of the components' declared costs (a learned predictor trained at ``reset``
+        declares its measured cost only then)."""
+        return (self.predictor.decision_cost + self.planner.decision_cost
+                + self.replacement.decision_cost + self.placement.decision_cost
+                + self.admission.decision_cost)
 
     @property
     def decision_cost(self) -> DecisionCost:
@@ -86,6 +91,8 @@ class ComposedPolicy(Policy):
         self.num_experts = spec.num_experts
         self.horizon = min(self.config.horizon, spec.num_moe_layers)
         self.predictor.reset(spec, self.horizon, trace, schedule, self.config.seed)
+        if self.config.decision_cost is None:
+            self._cost = self._component_cost()
         self.replacement.reset(spec, capacity_slots, trace, schedule)
         self.placement.reset(spec, cost_model)
         self.planner.reset(spec, capacity_slots, cost_model, self.horizon)

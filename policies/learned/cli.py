@@ -69,8 +69,24 @@ def _split(cfg: dict[str, Any], trace: Any):  # noqa: ANN202
 
 def train(cfg: dict[str, Any]) -> dict[str, Any]:
     """Train the configured predictor, write its checkpoint; returns the metadata."""
+    from moe_offload_lab.policies.learned import checkpoint
+
+    trace, provenance = _trace(cfg)
+    model, meta = train_on(trace, provenance, cfg)
+    out = Path(cfg["out"])
+    out = out if out.suffix == ".pt" else out / "model.pt"
+    checkpoint.save(out, model, meta)
+    print(_report(meta["name"], out, meta))
+    return meta
+
+
+def train_on(trace: Any, provenance: dict[str, Any], cfg: dict[str, Any]) -> tuple[Any, dict]:
+    """Train the predictor of the composed config ``cfg`` on ``trace`` (split by request), score
+    it on the held-out requests and measure its cost; returns the model and its metadata (the
+    checkpoint is not written). Shared by ``moe-train`` and the auto-trained checkpoints of
+    :mod:`policies.learned.autotrain`."""
     import torch
-    from moe_offload_lab.policies.learned import checkpoint, timing
+    from moe_offload_lab.policies.learned import timing
     from moe_offload_lab.policies.learned.data import build_examples, fingerprint
     from moe_offload_lab.policies.learned.evaluate import learned_probs, score
     from moe_offload_lab.policies.learned.models import Shape, build_model
@@ -82,7 +98,6 @@ def train(cfg: dict[str, Any]) -> dict[str, Any]:
     if not name or not kind:
         raise ConfigError("predictor config needs name and kind")
     router_path = pcfg.pop("router_weights", None)
-    trace, provenance = _trace(cfg)
     spec = trace.spec
     context, horizon = int(cfg["context"]), int(cfg["horizon"])
     feature_dim = 0 if trace.features is None else int(trace.features.shape[2])
@@ -134,11 +149,7 @@ def train(cfg: dict[str, Any]) -> dict[str, Any]:
         "versions": {"torch": torch.__version__},
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
-    out = Path(cfg["out"])
-    out = out if out.suffix == ".pt" else out / "model.pt"
-    checkpoint.save(out, model, meta)
-    print(_report(name, out, meta))
-    return meta
+    return model, meta
 
 
 def _report(name: str, out: Path, meta: dict[str, Any]) -> str:
