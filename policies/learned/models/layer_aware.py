@@ -16,9 +16,10 @@ width keeps every axis: standardisation only).
 
 What is ours (the material we have gives the shape of the network, not its sizes): ``hidden``,
 the depth profile, ``pca_dim``, the skip connection around each hidden block (plain stacks of
-Linear + GELU train markedly slower at depth 3); and the input: the trace's ``features`` columns, which are
-the hidden state itself only when a recorder wrote them so (the bundled trace stores 16 random
-projections of its 128-wide hidden state, see ``policies/learned/README.md``).
+Linear + GELU train markedly slower at depth 3); and the input: the trace's ``features``
+columns, which are the hidden state itself only when a recorder wrote them so (the bundled
+trace stores 16 random projections of its 128-wide hidden state, see
+``policies/learned/README.md``).
 """
 
 from __future__ import annotations

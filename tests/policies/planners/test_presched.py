@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from moe_offload_lab.policies import CostModel, LayerContext, SlotCache
-from moe_offload_lab.policies.prediction import Prediction
 from moe_offload_lab.policies.planners.presched import (
     CPU,
     DEMAND,
@@ -20,6 +19,7 @@ from moe_offload_lab.policies.planners.presched import (
     plan_cost,
     solve,
 )
+from moe_offload_lab.policies.prediction import Prediction
 from moe_offload_lab.policies.registry import PLANNERS
 from moe_offload_lab.policies.toy_traces import toy_spec
 from policy_testing import policy_settings
