@@ -2,6 +2,9 @@
 
     moe-train [OVERRIDES]              train one predictor (predictor=<conf/train/predictor name>)
     moe-train evaluate [OVERRIDES]     compare checkpoints and the heuristic predictors
+    moe-train info [OVERRIDES]         Prophet's information split per model (entropy,
+                                       exploitable bits, the part from history, consecutive MI)
+    moe-train cache                    list the checkpoints ``checkpoint: auto`` trained and cached
 
 Training writes ``<out>/model.pt`` and ``<out>/model.json`` (default
 ``outputs/train/<predictor name>/``; an ``out`` ending in ``.pt`` names the file itself, with its
@@ -220,6 +223,51 @@ def evaluate(cfg: dict[str, Any]) -> tuple[Any, Any]:
     return table, curves
 
 
+def info(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Print (and optionally write) the information split of each requested trace."""
+    import json
+
+    from moe_offload_lab.traces.analysis.information_split import format_table, information_split
+    from moe_offload_lab.traces.atomic import write_text
+
+    i, t = cfg["info"], cfg["trace"]
+    models = list(i.get("models") or [])
+    traces = []
+    if models:
+        from moe_offload_lab.policies.learned.data import load_traces
+
+        for name in models:
+            traces.append(load_traces((), None, name, int(t["tokens"]), int(t["seed"]))[0])
+    else:
+        traces.append(_trace(cfg)[0])
+    rows = []
+    for trace in traces:
+        row = information_split(trace, int(cfg["context"]), int(i["seed"])).summary()
+        row["tokens"] = trace.num_tokens
+        rows.append(row)
+    table = format_table(rows)
+    print(f"information split (bits, layer means; held-out requests; c={cfg['context']})")
+    print(table, end="")
+    if i.get("out"):
+        out = Path(i["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "info.json", json.dumps(rows, indent=2) + "\n")
+        write_text(out / "info.md", table)
+        print(f"wrote {out / 'info.json'}, {out / 'info.md'}")
+    return rows
+
+
+def list_cache() -> int:
+    """Print the cached auto-trained checkpoints."""
+    from moe_offload_lab.policies.learned.autotrain import cache_root, entries
+
+    found = entries()
+    print(f"{cache_root()}: {len(found)} checkpoint(s)")
+    for e in found:
+        print(f"  {e['model']:<20} {e['predictor']:<22} {e['source'] or '?':<7} {e['path']}")
+    return 0
+
+
 def _main(argv: Sequence[str]) -> int:
     args = list(argv)
     if args and args[0] in ("-h", "--help", "help"):
@@ -228,6 +276,11 @@ def _main(argv: Sequence[str]) -> int:
     if args and args[0] == "evaluate":
         evaluate(compose(args[1:]))
         return 0
+    if args and args[0] == "info":
+        info(compose(args[1:]))
+        return 0
+    if args and args[0] == "cache":
+        return list_cache()
     train(compose(args))
     return 0
 
