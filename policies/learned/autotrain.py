@@ -30,6 +30,7 @@ Nothing here needs the network.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -49,6 +50,7 @@ VERSION = 1  # bump when a change to the training code invalidates cached checkp
 DISK_MIN_EXAMPLES = 20_000  # (tokens x MoE layers) below this: trained per process, not written
 SOURCES = ("auto", "preset", "trace")
 _MEMORY: dict[str, tuple[Any, dict[str, Any]]] = {}
+_CONFIGS: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
 
 
 def cache_root() -> Path:
@@ -152,10 +154,15 @@ def training_data(spec: ModelSpec, trace: Trace | None,
 
 
 def training_config(recipe: Recipe) -> dict[str, Any]:
-    """The composed ``conf/train`` config of ``recipe`` (quiet: no progress bar)."""
-    from moe_offload_lab.policies.learned.cli import compose
+    """The composed ``conf/train`` config of ``recipe`` (quiet: no progress bar); composed once
+    per process and recipe."""
+    key = (recipe.predictor, recipe.overrides)
+    if key not in _CONFIGS:
+        from moe_offload_lab.policies.learned.cli import compose
 
-    return compose([f"predictor={recipe.predictor}", "progress=false", *recipe.overrides])
+        _CONFIGS[key] = compose([f"predictor={recipe.predictor}", "progress=false",
+                                 *recipe.overrides])
+    return copy.deepcopy(_CONFIGS[key])
 
 
 def checkpoint_key(identity: dict[str, Any], cfg: dict[str, Any]) -> str:
@@ -185,7 +192,8 @@ def obtain(spec: ModelSpec, trace: Trace | None, recipe: Recipe,
     n_examples = (recipe.tokens if identity["source"] == "preset"
                   else (trace.num_tokens if trace is not None else 0)) * spec.num_moe_layers
     if n_examples < DISK_MIN_EXAMPLES:
-        model, meta = _train(build, _quick(cfg, trace), identity, key, None, progress=False)
+        model, meta = _train(build, _quick(cfg, trace), identity, key, None, progress=False,
+                             score_test=False)
         _MEMORY[key] = (model, meta)
         return model, meta
     with _locked(path.with_suffix(".lock")):
@@ -200,11 +208,12 @@ def obtain(spec: ModelSpec, trace: Trace | None, recipe: Recipe,
 
 
 def _train(build: Any, cfg: dict[str, Any], identity: dict[str, Any], key: str,
-           path: Path | None, progress: bool) -> tuple[Any, dict[str, Any]]:
+           path: Path | None, progress: bool,
+           score_test: bool = True) -> tuple[Any, dict[str, Any]]:
     from moe_offload_lab.policies.learned.cli import train_on
 
     trace, provenance = build()
-    model, meta = train_on(trace, provenance, {**cfg, "progress": progress})
+    model, meta = train_on(trace, provenance, {**cfg, "progress": progress}, score_test)
     meta["auto"] = {"key": key, "identity": identity, "cache_path": None if path is None
                     else str(path), "version": VERSION}
     model.eval()
@@ -213,7 +222,8 @@ def _train(build: Any, cfg: dict[str, Any], identity: dict[str, Any], key: str,
 
 def _quick(cfg: dict[str, Any], trace: Trace | None) -> dict[str, Any]:
     """A toy trace's training config: a short cost measurement, and no held-out split when the
-    trace has fewer than three requests (every request then trains)."""
+    trace has fewer than three requests (every request then trains); its held-out scores are
+    not computed either (a toy trace trains in a second; nobody reads them)."""
     out = {**cfg, "cost": {**cfg["cost"], "repeats": 5, "warmup": 2}}
     if trace is not None and len(np.unique(trace.request_id)) < 3:
         out["split"] = {**cfg["split"], "val": 0.0, "test": 0.0}

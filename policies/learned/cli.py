@@ -83,10 +83,11 @@ def train(cfg: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def train_on(trace: Any, provenance: dict[str, Any], cfg: dict[str, Any]) -> tuple[Any, dict]:
+def train_on(trace: Any, provenance: dict[str, Any], cfg: dict[str, Any],
+             score_test: bool = True) -> tuple[Any, dict]:
     """Train the predictor of the composed config ``cfg`` on ``trace`` (split by request), score
-    it on the held-out requests and measure its cost; returns the model and its metadata (the
-    checkpoint is not written). Shared by ``moe-train`` and the auto-trained checkpoints of
+    it on the held-out requests (unless ``score_test`` is False) and measure its cost; returns
+    the model and its metadata (the checkpoint is not written). Shared by ``moe-train`` and the auto-trained checkpoints of
     :mod:`policies.learned.autotrain`."""
     import torch
     from moe_offload_lab.policies.learned import timing
@@ -123,7 +124,9 @@ def train_on(trace: Any, provenance: dict[str, Any], cfg: dict[str, Any]) -> tup
     except TypeError as exc:
         raise ConfigError(f"train: {exc}") from None
     history = train_model(model, train_ex, val_ex, params, progress=bool(cfg.get("progress")))
-    rows, _ = score(learned_probs(Runner(model), test_ex), test_ex, spec.top_k)
+    rows = []
+    if score_test and len(test_ex):
+        rows, _ = score(learned_probs(Runner(model), test_ex), test_ex, spec.top_k)
     c = cfg["cost"]
     batches = [int(b) for b in c["batches"]]
     cost: dict[str, Any] = {"where": c["where"],
