@@ -192,7 +192,7 @@ def obtain(spec: ModelSpec, trace: Trace | None, recipe: Recipe,
     n_examples = (recipe.tokens if identity["source"] == "preset"
                   else (trace.num_tokens if trace is not None else 0)) * spec.num_moe_layers
     if n_examples < DISK_MIN_EXAMPLES:
-        model, meta = _train(build, _quick(cfg, trace), identity, key, None, progress=False,
+        model, meta = _train(build, _quick(cfg), identity, key, None, progress=False,
                              score_test=False)
         _MEMORY[key] = (model, meta)
         return model, meta
@@ -213,21 +213,20 @@ def _train(build: Any, cfg: dict[str, Any], identity: dict[str, Any], key: str,
     from moe_offload_lab.policies.learned.cli import train_on
 
     trace, provenance = build()
-    model, meta = train_on(trace, provenance, {**cfg, "progress": progress}, score_test)
+    cfg = {**cfg, "progress": progress}
+    if len(np.unique(trace.request_id)) < 3:  # too few to hold any out: every request trains
+        cfg["split"] = {**cfg["split"], "val": 0.0, "test": 0.0}
+    model, meta = train_on(trace, provenance, cfg, score_test)
     meta["auto"] = {"key": key, "identity": identity, "cache_path": None if path is None
                     else str(path), "version": VERSION}
     model.eval()
     return model, meta
 
 
-def _quick(cfg: dict[str, Any], trace: Trace | None) -> dict[str, Any]:
-    """A toy trace's training config: a short cost measurement, and no held-out split when the
-    trace has fewer than three requests (every request then trains); its held-out scores are
-    not computed either (a toy trace trains in a second; nobody reads them)."""
-    out = {**cfg, "cost": {**cfg["cost"], "repeats": 5, "warmup": 2}}
-    if trace is not None and len(np.unique(trace.request_id)) < 3:
-        out["split"] = {**cfg["split"], "val": 0.0, "test": 0.0}
-    return out
+def _quick(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A toy trace's training config: a short cost measurement (its held-out scores are not
+    computed either: a toy trace trains in a second and nobody reads them)."""
+    return {**cfg, "cost": {**cfg["cost"], "repeats": 5, "warmup": 2}}
 
 
 def _describe(identity: dict[str, Any]) -> str:

@@ -18,8 +18,11 @@ Estimates are **held-out cross-entropies**: requests are split (seeded) into a f
 a scoring part; a smoothed conditional model is fitted on the first and
 ``CE = -mean log2 q(x | context)`` measured on the second. Each context is a backoff chain from
 the longest context to the marginal: ``q_j(x | c) = (n_j(c, x) + a q_{j-1}(x | c')) / (n_j(c) + a)``
-(``a``, and for the *all* context which of two nested chains - through the whole history or
-through the last layer only - chosen on a validation part of the fitting requests). A cross-entropy bounds the true
+(``a``, and which chain - for *all*: from the whole history with the previous token down
+through the history or through the previous token alone, from the last layer with the previous
+token, the previous token alone, the history alone, or no context - chosen on a validation part
+of the fitting requests, so a context that does not generalise is ignored rather than credited
+negative bits). A cross-entropy bounds the true
 conditional entropy from above (up to sampling noise), so the information it credits to a
 context is a *lower bound*, unlike plug-in estimates, which over-credit sparse contexts.
 
@@ -177,12 +180,15 @@ def information_split(trace: Trace, context_layers: int = 3, seed: int = 0) -> I
                    for d in range(depth, 0, -1)]  # longest first
         previous = np.full(trace.num_tokens, none, dtype=np.int64)
         previous[later] = sets[layer][earlier]
-        with_previous = [  # two nested chains; the one better on validation is used
-            [_joint_codes([history[0], previous]), *history],
-            [_joint_codes([sets[layer - 1], previous]), history[-1]]]
+        full_prev = _joint_codes([history[0], previous])
+        last_prev = _joint_codes([sets[layer - 1], previous])
+        with_previous = [  # nested chains; the one best on validation is used
+            [full_prev, *history], [full_prev, previous], [last_prev, previous], [previous]]
         estimates = {}
-        for name, options in (("marginal", [[]]), ("history", [history]),
-                              ("all", with_previous)):
+        # every context may also be ignored (the simpler model wins on validation when the
+        # richer one does not generalise), so a context is never credited negative bits
+        for name, options in (("marginal", [[]]), ("history", [history, []]),
+                              ("all", [*with_previous, history, []])):
             best = (math.inf, 0.0, options[0])
             for contexts in options:
                 probe = _Chain(contexts, ids, fit, n_exp)
