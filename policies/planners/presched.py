@@ -26,8 +26,10 @@ with confidence through ``t``). So a plan is fixed by how many of each distance'
 candidates it takes and how the distances interleave on the link: a dynamic program over the
 count vectors ``(n_1 .. n_h)``, each extended by the next candidate of one distance at the next
 link position. Candidates whose cost is not below their miss cost even at the first link
-position are never worth a copy and are dropped first; at most ``max_candidates`` per distance
-enter the program (the solution is exact whenever no more pass that filter). The greedy planner
+position are never worth a copy and are dropped first; the program stops at the last link
+position where some candidate still gains; at most ``max_candidates`` per distance enter it
+(the solution is exact whenever no more pass that filter; the CPU's per-token time must exceed
+the GPU's, as on every real machine, for ``miss`` to grow with confidence). The greedy planner
 (``cost-aware``, :mod:`policies.planners.cost_aware`) stays as the baseline; the tests check that
 PreSched's plan equals an exhaustive search on small instances and beats the greedy plan's cost
 where greedy's earliest-deadline order is wrong.
@@ -40,6 +42,7 @@ deadlines (conservative); link and CPU contention are the cost model's, not meas
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -102,34 +105,45 @@ def solve(inst: Instance, max_candidates: int = 16) -> list[int]:
     """The prefetch order of least :func:`plan_cost` (see module docstring); indices into
     ``inst.items``."""
     classes: dict[int, list[int]] = {}
+    last_useful = -1  # the latest link position at which some candidate still gains
+    copy_s, backlog_s, waste_s = inst.copy_s, inst.backlog_s, inst.waste_s
     for i, item in enumerate(inst.items):
         if inst.delta(item, 0) < 0.0:  # else never worth a copy, at any position
             classes.setdefault(item.distance, []).append(i)
-    if not classes or inst.max_keys <= 0:
+            # delta(p) < 0  <=>  late(p) < miss - (1 - c) waste / c; late grows with p
+            slack = item.miss_s - (1.0 - item.confidence) * waste_s / item.confidence
+            finish_by = inst.deadlines[item.distance - 1] + slack
+            last_useful = max(last_useful, math.ceil((finish_by - backlog_s) / copy_s) - 1)
+    positions = min(inst.max_keys, last_useful + 1)
+    if not classes or positions <= 0:
         return []
-    dists = sorted(classes)
-    lists = []
-    for d in dists:
+    lists = []  # per distance: (indices, confidences, misses, deadline), most confident first
+    for d in sorted(classes):
         members = sorted(classes[d], key=lambda i: (-inst.items[i].confidence, inst.items[i].key))
-        lists.append(members[:min(max_candidates, inst.max_keys)])
+        members = members[:min(max_candidates, positions)]
+        lists.append((members, [inst.items[i].confidence for i in members],
+                      [inst.items[i].miss_s for i in members], inst.deadlines[d - 1]))
     start = (0,) * len(lists)
-    best: dict[tuple[int, ...], tuple[float, tuple[int, ...] | None, int]] = {start: (0.0, None,
-                                                                                     -1)}
+    best: dict[tuple[int, ...], tuple[float, tuple[int, ...] | None, int]] = {
+        start: (0.0, None, -1)}
     frontier = [start]
     answer, answer_cost = start, 0.0
-    for position in range(inst.max_keys):
+    for position in range(positions):
+        finish = backlog_s + (position + 1) * copy_s
         grown: dict[tuple[int, ...], tuple[float, tuple[int, ...] | None, int]] = {}
         for state in frontier:
             cost = best[state][0]
-            for c, members in enumerate(lists):
+            for c, (members, conf, miss, deadline) in enumerate(lists):
                 taken = state[c]
                 if taken >= len(members):
                     continue
-                i = members[taken]
-                new_cost = cost + inst.delta(inst.items[i], position)
+                p = conf[taken]
+                late = finish - deadline if finish > deadline else 0.0
+                new_cost = cost + p * (late - miss[taken]) + (1.0 - p) * waste_s
                 nxt = state[:c] + (taken + 1,) + state[c + 1:]
-                if nxt not in grown or new_cost < grown[nxt][0]:
-                    grown[nxt] = (new_cost, state, i)
+                old = grown.get(nxt)
+                if old is None or new_cost < old[0]:
+                    grown[nxt] = (new_cost, state, members[taken])
         if not grown:
             break
         best.update(grown)
@@ -158,7 +172,8 @@ def fates(inst: Instance, order: Sequence[int]) -> dict[int, str]:
 class PreSched(CostAwarePlanner):
     """PreScope's cross-layer plan: per expert prefetch, on demand or CPU, solved exactly over
     the horizon (see module docstring). After :meth:`plan`, :attr:`fates` maps every candidate
-    key to its fate and :attr:`instance` holds the problem solved."""
+    key to its fate and :attr:`instance` holds the problem solved (candidates too unconfident to
+    ever gain from a copy are left out of it: their fate is demand or CPU)."""
 
     decision_cost = DecisionCost("cpu", 12.0e-6, 0.1e-6)
 
@@ -177,20 +192,35 @@ class PreSched(CostAwarePlanner):
     def plan(self, ctx: LayerContext, prediction: Prediction | None) -> FetchPlan:
         """Build the instance from the prediction and the cost model, solve it, issue it."""
         plan, wanted = self._start_plan(ctx, False), self.wanted
-        self.fates: dict[int, str] = {}
+        self._order: list[int] = []
+        self._skipped: list[tuple[int, float]] = []
+        self._batch = max(ctx.num_tokens, 1)
         horizon = prediction.horizon if prediction is not None else 1
         backlog_s, wait_s, layer_s, max_keys = self._frame(ctx, plan, horizon)
         if prediction is None:
             return plan
         inst = self.instance = self._instance(ctx, prediction, backlog_s, wait_s, layer_s,
                                               max_keys)
-        order = solve(inst, self.params.max_candidates)
-        self.fates = fates(inst, order)
+        order = self._order = solve(inst, self.params.max_candidates)
         for i in order:
             key = inst.items[i].key
             plan.keys.append(key)
             wanted.add(key)
         return plan
+
+    @property
+    def fates(self) -> dict[int, str]:
+        """Every candidate key of the last plan -> prefetch, demand or cpu (computed on access:
+        for reports and tests, not the hot path)."""
+        if not hasattr(self, "instance"):
+            return {}
+        out = fates(self.instance, self._order)
+        cm = self.cost_model
+        for key, conf in self._skipped:
+            tokens = max(tokens_from_union(conf, self._batch), 1e-9)
+            cheaper = cm.cpu_expert_s(tokens) - cm.gpu_expert_s(tokens) < self.copy_s
+            out[key] = CPU if self.params.consider_cpu and cheaper else DEMAND
+        return out
 
     def _instance(self, ctx: LayerContext, prediction: Prediction, backlog_s: float,
                   wait_s: float, layer_s: float, max_keys: int) -> Instance:
@@ -198,17 +228,25 @@ class PreSched(CostAwarePlanner):
         resident, in_flight = ctx.view.resident, ctx.view.in_flight
         wanted, n_experts = self.wanted, self.num_experts
         batch = max(ctx.num_tokens, 1)
-        cm, threshold = self.cost_model, self._threshold
+        cm = self.cost_model
+        # a candidate can only gain if c * miss > (1 - c) * waste even when on time, and miss is
+        # at most one copy: below this confidence it is never prefetched, whatever its fate
+        useless = self._waste_s / (self.copy_s + self._waste_s) if self._waste_s > 0 else 0.0
+        threshold = max(self._threshold, useless)
         items = []
         for i in range(prediction.horizon):
             base = prediction.targets[i] * n_experts
             for expert, conf in zip(prediction.ranked[i], prediction.confidence[i],
                                     strict=False):
-                if conf < threshold:
-                    break
                 key = base + expert
                 if key in resident or key in in_flight:
-                    wanted.add(key)
+                    if conf >= self._threshold:
+                        wanted.add(key)
+                    continue
+                if conf <= threshold:
+                    if conf < self._threshold:
+                        break
+                    self._skipped.append((key, conf))  # never prefetched: demand or CPU
                     continue
                 tokens = max(tokens_from_union(conf, batch), 1e-9)
                 miss_s = self._miss_s(tokens)

@@ -18,6 +18,7 @@ BATCH needs them, not by token-level scores (which would list a popular expert `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,4 +70,4 @@ def tokens_from_union(score: float, batch: int) -> float:
     if batch <= 1:
         return float(score)
     score = min(max(score, 0.0), 1.0 - 1e-12)
-    return batch * -float(np.expm1(np.log1p(-score) / batch))
+    return batch * -math.expm1(math.log1p(-score) / batch)
