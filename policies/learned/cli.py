@@ -87,8 +87,8 @@ def train_on(trace: Any, provenance: dict[str, Any], cfg: dict[str, Any],
              score_test: bool = True) -> tuple[Any, dict]:
     """Train the predictor of the composed config ``cfg`` on ``trace`` (split by request), score
     it on the held-out requests (unless ``score_test`` is False) and measure its cost; returns
-    the model and its metadata (the checkpoint is not written). Shared by ``moe-train`` and the auto-trained checkpoints of
-    :mod:`policies.learned.autotrain`."""
+    the model and its metadata (the checkpoint is not written). Shared by ``moe-train`` and the
+    auto-trained checkpoints of :mod:`policies.learned.autotrain`."""
     import torch
     from moe_offload_lab.policies.learned import timing
     from moe_offload_lab.policies.learned.data import build_examples, fingerprint

@@ -193,7 +193,7 @@ class PreSched(CostAwarePlanner):
         """Build the instance from the prediction and the cost model, solve it, issue it."""
         plan, wanted = self._start_plan(ctx, False), self.wanted
         self._order: list[int] = []
-        self._skipped: list[tuple[int, float]] = []
+        self._skipped: list[tuple[int, int, float]] = []  # (key, distance, confidence)
         self._batch = max(ctx.num_tokens, 1)
         horizon = prediction.horizon if prediction is not None else 1
         backlog_s, wait_s, layer_s, max_keys = self._frame(ctx, plan, horizon)
@@ -214,13 +214,24 @@ class PreSched(CostAwarePlanner):
         for reports and tests, not the hot path)."""
         if not hasattr(self, "instance"):
             return {}
-        out = fates(self.instance, self._order)
+        return fates(self.full_instance(), self._order)
+
+    def full_instance(self) -> Instance:
+        """The last instance with the skipped candidates added back (after the solved ones, so
+        the plan's indices stay valid): for scoring other plans, e.g. the greedy baseline's."""
+        inst = self.instance
+        extra = tuple(self._item(key, d, conf, self._batch) for key, d, conf in self._skipped)
+        return Instance(inst.items + extra, inst.copy_s, inst.backlog_s, inst.deadlines,
+                        inst.waste_s, inst.max_keys)
+
+    def _item(self, key: int, distance: int, conf: float, batch: int) -> Item:
+        """A candidate with its miss cost: the cheaper of a demand copy and the CPU's extra time
+        for its expected tokens (the CPU only with ``consider_cpu``)."""
         cm = self.cost_model
-        for key, conf in self._skipped:
-            tokens = max(tokens_from_union(conf, self._batch), 1e-9)
-            cheaper = cm.cpu_expert_s(tokens) - cm.gpu_expert_s(tokens) < self.copy_s
-            out[key] = CPU if self.params.consider_cpu and cheaper else DEMAND
-        return out
+        tokens = max(tokens_from_union(conf, batch), 1e-9)
+        on_cpu = self.params.consider_cpu and \
+            cm.cpu_expert_s(tokens) - cm.gpu_expert_s(tokens) < self.copy_s
+        return Item(key, distance, conf, self._miss_s(tokens), on_cpu)
 
     def _instance(self, ctx: LayerContext, prediction: Prediction, backlog_s: float,
                   wait_s: float, layer_s: float, max_keys: int) -> Instance:
@@ -228,7 +239,6 @@ class PreSched(CostAwarePlanner):
         resident, in_flight = ctx.view.resident, ctx.view.in_flight
         wanted, n_experts = self.wanted, self.num_experts
         batch = max(ctx.num_tokens, 1)
-        cm = self.cost_model
         # a candidate can only gain if c * miss > (1 - c) * waste even when on time, and miss is
         # at most one copy: below this confidence it is never prefetched, whatever its fate
         useless = self._waste_s / (self.copy_s + self._waste_s) if self._waste_s > 0 else 0.0
@@ -246,13 +256,9 @@ class PreSched(CostAwarePlanner):
                 if conf <= threshold:
                     if conf < self._threshold:
                         break
-                    self._skipped.append((key, conf))  # never prefetched: demand or CPU
+                    self._skipped.append((key, i + 1, conf))  # never prefetched
                     continue
-                tokens = max(tokens_from_union(conf, batch), 1e-9)
-                miss_s = self._miss_s(tokens)
-                on_cpu = self.params.consider_cpu and \
-                    cm.cpu_expert_s(tokens) - cm.gpu_expert_s(tokens) < self.copy_s
-                items.append(Item(key, i + 1, conf, miss_s, on_cpu))
+                items.append(self._item(key, i + 1, conf, batch))
         deadlines = tuple(wait_s + d * layer_s for d in range(1, prediction.horizon + 1))
         return Instance(tuple(items), self.copy_s, backlog_s, deadlines, self._waste_s,
                         max(max_keys, 0))
