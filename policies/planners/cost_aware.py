@@ -107,11 +107,23 @@ class CostAwarePlanner(Planner):
         current_keys = ctx.keys
         layer_s = (self._other_s + len(current_keys) * self._fixed_s
                    + ctx.num_tokens * self._token_s)
+        wait_s += self._cpu_overrun_s(ctx, layer_s)
         miss_s = self._miss_s(max(ctx.num_tokens, 1))
         last_deadline = wait_s + horizon * layer_s
         useful = math.ceil((last_deadline + miss_s - backlog_s) / copy_s)
         max_keys = min(self.max_keys, useful, self.capacity_slots - len(current_keys))
         return backlog_s, wait_s, layer_s, max_keys
+
+    def _cpu_overrun_s(self, ctx: LayerContext, layer_s: float) -> float:
+        """How much longer than its GPU work the current layer runs because of the experts it
+        computes on the CPU (the current keys neither resident nor in flight), serially."""
+        view = ctx.view
+        resident, in_flight = view.resident, view.in_flight
+        cpu_s = 0.0
+        for key, tokens in zip(ctx.keys, ctx.tokens_per_expert, strict=False):
+            if key not in resident and key not in in_flight:
+                cpu_s += self.cost_model.cpu_expert_s(tokens)
+        return max(0.0, cpu_s - layer_s)
 
     def plan(self, ctx: LayerContext, prediction: Prediction | None) -> FetchPlan:
         """Greedy expected-stall plan (see module docstring)."""

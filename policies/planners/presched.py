@@ -10,7 +10,10 @@ The model (the same timing as the greedy ``cost-aware`` planner, :class:`CostMod
 
 - the link serves one copy at a time; copy ``n`` of the plan (0-based) finishes at
   ``backlog_s + (n + 1) * copy_s`` (``backlog_s``: copies already queued);
-- layer ``l + d`` starts at its deadline ``T_d = wait_s + d * layer_s``;
+- layer ``l + d`` starts at its deadline ``T_d``: ``wait_s`` (this layer's demand copies and
+  CPU overrun) plus ``d`` layers of GPU work ``layer_s`` plus the expected stall of layers
+  ``l + 1 .. l + d - 1`` as if none of their candidates were prefetched (an upper bound: the
+  plan decides those stalls, and a planner that ignored them would call every copy late);
 - an expert with batch-level confidence ``c`` (the probability the batch needs it) and ``t``
   expected tokens (from ``c`` over the batch's i.i.d. tokens) costs, in expectation:
   prefetched at position ``n``: ``c * max(0, finish(n) - T_d) + (1 - c) * waste_s``
@@ -36,8 +39,8 @@ where greedy's earliest-deadline order is wrong.
 
 What differs from the paper (the material we have describes the goal, "globally optimal plans
 balancing prefetching costs and loading overhead" across layers, not the algorithm): the plan is
-remade at every layer over a sliding horizon; stalls of earlier layers do not shift later
-deadlines (conservative); link and CPU contention are the cost model's, not measured.
+remade at every layer over a sliding horizon; the intermediate layers' stalls are the
+no-prefetch upper bound; link and CPU contention are the cost model's, not measured.
 """
 
 from __future__ import annotations
@@ -259,6 +262,17 @@ class PreSched(CostAwarePlanner):
                     self._skipped.append((key, i + 1, conf))  # never prefetched
                     continue
                 items.append(self._item(key, i + 1, conf, batch))
-        deadlines = tuple(wait_s + d * layer_s for d in range(1, prediction.horizon + 1))
+        # a layer lasts its GPU work plus the expected stall of its misses; before the plan is
+        # known, take every candidate of the layer as missed (an upper bound of its length)
+        stall = [0.0] * prediction.horizon
+        for item in items:
+            stall[item.distance - 1] += item.confidence * item.miss_s
+        for key, d, conf in self._skipped:
+            stall[d - 1] += conf * self._item(key, d, conf, batch).miss_s
+        deadlines, start = [], wait_s
+        for d in range(prediction.horizon):
+            start += layer_s if d == 0 else layer_s + stall[d - 1]
+            deadlines.append(start)
+        deadlines = tuple(deadlines)
         return Instance(tuple(items), self.copy_s, backlog_s, deadlines, self._waste_s,
                         max(max_keys, 0))

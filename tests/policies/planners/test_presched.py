@@ -74,7 +74,8 @@ def test_hand_worked_instance() -> None:
         0.5 * 0.5 + 0.5 * 0.3 + 0.95 * 1.0 + 0.05 * 0.3)
 
 
-def _frame(planner_name: str, **params) -> tuple[object, LayerContext, Prediction]:
+def _frame(planner_name: str, confidence_a: float = 0.5,
+           **params) -> tuple[object, LayerContext, Prediction]:
     # copy 1.5 ms, one layer 1 ms (no expert time), nothing on the link
     cost = CostModel(link_bytes_per_s=SPEC.expert_bytes / 1.5e-3, copy_latency_s=0.0,
                      expert_bytes=SPEC.expert_bytes, gpu_expert_s_per_token=0.0,
@@ -82,23 +83,27 @@ def _frame(planner_name: str, **params) -> tuple[object, LayerContext, Predictio
                      cpu_expert_fixed_s=0.0, layer_other_s=1e-3)
     planner = PLANNERS.build({"name": planner_name, "min_confidence": 0.0, **params})
     planner.reset(SPEC, 16, cost, 2)
-    ctx = LayerContext(SPEC, SlotCache(16, 8, 6))
+    cache = SlotCache(16, 8, 6)
+    for key in (0, 1):  # the current layer's experts are resident: no CPU work now
+        cache.insert(key)
+    ctx = LayerContext(SPEC, cache)
     ctx.begin_step(0, np.zeros(1, np.int32), np.ones(1, np.int8))
     ctx.set_layer(0, [0, 1], [1, 1])
     prediction = Prediction(2, 6, 8)
     prediction.begin(0, 0)
-    prediction.ranked[0], prediction.confidence[0] = [2], [0.5]  # A: layer 1, key 10
+    prediction.ranked[0], prediction.confidence[0] = [2], [confidence_a]  # A: layer 1, key 10
     prediction.ranked[1], prediction.confidence[1] = [5], [0.95]  # B: layer 2, key 21
     return planner, ctx, prediction
 
 
 def test_beats_the_greedy_baseline_where_earliest_deadline_first_is_wrong() -> None:
-    # greedy takes B (most confident) then A, and issues them earliest deadline first: A's
-    # copy makes B late by 1 ms. PreSched sees that B alone is worth more.
-    greedy, ctx, prediction = _frame("cost-aware", waste_weight=0.2, consider_cpu=False)
+    # greedy takes B (most confident) then A (0.35 * (1.5 - 0.5) > 0.65 * 0.3), and issues them
+    # earliest deadline first: A's copy makes B late (B's layer starts after 2 ms of GPU work
+    # plus A's expected miss, 0.35 * 1.5 ms = 2.525 ms; B lands at 3 ms). B alone is worth more.
+    greedy, ctx, prediction = _frame("cost-aware", 0.35, waste_weight=0.2, consider_cpu=False)
     greedy_keys = list(greedy.plan(ctx, prediction).keys)
     assert greedy_keys == [8 + 2, 16 + 5]
-    exact, ctx, prediction = _frame("presched", waste_weight=0.2, consider_cpu=False)
+    exact, ctx, prediction = _frame("presched", 0.35, waste_weight=0.2, consider_cpu=False)
     exact_keys = list(exact.plan(ctx, prediction).keys)
     assert exact_keys == [16 + 5]
     inst = exact.instance
@@ -111,7 +116,7 @@ def test_beats_the_greedy_baseline_where_earliest_deadline_first_is_wrong() -> N
 
 def test_chooses_the_cpu_when_it_is_cheaper_than_a_copy() -> None:
     # one token: the CPU takes 1 ms more than the GPU, a copy 1.5 ms -> A is computed on the
-    # CPU (its miss costs 0.5 * 1 ms, less than a late prefetch's stall and waste)
+    # CPU (at 0.5 it can never repay a copy's waste: 0.5 * 1.5 >= 0.5 * 1.5)
     planner, ctx, prediction = _frame("presched", waste_weight=1.0)
     keys = list(planner.plan(ctx, prediction).keys)
     assert planner.fates[8 + 2] == CPU
