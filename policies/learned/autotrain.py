@@ -70,7 +70,7 @@ class Recipe:
 
     predictor: str = "history-transformer"
     source: str = "auto"
-    tokens: int = 8000
+    tokens: int = 4000
     seed: int = 90001
     overrides: tuple[str, ...] = ()
 

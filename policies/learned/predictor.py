@@ -61,7 +61,7 @@ class LearnedPredictor(Predictor):
         checkpoint: str = ""
         train_predictor: str = "history-transformer"
         train_source: str = "auto"
-        train_tokens: int = 8000
+        train_tokens: int = 4000
         train_seed: int = 90001
         train_overrides: tuple[str, ...] = ()
         where: str = ""
