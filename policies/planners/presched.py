@@ -45,6 +45,7 @@ no-prefetch upper bound; link and CPU contention are the cost model's, not measu
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -162,6 +163,17 @@ def solve(inst: Instance, max_candidates: int = 16) -> list[int]:
         assert prev is not None
         state = prev
     return order[::-1]
+
+
+def exhaustive_cost(inst: Instance) -> float:
+    """The least :func:`plan_cost` over every subset of the candidates in every link order:
+    the reference :func:`solve` is checked against (factorial time: small instances only)."""
+    n = len(inst.items)
+    best = plan_cost(inst, [])
+    for size in range(1, min(n, inst.max_keys) + 1):
+        for order in itertools.permutations(range(n), size):
+            best = min(best, plan_cost(inst, order))
+    return best
 
 
 def fates(inst: Instance, order: Sequence[int]) -> dict[int, str]:

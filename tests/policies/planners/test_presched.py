@@ -3,8 +3,6 @@ where its order is wrong, chooses CPU compute when the CPU is cheaper, and respe
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 from hypothesis import given
@@ -16,6 +14,7 @@ from moe_offload_lab.policies.planners.presched import (
     PREFETCH,
     Instance,
     Item,
+    exhaustive_cost,
     plan_cost,
     solve,
 )
@@ -26,16 +25,6 @@ from policy_testing import policy_settings
 from test_planners import _check_plan, _setup
 
 SPEC = toy_spec(6, 8, 2)
-
-
-def exhaustive(inst: Instance) -> float:
-    """The least plan cost over every subset of the candidates in every link order."""
-    n = len(inst.items)
-    best = plan_cost(inst, [])
-    for size in range(1, min(n, inst.max_keys) + 1):
-        for order in itertools.permutations(range(n), size):
-            best = min(best, plan_cost(inst, order))
-    return best
 
 
 @st.composite
@@ -60,7 +49,7 @@ def instances(draw: st.DrawFn) -> Instance:
 def test_plan_equals_exhaustive_search(inst: Instance) -> None:
     order = solve(inst)
     assert len(order) == len(set(order)) <= inst.max_keys
-    assert plan_cost(inst, order) == pytest.approx(exhaustive(inst), abs=1e-9)
+    assert plan_cost(inst, order) == pytest.approx(exhaustive_cost(inst), abs=1e-9)
 
 
 def test_hand_worked_instance() -> None:
