@@ -30,7 +30,8 @@ PROG = "moe-hw"
 def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"{PROG} run", description="replay a trace through "
                                      "the offloading executor")
-    parser.add_argument("--model", default="mixtral-8x7b", help="conf/model name")
+    parser.add_argument("--model", default="mixtral-8x7b",
+                        help="conf/model name, ModelSpec YAML or Hugging Face config.json")
     parser.add_argument("--layers", type=int, help="scaled-down copy: this many layers")
     parser.add_argument("--hidden", type=int, help="scaled-down copy: this hidden size")
     parser.add_argument("--intermediate", type=int, help="scaled-down copy: expert width")

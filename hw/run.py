@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from moe_offload_lab.hw.replay import DEFAULT_HARDWARE, ReplayResult, run_replay
-from moe_offload_lab.traces.catalog import load_model
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace
+from moe_offload_lab.traces.hf_config import load_model_spec
 from moe_offload_lab.traces.spec import ModelSpec
 
 KEYS = {"model", "model_overrides", "trace", "policy", "cache", "batch", "device", "prefill",
@@ -34,8 +34,8 @@ KEYS = {"model", "model_overrides", "trace", "policy", "cache", "batch", "device
 
 
 def _spec(model: Any, overrides: Mapping[str, Any] | None) -> ModelSpec:
-    if isinstance(model, str):
-        spec = load_model(model)
+    if isinstance(model, str):  # a catalog name, a ModelSpec YAML or a Hugging Face config.json
+        spec = load_model_spec(model)
     elif isinstance(model, Mapping):
         spec = ModelSpec.from_dict(dict(model))
     else:

@@ -1,10 +1,11 @@
 """Live mode: a Hugging Face MoE model whose own routers drive the offloading executor.
 
-:mod:`hw.live.adapters` finds each architecture's MoE blocks and packs their routed experts,
-:mod:`hw.live.store` holds those experts in the :class:`~hw.store.ExpertStore` layout (one host
-buffer per expert) with the architecture's exact expert function, :mod:`hw.live.block` is the
-offloading block that replaces each MoE block, and :mod:`hw.live.runner` frames every forward
-call of the model as one executor step (:class:`LiveRunner`, :func:`run_live`).
+:mod:`hw.live.adapters` finds the routers and the experts modules (transformers' experts
+interface) and their weight layout, :mod:`hw.live.store` holds the routed experts in the
+:class:`~hw.store.ExpertStore` layout (one host buffer per expert) with the interface's expert
+function, :mod:`hw.live.interface` is live mode's function registered with transformers'
+``ExpertsInterface``, and :mod:`hw.live.runner` frames every forward call of the model as one
+executor step (:class:`LiveRunner`, :func:`run_live`).
 """
 
 from moe_offload_lab.hw.live.runner import (

@@ -1,20 +1,25 @@
-"""Per-architecture knowledge of live mode: MoE blocks, routed expert weights, shared experts.
+"""A live model's MoE structure: its routers and its experts modules, found generically.
 
-Routers and MoE-block discovery come from :mod:`traces.record.adapters` (the same structural search
-the recorder uses). Here each architecture adds how its routed experts are stored and computed
-(transformers 5.x, fused):
+Routers come from :func:`traces.record.adapters.find_routers` (transformers' own router
+declaration, the per-architecture table as a fallback). The routed experts are the modules that
+transformers 5.x builds with ``@use_experts_implementation`` (``transformers.integrations.moe``):
+every MoE block of the supported models holds one, whose forward transformers dispatches by
+``config._experts_implementation`` to a function ``(module, hidden_states [T, H],
+top_k_index [T, k], top_k_weights [T, k]) -> [T, H]``. Live mode registers its own function there
+(:mod:`hw.live.interface`), so the model's own MoE block code (router, shared experts, how the
+shared term is added, GPT-OSS's router scores) runs unchanged and only the routed experts go
+through the offloading executor.
 
-- SwiGLU family (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3): ``experts.gate_up_proj``
-  ``[E, 2I, H]`` (gate rows first) and ``experts.down_proj`` ``[E, H, I]``; expert ``e``'s buffer
-  is ``gate_up_proj[e]`` then ``down_proj[e]`` flattened, i.e. exactly the store's ``gate [I, H]``,
-  ``up [I, H]``, ``down [H, I]`` layout; activation ``experts.act_fn``.
-- GPT-OSS: ``gate_up_proj`` ``[E, H, 2I]`` (transposed, gate/up interleaved in the columns),
-  ``gate_up_proj_bias`` ``[E, 2I]``, ``down_proj`` ``[E, I, H]``, ``down_proj_bias`` ``[E, H]``;
-  the buffer keeps that layout (``[H*2I | 2I | I*H | H]``) and the expert function is GPT-OSS's
-  clamped SwiGLU (``alpha``, ``limit``, ``(up + 1) * glu``).
+The decorator also describes each experts module's weights, which :class:`ExpertLayout` reads:
+``gate_up_proj`` (``has_gate``; ``up_proj`` otherwise) ``[E, 2I, H]`` or, ``is_transposed``,
+``[E, H, 2I]`` (GPT-OSS, gate and up interleaved: ``is_concatenated`` false), optional
+``*_bias`` (``has_bias``), ``down_proj`` ``[E, H, I]`` or ``[E, I, H]``; the activation is the
+module's own ``_apply_gate`` (or ``act_fn`` without a gate), and ``post_expert_norm`` when
+``has_post_expert_norm``. One expert's host buffer is its slices of these parameters, flattened
+and concatenated in that order.
 
-Shared experts stay resident: Qwen2-MoE's ``shared_expert`` scaled by
-``sigmoid(shared_expert_gate(x))``, DeepSeek's ``shared_experts``.
+Architectures whose experts do not use the interface (custom code, or quantized experts replaced
+by another module class) are refused with one ConfigError.
 """
 
 from __future__ import annotations
@@ -24,74 +29,93 @@ from typing import Any
 
 import torch
 from moe_offload_lab.traces.errors import ConfigError
-from moe_offload_lab.traces.record.adapters import ArchAdapter, find_routers
+from moe_offload_lab.traces.record.adapters import RouterSet, find_routers
 
-SWIGLU_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")
-GPT_OSS = "gpt_oss"
-SUPPORTED = (*SWIGLU_TYPES, GPT_OSS)
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """Where one expert's weights sit in its host buffer: ``parts`` are ``(parameter name,
+    shape of one expert's slice)`` in buffer order, plus the interface flags."""
+
+    parts: tuple[tuple[str, tuple[int, ...]], ...]
+    has_gate: bool
+    has_bias: bool
+    is_transposed: bool
+    has_post_expert_norm: bool
+
+    @property
+    def numel(self) -> int:
+        """Elements of one expert's buffer."""
+        return sum(int(torch.Size(shape).numel()) for _, shape in self.parts)
+
+
+def expert_layout(module: Any) -> ExpertLayout:
+    """The buffer layout of an ``@use_experts_implementation`` experts module."""
+    has_gate, has_bias = bool(module.has_gate), bool(module.has_bias)
+    names = ["gate_up_proj" if has_gate else "up_proj"]
+    names += [f"{names[0]}_bias"] if has_bias else []
+    names += ["down_proj"] + (["down_proj_bias"] if has_bias else [])
+    parts = []
+    for name in names:
+        param = getattr(module, name, None)
+        if not isinstance(param, torch.Tensor) or param.dim() < 2:
+            raise ConfigError(f"{type(module).__name__} has no per-expert parameter {name!r}; "
+                              f"live mode needs transformers' fused experts layout")
+        parts.append((name, tuple(param.shape[1:])))
+    return ExpertLayout(tuple(parts), has_gate, has_bias, bool(module.is_transposed),
+                        bool(getattr(module, "has_post_expert_norm", False)))
+
+
+def uses_experts_interface(module: Any) -> bool:
+    """Whether ``module`` was built by transformers' ``@use_experts_implementation``."""
+    wrapped = getattr(type(module).forward, "__wrapped__", None)
+    return wrapped is not None and all(hasattr(module, a) for a in
+                                       ("has_gate", "has_bias", "is_transposed"))
 
 
 @dataclass
 class LiveArch:
-    """One loaded model's MoE structure: its adapter, MoE block numbers, blocks and routers."""
+    """One loaded model's MoE structure: routers, experts modules (one per MoE layer, in block
+    order), their common weight layout, and the model type."""
 
-    adapter: ArchAdapter
-    blocks: list[int]  # decoder block numbers of the MoE blocks
-    modules: list[Any]  # the original MoE block modules (``layers[b].<block_attr>``)
-    routers: list[Any]  # their router modules
-
-    @property
-    def model_type(self) -> str:
-        return self.adapter.model_type
+    routers: RouterSet
+    experts: list[Any]
+    layout: ExpertLayout
+    model_type: str
 
     @property
-    def expert_kind(self) -> str:
-        """``swiglu`` (fused gate/up, act_fn) or ``gpt_oss`` (clamped SwiGLU with biases)."""
-        return GPT_OSS if self.model_type == GPT_OSS else "swiglu"
+    def blocks(self) -> list[int]:
+        """Decoder block numbers of the MoE blocks."""
+        return self.routers.blocks
 
 
 def inspect_model(model: Any) -> LiveArch:
-    """The :class:`LiveArch` of ``model``; ConfigError for an architecture live mode lacks."""
-    adapter, blocks, routers = find_routers(model)
-    if adapter.model_type not in SUPPORTED:
-        raise ConfigError(f"live mode does not support model type {adapter.model_type!r} yet "
-                          f"(supported: {', '.join(SUPPORTED)})")
-    layers = model.model.layers
-    modules = [getattr(layers[b], adapter.block_attr) for b in blocks]
-    for b, module in zip(blocks, modules, strict=True):
-        if not hasattr(getattr(module, "experts", None), "gate_up_proj"):
-            raise ConfigError(f"block {b} of {type(model).__name__} has no fused "
-                              f"experts.gate_up_proj (transformers 5.x layout expected)")
-    return LiveArch(adapter, blocks, modules, routers)
+    """The :class:`LiveArch` of ``model``; ConfigError when its experts cannot be offloaded."""
+    routers = find_routers(model)
+    experts = []
+    for layer in range(len(routers.blocks)):
+        block = model.get_submodule(routers.block_path(layer))
+        found = [m for m in block.children() if uses_experts_interface(m)]
+        if len(found) != 1:
+            raise ConfigError(f"{type(model).__name__}: the MoE block {routers.block_path(layer)} "
+                              f"has no experts module using transformers' experts interface "
+                              f"(@use_experts_implementation), which live mode drives; "
+                              f"quantized or custom experts cannot be offloaded")
+        experts.append(found[0])
+    if not type(model)._can_set_experts_implementation():
+        raise ConfigError(f"{type(model).__name__} cannot switch its experts implementation")
+    layouts = {expert_layout(m) for m in experts}
+    if len(layouts) != 1:
+        raise ConfigError(f"{type(model).__name__}: MoE layers with different expert shapes "
+                          f"cannot share one expert store")
+    return LiveArch(routers, experts, layouts.pop(), str(model.config.model_type))
 
 
 def expert_rows(arch: LiveArch, module: Any) -> torch.Tensor:
-    """One MoE block's routed experts as ``[E, P]`` rows in the store layout (see module doc)."""
-    experts = module.experts
+    """One MoE layer's routed experts as ``[E, P]`` host rows in the layout's order."""
     with torch.no_grad():
-        gate_up = experts.gate_up_proj.detach()  # swiglu [E, 2I, H]; gpt-oss [E, H, 2I]
-        down = experts.down_proj.detach()  # swiglu [E, H, I]; gpt-oss [E, I, H]
-        n_exp = gate_up.shape[0]
-        parts = [gate_up.reshape(n_exp, -1)]
-        if arch.expert_kind == GPT_OSS:
-            parts.append(experts.gate_up_proj_bias.detach().reshape(n_exp, -1))  # [E, 2I]
-            parts.append(down.reshape(n_exp, -1))  # [E, I*H]
-            parts.append(experts.down_proj_bias.detach().reshape(n_exp, -1))  # [E, H]
-        else:
-            parts.append(down.reshape(n_exp, -1))  # [E, H*I]
-        return torch.cat([p.to("cpu") for p in parts], dim=1)  # [E, P]
-
-
-def shared_output(arch: LiveArch, module: Any, hidden_states: torch.Tensor,
-                  flat: torch.Tensor) -> torch.Tensor | None:
-    """The resident shared-expert term the original block adds to the routed output, or None.
-
-    ``hidden_states`` is the block input ``[B, S, H]`` and ``flat`` its ``[B*S, H]`` view; each
-    architecture's shared path sees the same tensor as in its original forward.
-    """
-    if arch.model_type == "qwen2_moe":
-        out = module.shared_expert(flat)  # [T, H]
-        return torch.nn.functional.sigmoid(module.shared_expert_gate(flat)) * out
-    if arch.model_type in ("deepseek_v2", "deepseek_v3"):
-        return module.shared_experts(hidden_states)  # [B, S, H]
-    return None
+        parts = []
+        for name, _ in arch.layout.parts:
+            param = getattr(module, name).detach()  # [E, ...]
+            parts.append(param.reshape(param.shape[0], -1).to("cpu"))
+        return torch.cat(parts, dim=1)  # [E, P]

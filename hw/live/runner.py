@@ -1,15 +1,19 @@
 """LiveRunner and run_live: a Hugging Face MoE model offloading its routed experts.
 
-:class:`LiveRunner` swaps every MoE block for an :class:`~hw.live.block.OffloadMoeBlock`
-and frames each forward call of the whole model as one executor step: a forward pre-hook opens
-the step, the first MoE block of the call runs ``begin_step`` (the token count is known there),
-every MoE block runs ``moe_layer`` for its layer, and a forward hook runs ``end_step`` after the
-last one, the same policy call order as replay mode. A forward whose KV cache is empty is a
-prefill of new requests (one per batch row); one with a filled cache decodes the same requests.
-The 2-D ``attention_mask`` of a forward call (its last ``S`` columns: the call's tokens) tells
-the real tokens from pads: only real tokens reach the routers, the executor and the step's
-request and phase rows, so a prefill of left-padded prompts of lengths ``n_i`` is a step of
-``sum(n_i)`` tokens, not ``B * S``.
+:class:`LiveRunner` switches the model's experts to live mode's function in transformers' experts
+interface (:mod:`hw.live.interface`): the model's own MoE blocks run as written (router, shared
+experts, how their outputs combine), and each block's routed experts call
+:meth:`LiveRunner.experts_call` with the block's tokens and the router's top-k. Each forward call
+of the whole model is one executor step: a forward pre-hook opens the step, the first MoE layer of
+the call runs ``begin_step`` (the token count is known there), every MoE layer runs ``moe_layer``,
+and a forward hook runs ``end_step`` after the last one, the same policy call order as replay mode.
+A forward whose KV cache is empty is a prefill of new requests (one per batch row); one with a
+filled cache decodes the same requests. The 2-D ``attention_mask`` of a forward call (its last
+``S`` columns: the call's tokens) tells the real tokens from pads: only real tokens reach the
+executor, the policy and the step's request and phase rows, so a prefill of left-padded prompts of
+lengths ``n_i`` is a step of ``sum(n_i)`` tokens, not ``B * S`` (the routers and shared experts,
+being the model's own code, still see the pad rows, as in the original model; pad rows get a zero
+routed term, and every real token's attention masks them out).
 
 :func:`run_live` loads or builds the model, runs a greedy generation through the runner and
 returns a :class:`LiveResult`: the event log, the step frame, a summary like
@@ -29,8 +33,8 @@ import pandas as pd
 import torch
 from moe_offload_lab.hw.device import Device
 from moe_offload_lab.hw.executor import OffloadExecutor
+from moe_offload_lab.hw.live import interface
 from moe_offload_lab.hw.live.adapters import LiveArch, inspect_model
-from moe_offload_lab.hw.live.block import OffloadMoeBlock
 from moe_offload_lab.hw.live.store import LiveExpertStore
 from moe_offload_lab.hw.replay import DEFAULT_HARDWARE
 from moe_offload_lab.hw.slots import slots_for
@@ -41,6 +45,7 @@ from moe_offload_lab.sim.hardware import HardwareProfile, load_hardware
 from moe_offload_lab.sim.metrics import latency_metrics, step_frame, summarize
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import DECODE, PREFILL
+from moe_offload_lab.traces.record.adapters import read_output
 from moe_offload_lab.traces.record.model_spec import spec_from_model
 
 
@@ -63,6 +68,7 @@ class LiveResult:
 def load_live_model(source: Any, seed: int = 0) -> tuple[Any, str]:
     """``(model, name)`` from a model object, a tiny config name (``tiny-mixtral``...), a
     transformers config, or a local checkpoint folder; ConfigError when none of these works."""
+    from moe_offload_lab.traces.record.adapters import check_moe_config
     from moe_offload_lab.traces.record.loading import load_checkpoint
     from moe_offload_lab.traces.record.tiny import TINY_CONFIGS, build_model, build_tiny_model
 
@@ -71,6 +77,7 @@ def load_live_model(source: Any, seed: int = 0) -> tuple[Any, str]:
     if isinstance(source, str) and source in TINY_CONFIGS:
         return build_tiny_model(source, seed), source
     if hasattr(source, "model_type") and hasattr(source, "to_dict"):  # a transformers config
+        check_moe_config(source, f"{source.model_type} config")
         return build_model(source, seed), str(source.model_type)
     if isinstance(source, str | Path):
         return load_checkpoint(source, device="cpu", dtype="float32"), Path(source).name
@@ -88,6 +95,33 @@ def _mask_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> torch.Tensor |
     return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
+def _call_shape(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(batch, tokens per row)`` of a forward call, from its input ids or embeddings."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if not isinstance(ids, torch.Tensor):
+        ids = kwargs.get("inputs_embeds")
+    if not isinstance(ids, torch.Tensor) or ids.dim() < 2:
+        return None
+    return int(ids.shape[0]), int(ids.shape[1])
+
+
+def _to_device_except(model: Any, device: torch.device, keep: list[Any]) -> None:
+    """Move every parameter and buffer to ``device`` except those of the modules ``keep`` (the
+    routed experts stay in host memory; the executor copies them on demand)."""
+    skip = {id(m) for module in keep for m in module.modules()}
+    with torch.no_grad():
+        for module in model.modules():
+            if id(module) in skip:
+                continue
+            for name, param in module.named_parameters(recurse=False):
+                if param.device != device:
+                    module._parameters[name] = torch.nn.Parameter(
+                        param.data.to(device), requires_grad=param.requires_grad)
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer is not None and buffer.device != device:
+                    module._buffers[name] = buffer.to(device)
+
+
 def _cache_empty(kwargs: Mapping[str, Any]) -> bool:
     past = kwargs.get("past_key_values")
     if past is None:
@@ -97,13 +131,14 @@ def _cache_empty(kwargs: Mapping[str, Any]) -> bool:
 
 
 class LiveRunner:
-    """Installs offloading blocks and step hooks on ``model`` (see module docstring).
+    """Switches ``model``'s experts to live mode and installs the step hooks (see the module
+    docstring).
 
     ``policy``: a Policy, a bundled name or a config mapping (None with ``resident_all``: every
     expert preloaded, no policy). Give one of ``capacity_slots`` and ``gpu_memory_gb``.
     ``lookahead``: how many later MoE layers' routers are applied to each layer's input to fill
-    ``ctx.lookahead`` (0: none). Call :meth:`finish` for the event log; :meth:`remove` restores
-    the original blocks.
+    ``ctx.lookahead`` (0: none). Call :meth:`finish` for the event log; :meth:`remove` gives the
+    model its own experts implementation back.
     """
 
     def __init__(self, model: Any, policy: Policy | str | Mapping[str, Any] | None,
@@ -117,8 +152,7 @@ class LiveRunner:
         self.model = model
         self.arch: LiveArch = inspect_model(model)
         self.profile = _hardware(hardware)
-        self.spec = spec_from_model(model, self.arch.adapter, self.arch.blocks,
-                                    self.arch.routers, name or self.arch.model_type)
+        self.spec = spec_from_model(model, self.arch.routers, name or self.arch.model_type)
         if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0:
             raise ConfigError(f"lookahead must be an integer >= 0, got {lookahead!r}")
         self.distances = lookahead
@@ -139,17 +173,22 @@ class LiveRunner:
         self.executor = OffloadExecutor(self.spec, self.store, self.device, self.policy,
                                         self.capacity, cost, cpu_threads=cpu_threads,
                                         check=check)
-        layers = model.model.layers
-        attr = self.arch.adapter.block_attr
-        for layer, b in enumerate(self.arch.blocks):
-            setattr(layers[b], attr, OffloadMoeBlock(self, self.arch, layer))
-        model.to(self.device.torch_device)  # non-expert weights resident; experts stay host-side
+        _to_device_except(model, self.device.torch_device, self.arch.experts)  # experts: host
+        interface.register()
+        self.previous_experts = model.get_experts_implementation()
+        for layer, experts in enumerate(self.arch.experts):
+            interface.bind(experts, self, layer)
+        model.set_experts_implementation(interface.NAME)
+        self.router_inputs: list[torch.Tensor | None] = [None] * len(self.arch.experts)
         self.hooks = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
                       model.register_forward_hook(self._post)]
+        self.hooks += [router.register_forward_pre_hook(self._router_input(layer))
+                       for layer, router in enumerate(self.arch.routers.routers)]
         self.step, self.in_step, self.open = -1, False, False
         self.next_request, self.requests = 0, np.zeros(0, dtype=np.int64)
         self.phase_now = PREFILL
         self.mask: torch.Tensor | None = None  # this call's 2-D attention mask
+        self.call_shape: tuple[int, int] | None = None  # this call's (batch, tokens per row)
         self.keep: torch.Tensor | None = None  # this step's real rows of [B*S], None: all
         self.schedule: list[np.ndarray] = []  # row numbers of each step
         self.row_request: list[np.ndarray] = []
@@ -163,19 +202,29 @@ class LiveRunner:
         self.open = True
         self.phase_now = PREFILL if _cache_empty(kwargs) else DECODE
         self.mask = _mask_of(args, kwargs)
+        self.call_shape = _call_shape(args, kwargs)
 
-    def enter_layer(self, layer: int, shape: torch.Size) -> torch.Tensor | None:
-        """An offloading block starts: the first one of a forward call begins the step.
+    def _router_input(self, layer: int) -> Any:
+        def hook(module: Any, args: tuple[Any, ...]) -> None:
+            hidden = args[0]
+            self.router_inputs[layer] = hidden.reshape(-1, hidden.shape[-1])  # [B*S, H]
 
-        Returns the real rows of the block's flattened ``[B*S]`` input (a device index tensor,
-        batch-major) when the call's attention mask marks pads among its tokens, else None (every
-        row is a real token).
+        return hook
+
+    def enter_layer(self, layer: int, rows: int) -> torch.Tensor | None:
+        """A MoE layer's experts start on ``rows`` (= B*S) flattened tokens: the first layer of a
+        forward call begins the step.
+
+        Returns the real rows (a device index tensor, batch-major) when the call's attention mask
+        marks pads among its tokens, else None (every row is a real token).
         """
         if self.in_step:
             return self.keep
         if not self.open:
-            raise RuntimeError("an MoE block ran outside a forward call of the whole model")
-        batch, seq = int(shape[0]), int(shape[1]) if len(shape) == 3 else 1
+            raise RuntimeError("an MoE layer ran outside a forward call of the whole model")
+        batch, seq = self.call_shape if self.call_shape is not None else (rows, 1)
+        if batch * seq != rows:
+            batch, seq = rows, 1  # the call's tokens arrive in another shape: one row each
         lengths = np.full(batch, seq, dtype=np.int64)  # real tokens per batch row
         self.keep = None
         if self.mask is not None and self.mask.shape[0] == batch and self.mask.shape[1] >= seq:
@@ -207,19 +256,43 @@ class LiveRunner:
 
     def _post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
         self.open = False
-        self.mask, self.keep = None, None
+        self.mask, self.keep, self.call_shape = None, None, None
+        self.router_inputs = [None] * len(self.router_inputs)
         if self.in_step:
             self.executor.end_step()
             self.in_step = False
 
     # ---- per layer ------------------------------------------------------------------------------
+    def experts_call(self, layer: int, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                     top_k_weights: torch.Tensor) -> torch.Tensor:
+        """MoE layer ``layer``'s routed experts, called by transformers' experts interface:
+        ``hidden_states`` [T, H] with the router's ``top_k_index`` and ``top_k_weights`` [T, k]
+        -> the weighted routed sum [T, H] (zero at pad rows)."""
+        rows = hidden_states.shape[0]
+        keep = self.enter_layer(layer, rows)  # real rows [t] of a padded prefill, or None
+        x = hidden_states if keep is None else hidden_states.index_select(0, keep)  # [t, H]
+        indices = top_k_index if keep is None else top_k_index.index_select(0, keep)  # [t, k]
+        weights = top_k_weights if keep is None else top_k_weights.index_select(0, keep)
+        state = self.router_inputs[layer]
+        if state is None or state.shape[0] != rows:
+            state = hidden_states  # [T, H] the router input, when no hook saw it
+        state = state if keep is None else state.index_select(0, keep)  # [t, H]
+        lookahead = self.lookahead(layer, state)  # {d: [t, k]}
+        ids = indices.detach().to("cpu").numpy()  # [t, k] the host reads the routing
+        gates = weights.detach().to("cpu", torch.float32).numpy()  # [t, k]
+        routed = self.moe_layer(layer, x, ids, np.asarray(gates), lookahead)  # [t, H]
+        if keep is not None:  # pad rows get zeros (masked out by attention, never logged)
+            routed = hidden_states.new_zeros(hidden_states.shape).index_copy_(0, keep, routed)
+        return routed.to(hidden_states.dtype)
+
     def lookahead(self, layer: int, flat: torch.Tensor) -> dict[int, np.ndarray]:
         """``{d: [t, k]}``: the experts MoE layer ``layer + d``'s router picks for ``flat``
-        (the layer's real token rows)."""
+        (the layer's router input at its real token rows)."""
         out = {}
+        routers = self.arch.routers.routers
         for d in range(1, self.distances + 1):
-            if layer + d < len(self.arch.routers):
-                _, indices = self.arch.adapter.read_output(self.arch.routers[layer + d](flat))
+            if layer + d < len(routers):
+                _, indices = read_output(routers[layer + d](flat))
                 out[d] = indices.detach().to("cpu").numpy()
         return out
 
@@ -240,13 +313,13 @@ class LiveRunner:
         return self.executor.finish()
 
     def remove(self) -> None:
-        """Put the original MoE blocks back and drop the hooks."""
+        """Give the model its own experts implementation back and drop the hooks."""
         for hook in self.hooks:
             hook.remove()
-        layers = self.model.model.layers
-        attr = self.arch.adapter.block_attr
-        for b, module in zip(self.arch.blocks, self.arch.modules, strict=True):
-            setattr(layers[b], attr, module)
+        self.hooks = []
+        for experts in self.arch.experts:
+            interface.unbind(experts)
+        self.model.set_experts_implementation(self.previous_experts)
 
     def schedule_arrays(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """``(schedule, request_id per row, phase per row)`` for :func:`latency_metrics`."""
@@ -398,9 +471,9 @@ def run_live(source: Any, inputs: Any, policy: Policy | str | Mapping[str, Any] 
     ``source``: a model, a tiny config name, a transformers config or a checkpoint folder (built
     with ``seed``). ``inputs``: see :func:`encode_inputs`; prompts of different lengths are
     left-padded to the longest, and both the attention mask and the matching position ids go to
-    every forward call (:func:`greedy_generate`), while the pad tokens never reach the routers,
-    the executor or the event log. A model object is restored to its original blocks afterwards
-    unless ``keep_installed``. Bad input raises one ConfigError.
+    every forward call (:func:`greedy_generate`), while the pad tokens never reach the executor,
+    the policy or the event log. A model object gets its own experts implementation back
+    afterwards unless ``keep_installed``. Bad input raises one ConfigError.
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
             or max_new_tokens < 0:

@@ -8,6 +8,7 @@ goes through :func:`atomic_write`, so a failure never leaves a partial output be
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,18 +16,48 @@ from typing import IO, Any
 
 import numpy as np
 from moe_offload_lab.traces.atomic import atomic_path
-from moe_offload_lab.traces.catalog import load_named_or_path
 from moe_offload_lab.traces.errors import ConfigError, TraceError, first_line  # noqa: F401 - re-exported
 from moe_offload_lab.traces.format import DECODE, PREFILL, Trace
+from moe_offload_lab.traces.hf_config import load_model_spec
 from moe_offload_lab.traces.spec import ModelSpec
 
 
-def load_spec(model: str | ModelSpec) -> ModelSpec:
-    """A ModelSpec from a bundled name (``mixtral-8x7b``), a YAML path, or a ModelSpec."""
-    if isinstance(model, ModelSpec):
-        return model
-    data, _ = load_named_or_path("model", model)
-    return ModelSpec.from_dict(data)
+def load_spec(model: str | Path | ModelSpec) -> ModelSpec:
+    """A ModelSpec from a bundled name (``mixtral-8x7b``), a YAML path, a Hugging Face
+    ``config.json`` (or the checkpoint folder holding it), or a ModelSpec."""
+    return load_model_spec(model)
+
+
+def load_torch_file(path: Path, what: str) -> Any:
+    """The object a ``torch.save`` file holds, loaded on the CPU without running pickled code
+    (``weights_only``). torch is imported here only; without it, one ConfigError."""
+    require_file(path)
+    try:
+        import torch
+    except ImportError:
+        raise ConfigError(f"{path}: reading {what} (a torch.save file) needs torch; install the "
+                          f"record extra: pip install 'moe-offload-lab[record]'") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise TraceError(f"{path}: not a readable torch.save file (damaged, or holding objects "
+                         f"other than tensors, numbers, strings and containers)") from None
+    except (OSError, RuntimeError, EOFError, ValueError, AttributeError, ImportError, KeyError,
+            TypeError, zipfile.BadZipFile) as exc:
+        raise TraceError(f"{path}: not a readable torch.save file ({first_line(exc)})") from None
+
+
+def to_numpy(value: Any, name: str, where: str) -> np.ndarray:
+    """A tensor, array or nested list as a numpy array (one-line error for anything else)."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+        return value.detach().to("cpu").numpy()
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):
+        array = np.asarray(None, dtype=object)
+    if array.dtype == object:
+        raise TraceError(f"{where}: {name} is not a numeric array")
+    return array
 
 
 def require_file(path: Path) -> None:

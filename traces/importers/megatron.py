@@ -1,160 +1,186 @@
 """Megatron-Core router traces (JSONL, one record per step and layer) to and from traces.
 
 Megatron-Core's router tracer (``megatron/core/transformer/moe/router_trace.py``, enabled with
-``--moe-routing-trace-path``) writes ``router_trace_rank{R}.jsonl``, one JSON object per line and
-per (step, block, layer)::
+``--moe-routing-trace-path``) writes ``router_trace_rank{R}.jsonl`` per rank, one JSON object per
+line::
 
     {"step": 0, "stage": "pre_dispatch", "block": "decoder", "layer": 3, "rank": 0,
      "num_tokens": 128, "topk": 2, "top_indices": [[5, 1], [0, 7], ...]}
 
-``layer`` is the transformer block number (0-based, from ``decoder.layers.N``), ``top_indices``
-is ``[num_tokens, topk]``. The tracer stores no gate weights and no request structure. This module
-reads that layout and accepts four optional per-record fields of its own (written by
-:func:`export_megatron`, ignored by Megatron): ``top_probs`` ``[num_tokens, topk]`` gate weights,
-and ``request_id``, ``position``, ``phase`` ``[num_tokens]``. See ``traces/importers/README.md``.
+Two paths write it, and they number layers differently:
+
+- the **hook path** (a forward hook on every ``TopKRouter``, training and inference): ``layer``
+  is ``N`` of the module name ``decoder.layers.N``, the block's index *within its pipeline stage*
+  (0-based); in training every forward of a router appends a record, so a step holds one record
+  per micro-batch, plus a repeat of each when activation recompute re-runs the router during
+  the backward pass; in inference a step is one forward of the engine;
+- the **sink path** (``RouterTracer.record_indices``, fed by routing replay in inference): one
+  record per layer and engine step with ``layer`` = the router's ``layer_number``, Megatron's
+  *1-based global* block number (or the 0-based MoE index when routing replay had no layer
+  numbers).
+
+This module reads either (:func:`import_megatron`, options in its docstring), merges the files of
+several ranks (pipeline stages, tensor/sequence-parallel ranks), and turns steps into requests
+(:mod:`traces.importers.megatron_steps`). It also accepts four per-record fields of its own
+(written by :func:`export_megatron`, ignored by Megatron): ``top_probs`` ``[num_tokens, topk]``
+gate weights and ``request_id``, ``position``, ``phase`` ``[num_tokens]``.
+See ``traces/importers/README.md``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
-from moe_offload_lab.traces.errors import TraceError
-from moe_offload_lab.traces.format import PREFILL, Trace
+from moe_offload_lab.traces.errors import ConfigError, TraceError
+from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.importers import _common as c
+from moe_offload_lab.traces.importers.megatron_steps import StepRecord, steps_to_trace
 from moe_offload_lab.traces.spec import ModelSpec
 
-_TOKEN_FIELDS = ("request_id", "position", "phase")
+TOKEN_FIELDS = ("request_id", "position", "phase")
+LAYER_IDS = ("auto", "local0", "global1", "moe0")
+MODES = ("auto", "training", "inference")
 
 
-def import_megatron(path: str | Path, model: str | ModelSpec) -> Trace:
-    """Read a Megatron-Core router trace JSONL file as a trace of ``model``.
+@dataclass
+class _RankFile:
+    """One rank's records: ``records[(step, layer)]`` in file order."""
 
-    Steps become consecutive token blocks in ascending step order; within a step the tokens keep
-    Megatron's flattened order. ``block`` other than ``"decoder"`` (MTP heads) is skipped.
+    path: Path
+    rank: int | None
+    records: dict[tuple[int, int], list[StepRecord]] = field(default_factory=dict)
+    skipped: int = 0
+    first_line: dict[int, str] = field(default_factory=dict)  # layer -> where it first appears
+
+
+def import_megatron(path: str | Path | Sequence[str | Path], model: str | ModelSpec, *,
+                    mode: str = "auto", micro_batch_size: int = 1, tensor_parallel: int = 1,
+                    sequence_parallel: bool = False, stage_layers: Sequence[int] | None = None,
+                    layer_ids: str = "auto") -> Trace:
+    """Read one or several Megatron-Core router-trace JSONL files as a trace of ``model``.
+
+    ``path``: one file, or the files of every rank of **one data-parallel replica** (ranks are
+    ordered by their ``rank`` field; Megatron's default rank order puts tensor-parallel ranks
+    innermost and pipeline stages outermost, so ``tensor_parallel`` consecutive files form one
+    stage). ``sequence_parallel``: the tensor-parallel ranks of a stage each hold a slice of the
+    tokens (concatenated in rank order); otherwise they hold the same tokens and must agree.
+    ``stage_layers``: transformer blocks per pipeline stage (default: an even split), needed to
+    place hook-path layer numbers, which restart at 0 in every stage. ``layer_ids``: ``local0``
+    (hook path), ``global1`` (sink path, Megatron layer numbers), ``moe0`` (sink path without
+    layer numbers) or ``auto`` (the first that maps every record to a MoE block and covers them
+    all). ``mode``: ``training`` (several micro-batches per step, recompute repeats dropped,
+    ``micro_batch_size`` sequences per micro-batch), ``inference`` (one engine step per step,
+    prefill and decode steps told apart) or ``auto`` (training when a step holds several records
+    of a layer or every record has the same token count).
     """
-    path = Path(path)
+    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
     spec = c.load_spec(model)
-    where = str(path)
+    where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)"
+    _check_options(mode, micro_batch_size, tensor_parallel, layer_ids, len(paths), where)
+    files = sorted((_read_file(p, spec) for p in paths), key=lambda f: (f.rank is None, f.rank))
+    ranks = [f.rank for f in files if f.rank is not None]
+    if len(set(ranks)) != len(ranks):
+        raise TraceError(f"{where}: two files hold records of the same rank")
+    if not any(f.records for f in files):
+        raise TraceError(f"{where}: no decoder router record")
+    stages = [files[s:s + tensor_parallel] for s in range(0, len(files), tensor_parallel)]
+    numbering, maps = _layer_maps(stages, spec, stage_layers, layer_ids, where)
+    merged: dict[tuple[int, int], list[StepRecord]] = {}  # (step, MoE layer) -> micro-batches
+    duplicates = 0
+    for stage, layer_map in zip(stages, maps, strict=True):
+        per_rank = []
+        for f in stage:
+            kept, dropped = _drop_repeats(f.records)
+            per_rank.append(kept)
+            duplicates += dropped
+        for (step, layer), records in _merge_tensor_parallel(per_rank, sequence_parallel,
+                                                             where).items():
+            merged[(step, layer_map[layer])] = records
+    multi = any(len(v) > 1 for f in files for v in f.records.values())
+    trace_mode, reason = _resolve_mode(mode, multi, merged)
+    prov_details = {
+        "files": [p.name for p in paths], "ranks": ranks, "layer_ids": numbering,
+        "mode": trace_mode, "mode_reason": reason,
+        "recompute_repeats_dropped": duplicates,
+        "skipped_non_decoder_records": sum(f.skipped for f in files),
+        "tensor_parallel": tensor_parallel, "sequence_parallel": sequence_parallel,
+        "pipeline_stages": len(stages)}
+    return steps_to_trace(merged, spec, paths[0], where, trace_mode, micro_batch_size,
+                          prov_details)
+
+
+def _check_options(mode: str, micro_batch_size: int, tensor_parallel: int, layer_ids: str,
+                   n_files: int, where: str) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"megatron mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if layer_ids not in LAYER_IDS:
+        raise ConfigError(f"megatron layer ids must be one of {', '.join(LAYER_IDS)}, got "
+                          f"{layer_ids!r}")
+    for name, value in (("micro_batch_size", micro_batch_size),
+                        ("tensor_parallel", tensor_parallel)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if n_files % tensor_parallel:
+        raise ConfigError(f"{where}: {n_files} rank files are not a whole number of pipeline "
+                          f"stages of {tensor_parallel} tensor-parallel ranks")
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def _read_file(path: Path, spec: ModelSpec) -> _RankFile:
     c.require_file(path)
-    block_to_moe = {b: i for i, b in enumerate(spec.moe_layer_indices)}
-    steps: dict[int, dict[int, dict[str, Any]]] = {}
-    skipped = 0
+    out = _RankFile(path, None)
     try:
         with path.open(encoding="utf-8") as handle:
-            skipped = _read_records(handle, spec, block_to_moe, steps, where)
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    _read_line(line, f"{path}:{number}", spec, out)
     except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(f"{where}: cannot read ({c.first_line(exc)})") from None
-    if not steps:
-        raise TraceError(f"{where}: no decoder router record found")
-    ids, gates, rid, pos, phase = [], [], [], [], []
-    have_gates = have_tokens = None
-    for step in sorted(steps):
-        layers = steps[step]
-        missing = [b for b, i in block_to_moe.items() if i not in layers]
-        if missing:
-            raise TraceError(f"{where}: step {step} has no record for MoE layer (block) "
-                             f"{missing[0]}")
-        records = [layers[i] for i in range(spec.num_moe_layers)]
-        n = records[0]["num_tokens"]
-        if any(r["num_tokens"] != n for r in records):
-            raise TraceError(f"{where}: step {step} has layers with different num_tokens")
-        ids.append(np.stack([r["ids"] for r in records], axis=1))  # [n, L, k]
-        step_gates = [r.get("probs") for r in records]
-        have_gates = _all_or_none(step_gates, have_gates, "top_probs", f"{where}: step {step}")
-        if have_gates:
-            gates.append(np.stack(step_gates, axis=1))
-        tokens = [r.get("tokens") for r in records]
-        have_tokens = _all_or_none(tokens, have_tokens, "request_id/position/phase",
-                                   f"{where}: step {step}")
-        if have_tokens:
-            first = tokens[0]
-            if any(any(not np.array_equal(t[f], first[f]) for f in _TOKEN_FIELDS)
-                   for t in tokens[1:]):
-                raise TraceError(f"{where}: step {step}: layers disagree on request_id, "
-                                 f"position or phase")
-            rid.append(first["request_id"])
-            pos.append(first["position"])
-            phase.append(first["phase"])
-        else:  # one request per step, Megatron's flattened token order
-            rid.append(np.full(n, step, np.int64))
-            pos.append(np.arange(n, dtype=np.int64))
-            phase.append(np.full(n, PREFILL, np.int64))
-    expert_ids = c.check_expert_ids(np.concatenate(ids), spec, where)
-    gate_weights = np.concatenate(gates) if have_gates else c.uniform_gates(expert_ids.shape)
-    lost = [] if have_gates else ["gate weights"]
-    if not have_tokens:
-        lost.append("request boundaries, positions and phases (each step is one request)")
-    prov = c.provenance("megatron-import", __name__, path, spec,
-        gates="from top_probs" if have_gates else
-        "filled in: uniform 1/k (Megatron's tracer records no gate weights)",
-        requests="from request_id/position/phase fields" if have_tokens else
-        "one request per step, positions 0.. in Megatron's flattened token order, all prefill",
-        skipped_non_decoder_records=skipped,
-        lost=lost,
-    )
-    request_id = _int32(np.concatenate(rid), "request_id", where)
-    return c.build_trace(spec, request_id, _int32(np.concatenate(pos), "position", where),
-                         np.concatenate(phase).astype(np.int8), expert_ids, gate_weights, prov,
-                         where)
+        raise TraceError(f"{path}: cannot read ({c.first_line(exc)})") from None
+    return out
 
 
-def _int32(values: np.ndarray, name: str, where: str) -> np.ndarray:
-    info = np.iinfo(np.int32)
-    if values.size and (values.min() < info.min or values.max() > info.max):
-        raise TraceError(f"{where}: {name} does not fit in int32")
-    return values.astype(np.int32)
-
-
-def _read_records(handle: TextIO, spec: ModelSpec, block_to_moe: dict[int, int],
-                  steps: dict[int, dict[int, dict[str, Any]]], where: str) -> int:
-    """Parse every line into ``steps[step][moe_layer]``; returns the number of skipped records."""
-    skipped = 0
-    for number, line in enumerate(handle, start=1):
-        if not line.strip():
-            continue
-        at = f"{where}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TraceError(f"{at}: malformed JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise TraceError(f"{at}: expected a JSON object")
-        if record.get("block", "decoder") != "decoder" or "mtp_idx" in record:
-            skipped += 1
-            continue
-        step, layer = _int_field(record, "step", at), _int_field(record, "layer", at)
-        if layer not in block_to_moe:
-            raise TraceError(f"{at}: layer {layer} is not a MoE block of model {spec.name!r} "
-                             f"(MoE blocks {spec.moe_layer_indices[0]}.."
-                             f"{spec.moe_layer_indices[-1]})")
-        topk = _int_field(record, "topk", at) if "topk" in record else spec.top_k
-        if topk != spec.top_k:
-            raise TraceError(f"{at}: topk={topk}, but model {spec.name!r} has top_k={spec.top_k}")
-        ids = _matrix(record, "top_indices", at, np.int64, spec.top_k)
-        n = _int_field(record, "num_tokens", at) if "num_tokens" in record else ids.shape[0]
-        if ids.shape != (n, spec.top_k):
-            raise TraceError(f"{at}: top_indices has shape {ids.shape}, expected "
-                             f"({n}, {spec.top_k}) from num_tokens and top_k")
-        entry: dict[str, Any] = {"num_tokens": n, "ids": ids}
-        if "top_probs" in record:
-            probs = _matrix(record, "top_probs", at, np.float32, spec.top_k)
-            if probs.shape != ids.shape:
-                raise TraceError(f"{at}: top_probs has shape {probs.shape}, top_indices "
-                                 f"{ids.shape}")
-            entry["probs"] = probs
-        present = [f for f in _TOKEN_FIELDS if f in record]
-        if present:
-            if len(present) != len(_TOKEN_FIELDS):
-                raise TraceError(f"{at}: give all of request_id, position, phase or none")
-            entry["tokens"] = {f: _vector(record, f, n, at) for f in _TOKEN_FIELDS}
-        moe = block_to_moe[layer]
-        if moe in steps.setdefault(step, {}):
-            raise TraceError(f"{at}: a second record for step {step}, layer {layer}")
-        steps[step][moe] = entry
-    return skipped
+def _read_line(line: str, at: str, spec: ModelSpec, out: _RankFile) -> None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TraceError(f"{at}: malformed JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise TraceError(f"{at}: expected a JSON object")
+    if record.get("block", "decoder") != "decoder" or "mtp_idx" in record:
+        out.skipped += 1  # multi-token-prediction heads are not decoder layers
+        return
+    step, layer = _int_field(record, "step", at), _int_field(record, "layer", at)
+    if "rank" in record:
+        rank = _int_field(record, "rank", at)
+        if out.rank is not None and rank != out.rank:
+            raise TraceError(f"{at}: rank {rank} in a file of rank {out.rank}")
+        out.rank = rank
+    topk = _int_field(record, "topk", at) if "topk" in record else spec.top_k
+    if topk != spec.top_k:
+        raise TraceError(f"{at}: topk={topk}, but model {spec.name!r} has top_k={spec.top_k}")
+    ids = _matrix(record, "top_indices", at, np.int64, spec.top_k)
+    n = _int_field(record, "num_tokens", at) if "num_tokens" in record else ids.shape[0]
+    if ids.shape != (n, spec.top_k):
+        raise TraceError(f"{at}: top_indices has shape {ids.shape}, expected "
+                         f"({n}, {spec.top_k}) from num_tokens and top_k")
+    entry = StepRecord(ids=ids, at=at)
+    if "top_probs" in record:
+        entry.probs = _matrix(record, "top_probs", at, np.float32, spec.top_k)
+        if entry.probs.shape != ids.shape:
+            raise TraceError(f"{at}: top_probs has shape {entry.probs.shape}, top_indices "
+                             f"{ids.shape}")
+    present = [f for f in TOKEN_FIELDS if f in record]
+    if present:
+        if len(present) != len(TOKEN_FIELDS):
+            raise TraceError(f"{at}: give all of request_id, position, phase or none")
+        entry.tokens = {f: _vector(record, f, n, at) for f in TOKEN_FIELDS}
+    out.records.setdefault((step, layer), []).append(entry)
+    out.first_line.setdefault(layer, at)
 
 
 def _int_field(record: dict[str, Any], name: str, at: str) -> int:
@@ -173,7 +199,8 @@ def _matrix(record: dict[str, Any], name: str, at: str, dtype: type, width: int)
     value = record[name]
     if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
         raise TraceError(f"{at}: field {name!r} must be a [num_tokens, topk] list of lists")
-    if dtype is np.int64 and not _all_ints(value):
+    if dtype is np.int64 and not all(isinstance(v, int) and not isinstance(v, bool)
+                                     for row in value for v in row):
         raise TraceError(f"{at}: field {name!r} must hold integers")
     if not value:
         return np.empty((0, width), dtype)
@@ -187,10 +214,6 @@ def _matrix(record: dict[str, Any], name: str, at: str, dtype: type, width: int)
     return array
 
 
-def _all_ints(value: Any) -> bool:
-    return all(isinstance(v, int) and not isinstance(v, bool) for row in value for v in row)
-
-
 def _vector(record: dict[str, Any], name: str, n: int, at: str) -> np.ndarray:
     value = record[name]
     if not isinstance(value, list) or len(value) != n or not all(
@@ -199,6 +222,122 @@ def _vector(record: dict[str, Any], name: str, n: int, at: str) -> np.ndarray:
     return np.array(value, dtype=np.int64)
 
 
+# ---- merging ranks ------------------------------------------------------------------------------
+def _layer_maps(stages: list[list[_RankFile]], spec: ModelSpec,
+                stage_layers: Sequence[int] | None, choice: str, where: str
+                ) -> tuple[str, list[dict[int, int]]]:
+    """Per stage, record ``layer`` -> MoE layer index, under the chosen (or first fitting)
+    numbering; TraceError when none maps every record onto a MoE block and covers them all."""
+    stage_sets = [{layer for f in stage for (_, layer) in f.records} for stage in stages]
+    block_to_moe = {b: i for i, b in enumerate(spec.moe_layer_indices)}
+    offsets = _stage_offsets(spec, len(stage_sets), stage_layers, where)
+    rules = {"local0": lambda s, layer: block_to_moe.get(offsets[s] + layer),
+             "global1": lambda s, layer: block_to_moe.get(layer - 1),
+             "moe0": lambda s, layer: layer if 0 <= layer < spec.num_moe_layers else None}
+    tried = []
+    for name in (LAYER_IDS[1:] if choice == "auto" else (choice,)):
+        maps = [{layer: rules[name](s, layer) for layer in layers}
+                for s, layers in enumerate(stage_sets)]
+        bad = [(s, layer) for s, m in enumerate(maps) for layer, moe in sorted(m.items())
+               if moe is None]
+        covered = {moe for m in maps for moe in m.values() if moe is not None}
+        if not bad and covered == set(range(spec.num_moe_layers)):
+            return name, maps
+        tried.append((name, bad, covered))
+    name, bad, covered = tried[0]
+    if bad:
+        s, layer = bad[0]
+        at = next(f.first_line[layer] for f in stages[s] if layer in f.first_line)
+        hint = " (nor do 1-based global or MoE-index layer numbers fit)" if choice == "auto" \
+            else ""
+        return _raise(f"{at}: layer {layer} is not a MoE block of model {spec.name!r} (MoE "
+                      f"blocks {spec.moe_layer_indices[0]}..{spec.moe_layer_indices[-1]}, layer "
+                      f"ids {name}){hint}")
+    missing = sorted(set(range(spec.num_moe_layers)) - covered)
+    return _raise(f"{where}: no step has a record for MoE layer (block) "
+                  f"{spec.moe_layer_indices[missing[0]]} (layer ids {name})")
+
+
+def _raise(message: str) -> Any:
+    raise TraceError(message)
+
+
+def _stage_offsets(spec: ModelSpec, stages: int, stage_layers: Sequence[int] | None,
+                   where: str) -> list[int]:
+    if stage_layers is None:
+        if spec.num_layers % stages:
+            raise ConfigError(f"{where}: {spec.num_layers} blocks do not split evenly into "
+                              f"{stages} pipeline stages; give the blocks per stage")
+        sizes = [spec.num_layers // stages] * stages
+    else:
+        sizes = list(stage_layers)
+        if len(sizes) != stages or sum(sizes) != spec.num_layers or min(sizes) < 1:
+            raise ConfigError(f"{where}: blocks per stage {sizes} must be {stages} positive "
+                              f"numbers adding up to the model's {spec.num_layers} blocks")
+    return [int(v) for v in np.cumsum([0] + sizes[:-1])]
+
+
+def _drop_repeats(records: dict[tuple[int, int], list[StepRecord]]
+                  ) -> tuple[dict[tuple[int, int], list[StepRecord]], int]:
+    """Drop records that repeat an earlier record of the same step and layer exactly:
+    activation recompute runs a router again on the same tokens during the backward pass."""
+    kept, dropped = {}, 0
+    for key, entries in records.items():
+        seen, out = set(), []
+        for entry in entries:
+            fingerprint = (entry.ids.shape, entry.ids.tobytes())
+            if fingerprint in seen:
+                dropped += 1
+                continue
+            seen.add(fingerprint)
+            out.append(entry)
+        kept[key] = out
+    return kept, dropped
+
+
+def _merge_tensor_parallel(per_rank: list[dict[tuple[int, int], list[StepRecord]]],
+                           sequence_parallel: bool, where: str
+                           ) -> dict[tuple[int, int], list[StepRecord]]:
+    """One stage's records from its tensor-parallel ranks: with sequence parallelism each rank
+    holds a slice of every micro-batch's tokens (concatenated in rank order), otherwise the ranks
+    hold the same tokens (the first is kept, the others must agree)."""
+    first = per_rank[0]
+    for rank, other in enumerate(per_rank[1:], start=1):
+        if set(other) != set(first) or any(len(other[k]) != len(first[k]) for k in first):
+            raise TraceError(f"{where}: tensor-parallel rank {rank} of a stage has other steps, "
+                             f"layers or micro-batches than rank 0")
+    if len(per_rank) == 1:
+        return first
+    merged = {}
+    for key, entries in first.items():
+        out = []
+        for m, entry in enumerate(entries):
+            parts = [rank[key][m] for rank in per_rank]
+            if sequence_parallel:
+                out.append(StepRecord.concatenate(parts))
+            elif any(not np.array_equal(p.ids, entry.ids) for p in parts[1:]):
+                raise TraceError(f"{where}: tensor-parallel ranks disagree at step {key[0]}, "
+                                 f"layer {key[1]}; if each holds a slice of the sequence, say "
+                                 f"so (sequence parallel)")
+            else:
+                out.append(entry)
+        merged[key] = out
+    return merged
+
+
+def _resolve_mode(mode: str, multi: bool, merged: dict[tuple[int, int], list[StepRecord]]
+                  ) -> tuple[str, str]:
+    if mode != "auto":
+        return mode, "given"
+    if multi:
+        return "training", "a step holds several records of one layer (micro-batches)"
+    sizes = {e.ids.shape[0] for entries in merged.values() for e in entries}
+    if len(sizes) == 1 and len({step for step, _ in merged}) > 1:
+        return "training", "every step has the same number of tokens"
+    return "inference", "one record per step and layer, token counts vary"
+
+
+# ---- export -------------------------------------------------------------------------------------
 def export_megatron(trace: Trace, path: str | Path) -> Path:
     """Write ``trace`` as Megatron-Core router-trace JSONL, one step per run of consecutive rows
     of the same request, one record per step and MoE layer (``layer`` = transformer block
@@ -226,15 +365,3 @@ def export_megatron(trace: Trace, path: str | Path) -> Path:
                 handle.write((json.dumps(record) + "\n").encode())
 
     return c.atomic_write(path, write)
-
-
-def _all_or_none(values: list[Any], before: bool | None, what: str, where: str) -> bool:
-    """Whether the optional field ``what`` is present: in every record of every step, or in none.
-
-    ``values`` are one step's per-layer values (None where absent); ``before`` is the answer for
-    the earlier steps (None for the first step)."""
-    present = [v is not None for v in values]
-    has = all(present)
-    if any(present) != has or (before is not None and has != before):
-        raise TraceError(f"{where}: {what} must be given for every record or for none")
-    return has

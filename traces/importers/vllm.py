@@ -10,7 +10,9 @@ request forwarded (prompt and generated tokens in order). The reader accepts:
   ``prompt_lengths`` [R], ``request_ids`` [R] (what :func:`export_vllm` writes);
 - ``.npz`` of one array per request (``np.savez(f, *[o.routed_experts for o in outputs])``);
   request ids are the trailing digits of the array names (``arr_3`` -> 3) when every name has
-  them, else the archive order.
+  them, else the archive order;
+- ``.json`` / ``.jsonl``: OpenAI-server responses whose choices carry ``routed_experts``
+  (base64 of ``np.save`` bytes), see :mod:`traces.importers.vllm_server`.
 
 The layer axis may hold the MoE layers only or every transformer block (vLLM sizes it by
 ``num_hidden_layers`` and leaves zeros in dense blocks); dense blocks are dropped. No gate
@@ -27,6 +29,7 @@ import numpy as np
 from moe_offload_lab.traces.errors import ConfigError, TraceError
 from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.importers import _common as c
+from moe_offload_lab.traces.importers.vllm_server import import_vllm_server
 from moe_offload_lab.traces.spec import ModelSpec
 
 _SINGLE = "routed_experts"
@@ -43,6 +46,11 @@ def import_vllm(path: str | Path, model: str | ModelSpec, *, lengths: str | Path
     path = Path(path)
     spec = c.load_spec(model)
     where = str(path)
+    if path.suffix.lower() in (".json", ".jsonl"):
+        if lengths is not None:
+            raise ConfigError(f"{where}: server responses give their own lengths; drop "
+                              f"--lengths")
+        return import_vllm_server(path, spec, _routed)
     file_lengths = c.read_lengths(Path(lengths)) if lengths is not None else None
     request_ids = None
     if path.suffix.lower() == ".npz":

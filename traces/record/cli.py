@@ -2,6 +2,8 @@
 
     moe-trace record path/to/Mixtral-8x7B --prompts prompts.txt --max-new-tokens 32 -o mix.parquet
     moe-trace record --config tiny-mixtral --prompts prompts.jsonl --lookahead 2 -o tiny.parquet
+    moe-trace record path/to/DeepSeek-V3 --device-map auto --max-memory 0=120GiB,cpu=600GiB \
+        --offload-folder offload --prompts prompts.txt -o v3.parquet
 
 ``add_parser(subparsers)`` adds the subcommand to an argparse parser; ``run(args)`` executes it.
 Finished batches are kept in ``<output>.parts`` until the trace is written, so an interrupted
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_offload_lab.traces.errors import ConfigError
-from moe_offload_lab.traces.record.loading import DTYPES
+from moe_offload_lab.traces.record.loading import DTYPES, QUANTIZATIONS
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -51,6 +53,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="weights dtype (auto: float32 on the CPU, the checkpoint's else)")
+    big = parser.add_argument_group("large checkpoints (need accelerate)")
+    big.add_argument("--device-map", metavar="MAP",
+                     help="place the model with transformers/accelerate instead of --device: "
+                          "auto, balanced, sequential, a device, or JSON {module: device}")
+    big.add_argument("--max-memory", metavar="DEV=SIZE,...",
+                     help="per-device cap for the device map, e.g. 0=70GiB,cpu=200GiB")
+    big.add_argument("--offload-folder", type=Path, metavar="DIR",
+                     help="where weights that fit no device are offloaded (disk)")
+    big.add_argument("--quantization", choices=QUANTIZATIONS,
+                     help="quantize while loading (bnb-4bit, bnb-8bit: bitsandbytes; fp8: a GPU "
+                          "of compute capability 8.9+); a pre-quantized checkpoint needs none")
     parser.add_argument("--name", help="model name in the ModelSpec (default: folder or config)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="trace file to write")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -98,14 +111,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
-    from moe_offload_lab.traces.record.loading import load_checkpoint, load_random
+    from moe_offload_lab.traces.record.loading import (
+        load_checkpoint,
+        load_random,
+        parse_device_map,
+        parse_max_memory,
+    )
     from moe_offload_lab.traces.record.tiny import config_from_spec
 
     if args.config is not None:
+        placed = [f for f in ("device_map", "max_memory", "offload_folder", "quantization")
+                  if getattr(args, f, None) is not None]
+        if placed:
+            raise ConfigError(f"--{placed[0].replace('_', '-')} applies to checkpoints, not to "
+                              f"--config random models")
         config, name = config_from_spec(args.config)
         model = load_random(config, args.seed, args.device, args.dtype)
         return model, name, {"kind": "random weights", "config": name, "weight_seed": args.seed}
-    model = load_checkpoint(args.model, args.device, args.dtype)
+    model = load_checkpoint(args.model, args.device, args.dtype,
+                            device_map=parse_device_map(args.device_map),
+                            max_memory=parse_max_memory(args.max_memory),
+                            offload_folder=args.offload_folder, quantization=args.quantization)
     name = args.model.resolve().name
     return model, name, {"kind": "checkpoint", "folder": name}
 

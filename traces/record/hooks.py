@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
-from moe_offload_lab.traces.record.adapters import ArchAdapter
+from moe_offload_lab.traces.record.adapters import read_output
 
 
 class RouterCapture:
@@ -20,8 +20,8 @@ class RouterCapture:
     the recorder itself calls routers (for lookahead).
     """
 
-    def __init__(self, routers: list[Any], adapter: ArchAdapter, keep_inputs: bool) -> None:
-        self.routers, self.adapter, self.keep_inputs = routers, adapter, keep_inputs
+    def __init__(self, routers: list[Any], keep_inputs: bool) -> None:
+        self.routers, self.keep_inputs = routers, keep_inputs
         n = len(routers)
         self.indices: list[Any] = [None] * n
         self.weights: list[Any] = [None] * n
@@ -34,7 +34,7 @@ class RouterCapture:
         def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
             if not self._active:
                 return
-            weights, indices = self.adapter.read_output(output)
+            weights, indices = read_output(output)
             self.indices[layer] = indices.detach()  # [batch * seq, k]
             self.weights[layer] = weights.detach()  # [batch * seq, k]
             if self.keep_inputs:

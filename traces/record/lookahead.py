@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 from moe_offload_lab.traces.format import NO_EXPERT
-from moe_offload_lab.traces.record.adapters import ArchAdapter
+from moe_offload_lab.traces.record.adapters import read_output
 
 
-def lookahead_rows(routers: list[Any], adapter: ArchAdapter, inputs: list[Any], rows: Any,
-                   distances: int, top_k: int) -> dict[int, np.ndarray]:
+def lookahead_rows(routers: list[Any], inputs: list[Any], rows: Any, distances: int,
+                   top_k: int) -> dict[int, np.ndarray]:
     """``{d: [n, L, k] int16}`` for ``d = 1 .. distances`` over the selected token ``rows``.
 
     ``inputs[l]`` is layer ``l``'s router input [batch * seq, H]; ``rows`` a boolean mask or index
@@ -38,7 +38,7 @@ def lookahead_rows(routers: list[Any], adapter: ArchAdapter, inputs: list[Any], 
         for d in range(1, distances + 1):
             ahead = np.full((n, n_layers, top_k), NO_EXPERT, dtype=np.int16)  # [n, L, k]
             for layer in range(n_layers - d):
-                _, indices = adapter.read_output(routers[layer + d](selected[layer]))
+                _, indices = read_output(routers[layer + d](selected[layer]))
                 ahead[:, layer] = indices.to("cpu", torch.int16).numpy()
             out[d] = ahead
     return out

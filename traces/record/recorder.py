@@ -29,6 +29,7 @@ from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import DECODE, PREFILL, Trace
 from moe_offload_lab.traces.record.adapters import find_routers
 from moe_offload_lab.traces.record.hooks import RouterCapture
+from moe_offload_lab.traces.record.loading import input_device, placement
 from moe_offload_lab.traces.record.lookahead import FeatureProjection, lookahead_rows
 from moe_offload_lab.traces.record.model_spec import spec_from_model
 from moe_offload_lab.traces.record.parts import PartStore
@@ -88,7 +89,7 @@ class _BatchRecorder:
                  pad: int) -> None:
         self.model, self.capture, self.settings = model, capture, settings
         self.top_k, self.projection, self.eos, self.pad = top_k, projection, eos, pad
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)
 
     def _collect(self, rows: Any, out: dict[str, list]) -> None:
         import torch
@@ -101,8 +102,8 @@ class _BatchRecorder:
         out["gate_weights"].append(gates.to("cpu", torch.float32).numpy())
         if self.settings.lookahead:
             with cap.paused():
-                ahead = lookahead_rows(cap.routers, cap.adapter, cap.inputs, rows,
-                                       self.settings.lookahead, self.top_k)
+                ahead = lookahead_rows(cap.routers, cap.inputs, rows, self.settings.lookahead,
+                                       self.top_k)
             out["lookahead"].append(np.stack([ahead[d] for d in sorted(ahead)]))  # [D, n, L, k]
         if self.projection is not None:
             out["features"].append(self.projection(cap.inputs, rows))  # [n, L, F]
@@ -177,11 +178,15 @@ class _BatchRecorder:
 
 
 def _fingerprint(model: Any, routers: list[Any]) -> str:
-    """Hash of the config and of every router's weights (cheap, and changes with the model)."""
+    """Hash of the config and of every router's weights (cheap, and changes with the model).
+    Router weights offloaded to disk (meta tensors) count by shape only."""
     digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
     for router in routers:
-        for tensor in router.state_dict().values():
-            digest.update(tensor.detach().to("cpu").float().numpy().tobytes())
+        for name, tensor in router.state_dict().items():
+            if tensor.device.type == "meta":
+                digest.update(f"{name}{tuple(tensor.shape)}".encode())
+            else:
+                digest.update(tensor.detach().to("cpu").float().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -223,11 +228,12 @@ def record_requests(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]]
 
     settings = settings or RecordSettings()
     settings.check()
-    adapter, blocks, routers = find_routers(model)
+    found = find_routers(model)
+    routers = found.routers
     model.eval()
     name = model_name or Path(getattr(model.config, "name_or_path", "") or "").name \
         or model.config.model_type
-    spec = spec_from_model(model, adapter, blocks, routers, name)
+    spec = spec_from_model(model, found, name)
     vocab = int(model.config.vocab_size)
     tokenizer = tokenizer or ByteTokenizer(vocab)
     encoded = [tokenizer.encode(p) if isinstance(p, str) else [int(t) for t in p]
@@ -257,9 +263,8 @@ def record_requests(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]]
                "prompts": prompt_hash, "settings": asdict(settings), "eos": eos}
         store = PartStore(work_dir, key)
 
-    device = next(model.parameters()).device
-    capture = RouterCapture(routers, adapter, keep_inputs=bool(settings.lookahead
-                                                               or settings.features))
+    device = input_device(model)
+    capture = RouterCapture(routers, keep_inputs=bool(settings.lookahead or settings.features))
     runner = _BatchRecorder(model, capture, settings, spec.top_k, projection, eos, pad)
     parts = []
     bar = tqdm(total=len(encoded), unit="prompt", desc="record", disable=not progress)
@@ -307,6 +312,7 @@ def record_requests(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]]
         "lookahead_distances": list(range(1, settings.lookahead + 1)),
         "features": projection.describe() if projection is not None else None,
         "device": str(device), "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "routers": found.describe(), **placement(model),
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

@@ -4,8 +4,9 @@ They build in milliseconds on the CPU, so tests, benchmarks and ``moe-trace reco
 tiny-mixtral`` can exercise the recorder without downloading a checkpoint. Each keeps what
 makes its architecture's routing special: DeepSeek's dense first layer and group-limited top-k,
 Qwen2-MoE's shared expert and sparse step, GPT-OSS's router bias and sliding-window layers,
-Phi-3.5-MoE's sparsemixer. The vocabulary is 256, which the byte-level tokenizer fallback
-covers exactly.
+Phi-3.5-MoE's sparsemixer; GLM-4-MoE and Ernie-4.5-MoE (dense first block, shared expert) are
+found through transformers' router declaration alone. The vocabulary is 256, which the
+byte-level tokenizer fallback covers exactly.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
                     "num_experts_per_tok": 2},
     "tiny-granitemoe": {"model_type": "granitemoe", "intermediate_size": 24,
                         "num_local_experts": 8, "num_experts_per_tok": 2},
+    # found only through transformers' router declaration (no fallback-table entry)
+    "tiny-glm4-moe": {"model_type": "glm4_moe", "intermediate_size": 64,
+                      "moe_intermediate_size": 24, "n_routed_experts": 8,
+                      "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1,
+                      "n_group": 1, "topk_group": 1, "head_dim": 8,
+                      "routed_scaling_factor": 1.0},
+    "tiny-ernie4_5-moe": {"model_type": "ernie4_5_moe", "intermediate_size": 64,
+                          "moe_intermediate_size": 24, "moe_num_experts": 8, "moe_k": 2,
+                          "moe_num_shared_experts": 1, "moe_layer_start_index": 1,
+                          "moe_layer_interval": 1, "head_dim": 8},
 }
 
 

@@ -9,8 +9,8 @@ import torch
 from moe_offload_lab.hw.live import greedy_generate
 from moe_offload_lab.hw.live.runner import encode_inputs
 from moe_offload_lab.policies.base import Policy
-from moe_offload_lab.traces.record.adapters import find_routers
 from moe_offload_lab.traces.record.tiny import build_tiny_model
+from transformers.integrations.moe import ExpertsInterface, grouped_mm_experts_forward
 
 ARCHS = ["mixtral", "qwen2-moe", "qwen3-moe", "olmoe", "deepseek-v2", "deepseek-v3", "gpt-oss"]
 CAPACITY = 6  # slots of the tiny models' 16..32 routed experts: fetches and evictions happen
@@ -47,37 +47,31 @@ def padded_rows(lengths: tuple[int, ...] = PADDED_LENGTHS) -> list[list[int]]:
 def padded_reference(arch: str, skip_pads: bool = False
                      ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
     """``(tokens, logits, mask)`` of the original model on :func:`padded_rows`, left-padded with
-    the attention mask and positions (:func:`greedy_generate`). ``skip_pads``: each original MoE
-    block runs on the real rows only (:class:`SkipPads`), as the offloading block does."""
+    the attention mask and positions (:func:`greedy_generate`). ``skip_pads``: the model's routed
+    experts compute the real rows only (transformers' own grouped kernel on them, pad rows
+    zero), as the offloading executor does; routers and shared experts still see every row."""
     m = model(arch)
     ids, mask = encode_inputs(padded_rows(), m)
     if skip_pads:
-        adapter, blocks, _ = find_routers(m)
         keep = mask.reshape(-1).nonzero().squeeze(1)
-        for b in blocks:
-            layer = m.model.layers[b]
-            setattr(layer, adapter.block_attr, SkipPads(getattr(layer, adapter.block_attr), keep,
-                                                        mask.numel()))
+        SKIP_PADS.update(keep=keep, rows=mask.numel())
+        ExpertsInterface.register("skip-pads", skip_pads_experts)
+        m.set_experts_implementation("skip-pads")
     tokens, logits = greedy_generate(m, ids, NEW_TOKENS, attention_mask=mask)
     return tokens, tuple(logits), mask
 
 
-class SkipPads(torch.nn.Module):
-    """An original (transformers) MoE block run on the real rows ``keep`` of a padded prefill
-    (as one ``[1, t, H]`` sequence); pad rows get zeros. Decode calls go to the block as is."""
+SKIP_PADS: dict[str, Any] = {}
 
-    def __init__(self, block: torch.nn.Module, keep: torch.Tensor, rows: int) -> None:
-        super().__init__()
-        self.block, self.keep, self.rows = block, keep, rows
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden = hidden_states.shape[-1]
-        flat = hidden_states.reshape(-1, hidden)  # [T, H]
-        if flat.shape[0] != self.rows:
-            return self.block(hidden_states)
-        out = self.block(flat.index_select(0, self.keep)[None])  # [1, t, H]
-        full = flat.new_zeros(flat.shape).index_copy_(0, self.keep, out.reshape(-1, hidden))
-        return full.reshape(hidden_states.shape)
+def skip_pads_experts(module: torch.nn.Module, hidden: torch.Tensor, index: torch.Tensor,
+                      weights: torch.Tensor) -> torch.Tensor:
+    """transformers' grouped experts kernel on the real rows of a padded prefill only."""
+    keep, rows = SKIP_PADS["keep"], SKIP_PADS["rows"]
+    if hidden.shape[0] != rows:  # decode calls have no pads
+        return grouped_mm_experts_forward(module, hidden, index, weights)
+    out = grouped_mm_experts_forward(module, hidden[keep], index[keep], weights[keep])  # [t, H]
+    return hidden.new_zeros(hidden.shape).index_copy_(0, keep, out)
 
 
 def assert_real_logits_match(got: list[torch.Tensor], want: tuple[torch.Tensor, ...],

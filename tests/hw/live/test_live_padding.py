@@ -56,7 +56,7 @@ def test_unequal_prompts_match_the_padded_original(arch: str, policy: str | None
         _, exact, _ = padded_reference(arch, skip_pads=True)
         assert_real_logits_match(result.logits, exact, mask)
     # the executor saw the real tokens only: prefill REAL x top_k per MoE layer, decode B x k
-    layers = len(find_routers(model(arch))[1])  # MoE layers
+    layers = len(find_routers(model(arch)).blocks)  # MoE layers
     assert _expert_counts(result.events, 0) == dict.fromkeys(range(layers), REAL * TOP_K)
     for step in range(1, NEW_TOKENS):
         assert _expert_counts(result.events, step) == dict.fromkeys(range(layers), 3 * TOP_K)

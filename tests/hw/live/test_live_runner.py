@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from live_testing import CAPACITY, NEW_TOKENS, CallLog, model, prompt
-from moe_offload_lab.hw.live import LiveRunner, greedy_generate, run_live
+from live_testing import (
+    CAPACITY,
+    NEW_TOKENS,
+    CallLog,
+    assert_logits_match,
+    model,
+    prompt,
+    reference,
+)
+from moe_offload_lab.hw.live import LiveRunner, greedy_generate, interface, run_live
 from moe_offload_lab.policies.config import build_policy
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import DECODE, PREFILL
@@ -50,11 +58,52 @@ def test_summary_and_log_counts() -> None:
     ("tiny-mixtral", {"gpu_memory_gb": 1e-6}, "one layer needs"),
     ("tiny-mixtral", {"capacity_slots": 999}, "exceeds"),
     ("tiny-mixtral", {}, "exactly one"),
-    ("tiny-phimoe", {"capacity_slots": 4}, "live mode does not support"),
 ])
 def test_bad_input_is_one_config_error(source: str, kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         run_live(source, prompt(), "lru", **kwargs)
+
+
+@pytest.mark.parametrize("arch", ["phimoe", "granitemoe", "glm4-moe", "ernie4_5-moe"])
+def test_architectures_beyond_the_first_seven_equal_the_original(arch: str) -> None:
+    """Any model whose experts use transformers' experts interface runs live: Phi-3.5-MoE's
+    sparsemixer and Granite's router, GLM-4-MoE's and Ernie-4.5's shared experts next to the
+    routed ones, all in the model's own block code."""
+    ref_tokens, ref_logits = reference(arch)
+    result = run_live(model(arch), prompt(), "gate-lookahead", capacity_slots=CAPACITY,
+                      max_new_tokens=NEW_TOKENS, check=True)
+    assert_logits_match(arch, result.logits, ref_logits)
+    assert torch.equal(result.tokens, ref_tokens)
+    assert result.stats["fetches"] > 0 and result.stats["prefetches"] > 0
+
+
+def test_the_model_gets_its_experts_implementation_back() -> None:
+    m = model("qwen2-moe")
+    before = m.get_experts_implementation()
+    runner = LiveRunner(m, "lru", capacity_slots=CAPACITY)
+    assert set(m.get_experts_implementation().values()) == {interface.NAME}
+    greedy_generate(m, prompt(), 2)
+    runner.finish()
+    runner.remove()
+    assert m.get_experts_implementation() == before
+    tokens, logits = greedy_generate(m, prompt(), NEW_TOKENS)  # the original model again
+    ref_tokens, ref_logits = reference("qwen2-moe")
+    assert torch.equal(tokens, ref_tokens)
+    assert all(torch.equal(a, b) for a, b in zip(logits, ref_logits, strict=True))
+
+
+def test_experts_outside_the_interface_are_one_config_error() -> None:
+    """Custom or quantized experts modules that transformers' interface does not drive."""
+
+    class PlainExperts(torch.nn.Module):
+        def forward(self, hidden, index, weights):  # noqa: ANN001, ANN202
+            return hidden
+
+    m = model("mixtral")
+    m.model.layers[2].mlp.experts = PlainExperts()
+    with pytest.raises(ConfigError, match="no experts module using transformers' experts "
+                                          "interface"):
+        run_live(m, prompt(), "lru", capacity_slots=CAPACITY)
 
 
 def test_non_moe_model_is_a_config_error() -> None:
@@ -63,7 +112,7 @@ def test_non_moe_model_is_a_config_error() -> None:
     config = AutoConfig.for_model("llama", vocab_size=256, hidden_size=32, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2,
                                   intermediate_size=48)
-    with pytest.raises(ConfigError, match="not a supported MoE architecture"):
+    with pytest.raises(ConfigError, match="not a Mixture-of-Experts config"):
         run_live(config, prompt(), "lru", capacity_slots=4)
 
 

@@ -65,6 +65,45 @@ def test_a_bundled_model_name_and_a_lengths_file(tmp_path):
     assert trace.phase.tolist() == [0, 0, 1, 0, 1]
 
 
+def test_megatron_rank_files_and_a_hugging_face_config(tiny_spec, tmp_path, capsys):
+    """Two pipeline-stage files of a training run with micro-batches of 2 sequences, and the
+    model given as a config.json (Qwen3-MoE-style with a dense first block)."""
+    from megatron_writer import training_files
+    from test_megatron import batches
+
+    config = {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"],
+              "num_hidden_layers": 4, "mlp_only_layers": [0], "num_experts": 6,
+              "num_experts_per_tok": 2, "hidden_size": 8, "moe_intermediate_size": 8,
+              "intermediate_size": 16, "num_attention_heads": 2, "num_key_value_heads": 2,
+              "vocab_size": 64, "torch_dtype": "bfloat16"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    paths = training_files(tmp_path, batches(), 4, tiny_spec.moe_layer_indices, 6, 2,
+                           pipeline=2)
+    out = tmp_path / "t.parquet"
+    assert main(["import", "--from", "megatron", *map(str, paths), "--micro-batch-size", "2",
+                 "--model", str(tmp_path / "config.json"), "-o", str(out)]) == 0
+    assert "(+1 files)" in capsys.readouterr().out
+    trace = Trace.load(out)
+    assert trace.spec.moe_layer_indices == (1, 2, 3) and trace.spec.name == tmp_path.name
+    assert len(trace.request_ids()) == 2 * 3 * 2  # iterations x micro-batches x sequences
+
+
+def test_a_dense_config_json_is_one_clear_error(tmp_path, capsys):
+    routed = tmp_path / "r.npy"
+    np.save(routed, np.zeros((2, 2, 2), np.int16))
+    dense = tmp_path / "llama" / "config.json"
+    dense.parent.mkdir()
+    dense.write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2,
+                                 "hidden_size": 8, "intermediate_size": 16}))
+    for model in (str(dense), str(dense.parent)):
+        assert main(["import", "--from", "vllm", str(routed), "--model", model,
+                     "-o", str(tmp_path / "x.parquet")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "not a Mixture-of-Experts config (model_type 'llama'" in err
+        assert len(err.splitlines()) == 1
+    assert not (tmp_path / "x.parquet").exists()
+
+
 def test_add_parsers_plugs_into_a_host_parser(saved, tmp_path):
     parser = argparse.ArgumentParser(prog="moe-trace")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,8 +123,12 @@ def bad_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["import", "--from", "sglang", "IN", "--model", "mixtral-8x7b", "-o", "OUT"],
-     "unknown import format 'sglang'"),
+    (["import", "--from", "hdf5", "IN", "--model", "mixtral-8x7b", "-o", "OUT"],
+     "unknown import format 'hdf5'"),
+    (["import", "--from", "csv", "IN", "IN", "--model", "mixtral-8x7b", "-o", "OUT"],
+     "several apply to megatron only"),
+    (["import", "--from", "csv", "IN", "--micro-batch-size", "2", "--model", "mixtral-8x7b",
+      "-o", "OUT"], "--micro-batch-size applies to --from megatron only"),
     (["export", "--to", "hdf5", "TRACE", "-o", "OUT"], "unknown export format 'hdf5'"),
     (["import", "--from", "csv", "missing.csv", "--model", "mixtral-8x7b", "-o", "OUT"],
      "missing.csv: no such file"),
@@ -95,7 +138,7 @@ def bad_jsonl(tmp_path):
     (["import", "--from", "csv", "IN", "--model", "TINY", "--lengths", "IN", "-o", "OUT"],
      "--lengths applies to --from vllm only"),
     (["export", "--to", "csv", "--all-layers", "TRACE", "-o", "OUT"],
-     "--all-layers applies to --to vllm only"),
+     "--all-layers applies to --to vllm or eplb only"),
     (["export", "--to", "csv", "missing.parquet", "-o", "OUT"], "missing.parquet: no such file"),
     (["export", "--to", "csv", "TRACE", "-o", "."], "cannot write"),
 ])

@@ -17,7 +17,7 @@ PROMPTS = ["Hello, world!", "a", "The quick brown fox jumps over the lazy dog.",
 def router_modules(model) -> list[torch.nn.Module]:
     """Router modules in forward order, found by class name (independent of the adapters)."""
     return [m for _, m in model.named_modules()
-            if type(m).__name__.lower().endswith(("topkrouter", "topk_router"))]
+            if type(m).__name__.lower().endswith(("topkrouter", "topk_router", "moetopkrouter"))]
 
 
 class ReferenceCapture:

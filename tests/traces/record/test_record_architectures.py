@@ -25,7 +25,8 @@ NEW_TOKENS, LOOKAHEAD, FEATURES = 4, 2, 4
 PLAIN_TOP_K = {"tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe", "tiny-gpt-oss",
                "tiny-granitemoe"}
 EXPECTED_LAYERS = {"tiny-qwen2-moe": (0, 2, 2), "tiny-deepseek-v2": (1, 1, 3),
-                   "tiny-deepseek-v3": (1, 1, 3)}  # first_k_dense, step, MoE layers
+                   "tiny-deepseek-v3": (1, 1, 3), "tiny-glm4-moe": (1, 1, 3),
+                   "tiny-ernie4_5-moe": (1, 1, 3)}  # first_k_dense, step, MoE layers
 
 
 @pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))

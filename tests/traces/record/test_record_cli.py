@@ -150,7 +150,7 @@ def not_moe_model(tmp_path_factory):
     ("jsonl-no-field", "line 1: expected an object"),
     ("missing-model", "does not exist"),
     ("not-a-model-dir", "no config.json"),
-    ("not-moe", "not a supported MoE architecture"),
+    ("not-moe", "not a Mixture-of-Experts config"),
     ("bad-config-name", "neither a tiny config name"),
     ("bad-batch", "batch_size must be at least 1"),
     ("bad-temperature", "temperature must be finite"),

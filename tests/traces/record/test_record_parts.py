@@ -87,7 +87,7 @@ def test_spec_of_a_full_size_model_matches_the_published_shape(config_class, exp
     config.dtype = torch.bfloat16
     with torch.device("meta"):  # shapes only, no memory
         model = transformers.AutoModelForCausalLM.from_config(config)
-    spec = spec_from_model(model, *find_routers(model), name=config_class)
+    spec = spec_from_model(model, find_routers(model), name=config_class)
     layers, experts, top_k, first_dense, expert_mb, non_expert_gb = expected
     assert (spec.num_moe_layers, spec.num_experts, spec.top_k, spec.first_k_dense) == (
         layers, experts, top_k, first_dense)
