@@ -43,8 +43,9 @@ The lower tiers (L2 host DRAM, L3 NVMe) are decided by the same densities throug
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 from moe_offload_lab.policies.cache import CacheView
@@ -56,6 +57,8 @@ from moe_offload_lab.policies.replacement.base import ReplacementRule, register
 from moe_offload_lab.policies.replacement.tiers import TieredRule
 from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.spec import ModelSpec
+
+_OLD = -1  # bucket of residents used ``ages - 1`` or more visits ago, or never
 
 
 @register("confidence")
@@ -88,19 +91,19 @@ class ConfidenceGuided(ReplacementRule, TieredRule):
 
     def reset(self, spec: ModelSpec, capacity_slots: int, trace: Trace | None = None,
               schedule: object = None) -> None:
-        """Empty the groups, the reuse counts and the prediction state."""
+        """Empty the buckets, the reuse counts and the prediction state."""
         super().reset(spec, capacity_slots, trace, schedule)
         n_layers, ages = spec.num_moe_layers, self.params.ages
         self.spec_top_k = spec.top_k
-        # residents per layer and age (visits of the layer since the batch last used the key,
-        # 0 = used at the last visit, ages - 1 = that long ago or never), least recent first
-        self._groups: list[list[OrderedDict[int, None]]] = [
-            [OrderedDict() for _ in range(ages)] for _ in range(n_layers)]
-        self._resident: set[int] = set()
+        # residents per layer in buckets by the visit of the layer that last used them (_OLD:
+        # ages - 1 visits ago or more, or never), each bucket least recently used first
+        self._buckets: list[dict[int, OrderedDict[int, None]]] = [{} for _ in range(n_layers)]
+        self._bucket_of: dict[int, int] = {}  # resident key -> its bucket
         self._visits = [0] * n_layers  # completed visits per layer
         self._last_use: dict[int, int] = {}  # key -> the visit of its layer that last used it
         # per layer and age: [residents of that age at a visit, of which the batch used]
         self._counts = [[[0, 0] for _ in range(ages)] for _ in range(n_layers)]
+        self._order: list[list[tuple[float, int, int]] | None] = [None] * n_layers
         self._layer = n_layers - 1  # the layer that ran last (none yet: as if a step ended)
         self._prediction: Prediction | None = None
         self._version = -1
@@ -117,55 +120,66 @@ class ConfidenceGuided(ReplacementRule, TieredRule):
         self._prediction = prediction
 
     # ---- bookkeeping --------------------------------------------------------------------------
+    def _bucket_age(self, layer: int, visit: int) -> int:
+        cap = self.params.ages - 1
+        return cap if visit == _OLD else min(cap, self._visits[layer] - 1 - visit)
+
     def age(self, key: int) -> int:
         """Visits of the key's layer since the batch last used it (0: at the last visit),
         capped at ``ages - 1`` (also for keys never used)."""
-        layer = key // self.num_experts
         last = self._last_use.get(key)
-        cap = self.params.ages - 1
-        return cap if last is None else min(cap, self._visits[layer] - 1 - last)
+        return self._bucket_age(key // self.num_experts, _OLD if last is None else last)
 
     def on_access(self, ctx: LayerContext) -> None:
-        """Count the reuse of layer ``ctx.layer``'s residents per age, then age them: the ones
-        the batch uses now become age 0 (most recent), the others one visit older."""
+        """Count the reuse of layer ``ctx.layer``'s residents per age, then move the ones the
+        batch uses now to this visit's bucket (age 0); buckets that reach the oldest age pool."""
         layer = self._layer = ctx.layer
         self._now = ctx.step * self.num_layers + layer
-        now = set(ctx.keys)
         needed = self._needed[layer]
-        needed[0] += len(now)
+        needed[0] += len(ctx.keys)
         needed[1] += 1
-        groups, counts = self._groups[layer], self._counts[layer]
-        for age, group in enumerate(groups):
-            counts[age][0] += len(group)
-            counts[age][1] += sum(1 for k in group if k in now)
-        fresh = OrderedDict((k, None) for k in ctx.keys if k in self._resident)
-        older = [OrderedDict((k, None) for k in g if k not in fresh) for g in groups]
-        if len(groups) > 1:  # everyone not used now ages by one visit; the last age pools
-            older[-1].update(older[-2])
-            groups[1:] = [*older[:-2], older[-1]]
-            groups[0] = fresh
-        else:
-            older[0].update(fresh)
-            groups[0] = older[0]
-        visit = self._visits[layer]
+        buckets, counts, bucket_of = self._buckets[layer], self._counts[layer], self._bucket_of
+        for visit, bucket in buckets.items():
+            counts[self._bucket_age(layer, visit)][0] += len(bucket)
+        visit_now = self._visits[layer]
+        fresh: OrderedDict[int, None] = OrderedDict()
         for key in ctx.keys:
-            self._last_use[key] = visit
-        self._visits[layer] = visit + 1
+            old = bucket_of.get(key)
+            if old is not None:
+                counts[self._bucket_age(layer, old)][1] += 1
+                del buckets[old][key]
+                fresh[key] = None
+                bucket_of[key] = visit_now
+            self._last_use[key] = visit_now
+        buckets[visit_now] = fresh
+        self._visits[layer] = visit_now + 1
+        cap = self.params.ages - 1
+        pooled = buckets.setdefault(_OLD, OrderedDict())
+        for visit in sorted(v for v in buckets if v != _OLD and self._bucket_age(layer, v) >= cap):
+            for key in buckets.pop(visit):
+                pooled[key] = None
+                bucket_of[key] = _OLD
+        self._order[layer] = None
 
     def on_insert(self, key: int) -> None:
-        """A new resident joins its layer's group of its age."""
-        if key in self._resident:
+        """A new resident joins its layer's bucket of its last use (or the oldest)."""
+        if key in self._bucket_of:
             return
-        self._resident.add(key)
-        self._groups[key // self.num_experts][self.age(key)][key] = None
+        layer = key // self.num_experts
+        last = self._last_use.get(key)
+        visit = _OLD if last is None or self.age(key) >= self.params.ages - 1 else last
+        buckets = self._buckets[layer]
+        if visit not in buckets:
+            buckets[visit] = OrderedDict()
+            self._order[layer] = None
+        buckets[visit][key] = None
+        self._bucket_of[key] = visit
 
     def on_remove(self, key: int) -> None:
         """Forget ``key`` (tolerates unknown keys)."""
-        if key not in self._resident:
-            return
-        self._resident.discard(key)
-        for group in self._groups[key // self.num_experts]:
-            group.pop(key, None)
+        visit = self._bucket_of.pop(key, None)
+        if visit is not None:
+            self._buckets[key // self.num_experts][visit].pop(key, None)
 
     # ---- the densities ------------------------------------------------------------------------
     def reuse_probability(self, layer: int, age: int) -> float:
@@ -230,51 +244,83 @@ class ConfidenceGuided(ReplacementRule, TieredRule):
         """Hit density ``p / d`` of ``key``."""
         return self.need_probability(key) / self.distance(key)
 
-    def _candidates(self) -> list[tuple[float, int, Sequence[int]]]:
-        """Resident keys in eviction order, grouped: ``(density, tie, keys)`` sorted by
-        density. A layer the prediction covers contributes one entry per key (its own
-        confidence); any other layer two entries (unused, used), each in LRU order."""
+    def _layer_order(self, layer: int) -> list[tuple[float, int, int]]:
+        """The layer's buckets as ``(p, -age, visit)``, least likely used first (ties: older
+        first); recomputed after each visit of the layer (its counts and ages change then)."""
+        order = self._order[layer]
+        if order is None:
+            order = sorted((self.reuse_probability(layer, self._bucket_age(layer, v)),
+                            -self._bucket_age(layer, v), v) for v in self._buckets[layer])
+            self._order[layer] = order
+        return order
+
+    def _stream(self) -> Iterator[tuple[float, int]]:
+        """``(density, key)`` of every resident, lowest density first: a lazy merge over the
+        layers (a covered layer's keys one by one, any other layer's buckets in the cached order
+        of :meth:`_layer_order`), so a call that needs a few victims looks at a few keys."""
         self._refresh()
-        out: list[tuple[float, int, Sequence[int]]] = []
-        ages = self.params.ages
-        for layer, groups in enumerate(self._groups):
-            d = (layer - self._layer - 1) % self.num_layers + 1
+        heap: list[tuple[float, int, int, int]] = []  # (density, tie, layer, index)
+        covered_runs: dict[int, list[tuple[float, int]]] = {}
+        scale: dict[int, float] = {}  # layer -> 1 / distance
+        n_layers, ages, current = self.num_layers, self.params.ages, self._layer
+        for layer in range(n_layers):
+            buckets = self._buckets[layer]
+            if not buckets:
+                continue
+            inv_d = 1.0 / ((layer - current - 1) % n_layers + 1)
             if self._is_covered(layer):
                 predicted, rest = self._predicted, self._covered[layer]
-                for age, group in enumerate(groups):
-                    for key in group:
-                        out.append((predicted.get(key, rest) / d, ages * layer + age, (key,)))
+                keyed = [(predicted.get(k, rest) * inv_d, -self.age(k), k) for v in buckets
+                         for k in buckets[v]]
+                if not keyed:
+                    continue
+                keyed.sort()
+                covered_runs[layer] = [(density, key) for density, _, key in keyed]
+                heap.append((keyed[0][0], layer * ages, layer, 0))
+            else:
+                scale[layer] = inv_d
+                heap.append((self._layer_order(layer)[0][0] * inv_d, layer * ages, layer, 0))
+        heapq.heapify(heap)
+        while heap:
+            density, _, layer, index = heapq.heappop(heap)
+            if layer in covered_runs:
+                run = covered_runs[layer]
+                yield run[index]
+                if index + 1 < len(run):
+                    heapq.heappush(heap, (run[index + 1][0], layer * ages + index + 1, layer,
+                                          index + 1))
                 continue
-            for age, group in enumerate(groups):
-                if group:
-                    out.append((self.reuse_probability(layer, age) / d, ages * layer + age,
-                                group))
-        out.sort(key=lambda item: (item[0], item[1]))
-        return out
+            order = self._layer_order(layer)
+            for key in self._buckets[layer].get(order[index][2], ()):
+                yield density, key
+            if index + 1 < len(order):
+                heapq.heappush(heap, (order[index + 1][0] * scale[layer],
+                                      layer * ages + index + 1, layer, index + 1))
 
     # ---- decisions ----------------------------------------------------------------------------
     def victims(self, view: CacheView, need: int, layer: int, keep: Collection[int],
                 soft: Collection[int], out: list[int]) -> None:
-        """Lowest hit density first (LRU within a group); for a prefetch (``layer == -1``)
+        """Lowest hit density first (LRU within a bucket); for a prefetch (``layer == -1``)
         only residents less dense than the plan keys they make room for."""
         start = len(out)
         target = start + need
+        if need <= 0:
+            return
         incoming = None
         if layer < 0 and self.params.promote_by_confidence:
             incoming = self._plan_densities(view, soft)
-        for density, _, keys in self._candidates():
-            for key in keys:
-                if len(out) >= target:
-                    return
-                if key in keep or key in soft or key in out:
-                    continue
-                if incoming is not None:
-                    slot = len(out) - start
-                    if slot >= len(incoming) or density >= incoming[slot]:
-                        return
-                out.append(key)
-        if len(out) < target and len(self._resident) < len(view.resident):
-            self._fallback(view, target, layer, keep, soft, out, self._resident)
+        for density, key in self._stream():
+            if key in keep or key in soft or key in out:
+                continue
+            if incoming is not None:
+                slot = len(out) - start
+                if slot >= len(incoming) or density >= incoming[slot]:
+                    break
+            out.append(key)
+            if len(out) >= target:
+                return
+        if len(out) < target and len(self._bucket_of) < len(view.resident):
+            self._fallback(view, target, layer, keep, soft, out, self._bucket_of)
 
     def _plan_densities(self, view: CacheView, soft: Collection[int]) -> list[float]:
         """Densities of the keys a prefetch plan brings in (wanted, not yet present), best
@@ -299,8 +345,8 @@ class ConfidenceGuided(ReplacementRule, TieredRule):
             return True
         keep = ctx.keys
         mine = self.reuse_probability(layer, 0) / self.num_layers
-        for density, _, keys in self._candidates():
-            if any(k not in keep for k in keys):
+        for density, key in self._stream():
+            if key not in keep:
                 return mine > density
         return True
 
