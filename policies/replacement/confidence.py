@@ -147,15 +147,19 @@ class ConfidenceGuided(ReplacementRule, TieredRule):
             old = bucket_of.get(key)
             if old is not None:
                 counts[self._bucket_age(layer, old)][1] += 1
-                del buckets[old][key]
+                emptied = buckets[old]
+                del emptied[key]
+                if not emptied:
+                    del buckets[old]
                 fresh[key] = None
                 bucket_of[key] = visit_now
             self._last_use[key] = visit_now
-        buckets[visit_now] = fresh
+        if fresh:
+            buckets[visit_now] = fresh
         self._visits[layer] = visit_now + 1
         cap = self.params.ages - 1
-        pooled = buckets.setdefault(_OLD, OrderedDict())
         for visit in sorted(v for v in buckets if v != _OLD and self._bucket_age(layer, v) >= cap):
+            pooled = buckets.setdefault(_OLD, OrderedDict())
             for key in buckets.pop(visit):
                 pooled[key] = None
                 bucket_of[key] = _OLD
@@ -179,7 +183,11 @@ class ConfidenceGuided(ReplacementRule, TieredRule):
         """Forget ``key`` (tolerates unknown keys)."""
         visit = self._bucket_of.pop(key, None)
         if visit is not None:
-            self._buckets[key // self.num_experts][visit].pop(key, None)
+            buckets = self._buckets[key // self.num_experts]
+            bucket = buckets[visit]
+            del bucket[key]
+            if not bucket:  # a bucket that comes back is new: on_insert resets the order
+                del buckets[visit]
 
     # ---- the densities ------------------------------------------------------------------------
     def reuse_probability(self, layer: int, age: int) -> float:
