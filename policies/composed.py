@@ -96,11 +96,12 @@ class ComposedPolicy(Policy):
         self.spec = spec
         self.num_experts = spec.num_experts
         self.horizon = min(self.config.horizon, spec.num_moe_layers)
-        if self._table_path is not False:  # charged from a measured table
+        self.predictor.reset(spec, self.horizon, trace, schedule, self.config.seed)
+        if self._table_path is not False:  # charged from a measured table (after the
+            # predictor's reset: a learned predictor trained there declares its measured cost)
             self.charged_cost = charged_cost(self.components_by_kind(), spec, self.horizon,
                                              load_table(self._table_path))
             self._cost = self.charged_cost.cost
-        self.predictor.reset(spec, self.horizon, trace, schedule, self.config.seed)
         self.replacement.reset(spec, capacity_slots, trace, schedule)
         self.placement.reset(spec, cost_model)
         self.planner.reset(spec, capacity_slots, cost_model, self.horizon)

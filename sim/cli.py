@@ -3,8 +3,8 @@
     moe-sim                                    the bundled comparison (experiment=compare)
     moe-sim policy=gate-lookahead hardware=h100-pcie cache.fraction=0.25 batch=4
     moe-sim experiment=compare trace.tokens=5000
-    moe-sim --multirun policy=lru,prescope cache.fraction=0.25,0.5     (joblib, in parallel)
-    moe-sim --multirun hydra/launcher=slurm policy=lru,prescope        (SLURM via submitit)
+    moe-sim --multirun policy=lru,presched cache.fraction=0.25,0.5     (joblib, in parallel)
+    moe-sim --multirun hydra/launcher=slurm policy=lru,presched        (SLURM via submitit)
     moe-sim cluster=h100x8-nvswitch balance=probe model=deepseek-v3 batch=32   (expert parallel)
     moe-sim sweep collect DIR                  rebuild a sweep's sweep.csv / sweep.md
     moe-sim sweep resume DIR                   rerun only a sweep's missing and failed jobs

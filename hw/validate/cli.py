@@ -2,7 +2,7 @@
 
     moe-hw validate profile=h100-lab                          (the calibrated profile's name)
     moe-hw validate device=cpu model=tiny-moe-stdlib layers=null -o outputs/hw/val-cpu  (CPU twin)
-    moe-hw validate policies=[lru,prescope] cache.fractions=[0.25,0.5] batches=[1,16]
+    moe-hw validate policies=[lru,presched] cache.fractions=[0.25,0.5] batches=[1,16]
 
 Arguments are Hydra overrides of ``conf/hw/validate.yaml``. Every cell (policy x cache size x
 batch) runs in the executor and in the simulator with the calibrated profile (``profile=null``:

@@ -2,6 +2,9 @@
 
     moe-train [OVERRIDES]              train one predictor (predictor=<conf/train/predictor name>)
     moe-train evaluate [OVERRIDES]     compare checkpoints and the heuristic predictors
+    moe-train info [OVERRIDES]         Prophet's information split per model (entropy,
+                                       exploitable bits, the part from history, consecutive MI)
+    moe-train cache                    list the checkpoints ``checkpoint: auto`` trained and cached
 
 Training writes ``<out>/model.pt`` and ``<out>/model.json`` (default
 ``outputs/train/<predictor name>/``; an ``out`` ending in ``.pt`` names the file itself, with its
@@ -71,8 +74,24 @@ def _split(cfg: dict[str, Any], trace: Any):  # noqa: ANN202
 
 def train(cfg: dict[str, Any]) -> dict[str, Any]:
     """Train the configured predictor, write its checkpoint; returns the metadata."""
+    from moe_offload_lab.policies.learned import checkpoint
+
+    out = _checkpoint_path(cfg)  # checked before training, not after it
+    trace, provenance = _trace(cfg)
+    model, meta = train_on(trace, provenance, cfg)
+    checkpoint.save(out, model, meta)
+    print(_report(meta["name"], out, meta))
+    return meta
+
+
+def train_on(trace: Any, provenance: dict[str, Any], cfg: dict[str, Any],
+             score_test: bool = True) -> tuple[Any, dict]:
+    """Train the predictor of the composed config ``cfg`` on ``trace`` (split by request), score
+    it on the held-out requests (unless ``score_test`` is False) and measure its cost; returns
+    the model and its metadata (the checkpoint is not written). Shared by ``moe-train`` and the
+    auto-trained checkpoints of :mod:`policies.learned.autotrain`."""
     import torch
-    from moe_offload_lab.policies.learned import checkpoint, timing
+    from moe_offload_lab.policies.learned import timing
     from moe_offload_lab.policies.learned.data import build_examples, fingerprint
     from moe_offload_lab.policies.learned.evaluate import learned_probs, score
     from moe_offload_lab.policies.learned.models import Shape, build_model
@@ -85,7 +104,6 @@ def train(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("predictor config needs name and kind")
     out = _checkpoint_path(cfg)  # checked before training, not after it
     router_path = pcfg.pop("router_weights", None)
-    trace, provenance = _trace(cfg)
     spec = trace.spec
     context, horizon = int(cfg["context"]), int(cfg["horizon"])
     feature_dim = 0 if trace.features is None else int(trace.features.shape[2])
@@ -108,7 +126,9 @@ def train(cfg: dict[str, Any]) -> dict[str, Any]:
     except TypeError as exc:
         raise ConfigError(f"train: {exc}") from None
     history = train_model(model, train_ex, val_ex, params, progress=bool(cfg.get("progress")))
-    rows, _ = score(learned_probs(Runner(model), test_ex), test_ex, spec.top_k)
+    rows = []
+    if score_test and len(test_ex):
+        rows, _ = score(learned_probs(Runner(model), test_ex), test_ex, spec.top_k)
     c = cfg["cost"]
     batches = [int(b) for b in c["batches"]]
     cost: dict[str, Any] = {"where": c["where"],
@@ -137,9 +157,7 @@ def train(cfg: dict[str, Any]) -> dict[str, Any]:
         "versions": {"torch": torch.__version__},
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
-    checkpoint.save(out, model, meta)
-    print(_report(name, out, meta))
-    return meta
+    return model, meta
 
 
 def _checkpoint_path(cfg: dict[str, Any]) -> Path:
@@ -222,6 +240,51 @@ def evaluate(cfg: dict[str, Any]) -> tuple[Any, Any]:
     return table, curves
 
 
+def info(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Print (and optionally write) the information split of each requested trace."""
+    import json
+
+    from moe_offload_lab.traces.analysis.information_split import format_table, information_split
+    from moe_offload_lab.traces.atomic import write_text
+
+    i, t = cfg["info"], cfg["trace"]
+    models = list(i.get("models") or [])
+    traces = []
+    if models:
+        from moe_offload_lab.policies.learned.data import load_traces
+
+        for name in models:
+            traces.append(load_traces((), None, name, int(t["tokens"]), int(t["seed"]))[0])
+    else:
+        traces.append(_trace(cfg)[0])
+    rows = []
+    for trace in traces:
+        row = information_split(trace, int(cfg["context"]), int(i["seed"])).summary()
+        row["tokens"] = trace.num_tokens
+        rows.append(row)
+    table = format_table(rows)
+    print(f"information split (bits, layer means; held-out requests; c={cfg['context']})")
+    print(table, end="")
+    if i.get("out"):
+        out = Path(i["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "info.json", json.dumps(rows, indent=2) + "\n")
+        write_text(out / "info.md", table)
+        print(f"wrote {out / 'info.json'}, {out / 'info.md'}")
+    return rows
+
+
+def list_cache() -> int:
+    """Print the cached auto-trained checkpoints."""
+    from moe_offload_lab.policies.learned.autotrain import cache_root, entries
+
+    found = entries()
+    print(f"{cache_root()}: {len(found)} checkpoint(s)")
+    for e in found:
+        print(f"  {e['model']:<20} {e['predictor']:<22} {e['source'] or '?':<7} {e['path']}")
+    return 0
+
+
 def _main(argv: Sequence[str]) -> int:
     args = list(argv)
     if args[:1] == ["--version"]:
@@ -233,6 +296,11 @@ def _main(argv: Sequence[str]) -> int:
     if args and args[0] == "evaluate":
         evaluate(compose(args[1:]))
         return 0
+    if args and args[0] == "info":
+        info(compose(args[1:]))
+        return 0
+    if args and args[0] == "cache":
+        return list_cache()
     train(compose(args))
     return 0
 

@@ -93,6 +93,10 @@ def split_by_request(trace: Trace, val: float = 0.15, test: float = 0.15,
         raise ConfigError(f"split fractions must be in [0, 1) and sum below 1, got val={val}, "
                           f"test={test}")
     requests = np.unique(trace.request_id)
+    if val == 0 and test == 0:  # no held-out part: every request trains
+        rows = np.arange(trace.num_tokens)
+        none = np.zeros(0, dtype=np.int64)
+        return Split(requests, none, none, rows, none, none)
     if len(requests) < 3:
         raise ConfigError(f"splitting by request needs at least 3 requests, the trace has "
                           f"{len(requests)}")

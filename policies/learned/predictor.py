@@ -1,7 +1,10 @@
 """The ``learned`` predictor: a ``moe-train`` checkpoint behind the Predictor interface.
 
 ``{name: learned, checkpoint: PATH}`` (relative paths: the working directory, then the project
-root). At each layer it builds the model's input for the batch - the tokens' experts at the last
+root), or ``checkpoint: auto`` with a training recipe (``train_predictor``, ``train_source``,
+``train_tokens``, ``train_seed``, ``train_overrides``): the model for the run's shape is then
+trained on first use and cached (:mod:`policies.learned.autotrain`), so the policy fits every
+model. At each layer it builds the model's input for the batch - the tokens' experts at the last
 ``c`` layers (kept from :meth:`observe` during the step) or ``trace.features[ctx.rows, layer]``
 from the trace given in ``reset`` - runs the model (torch, inference mode) and fills the
 Prediction with every expert scoring at least ``min_score``, best first, per distance. The batch
@@ -48,12 +51,19 @@ class LearnedPredictor(Predictor):
 
     @dataclass(frozen=True)
     class Params:
-        """``checkpoint``: a ``moe-train`` ``.pt`` file (its ``.json`` beside it); ``where``:
+        """``checkpoint``: a ``moe-train`` ``.pt`` file (its ``.json`` beside it), or ``auto``
+        (train on first use with the ``train_*`` recipe, see
+        :class:`~policies.learned.autotrain.Recipe`); ``where``:
         cpu | gpu ('' = as measured); ``union``: noisy-or | max; ``min_score``: drop experts
         below it; ``max_candidates``: keep at most this many per distance (0: all);
         ``device``: cpu | cuda; ``threads``: torch intra-op threads (0: leave as is)."""
 
         checkpoint: str = ""
+        train_predictor: str = "history-transformer"
+        train_source: str = "auto"
+        train_tokens: int = 4000
+        train_seed: int = 90001
+        train_overrides: tuple[str, ...] = ()
         where: str = ""
         union: str = "noisy-or"
         min_score: float = 0.01
@@ -67,29 +77,58 @@ class LearnedPredictor(Predictor):
             require(0.0 <= self.min_score <= 1.0, "min_score must lie in [0, 1]")
             require(self.max_candidates >= 0, "max_candidates must not be negative")
             require(self.threads >= 0, "threads must not be negative")
+            require(self.train_source in ("auto", "preset", "trace"),
+                    "train_source must be auto, preset or trace")
+            require(self.train_tokens >= 1, "train_tokens must be positive")
 
     def __init__(self, params: object = None, model: Any = None,
                  meta: dict[str, Any] | None = None) -> None:
         super().__init__(params)
-        from moe_offload_lab.policies.learned.runner import Runner
-
         p = self.params
+        self.auto = p.checkpoint == "auto" and model is None
+        self.recipe = None
+        if self.auto:
+            from moe_offload_lab.policies.learned.autotrain import Recipe
+
+            self.recipe = Recipe(p.train_predictor, p.train_source, p.train_tokens,
+                                 p.train_seed, tuple(p.train_overrides))
+            self._bind(None, {})
+            return
         if model is None:
             if not p.checkpoint:
-                raise ConfigError("predictor 'learned' needs checkpoint: PATH (a moe-train .pt)")
+                raise ConfigError("predictor 'learned' needs checkpoint: PATH (a moe-train .pt) "
+                                  "or checkpoint: auto")
             from moe_offload_lab.policies.learned.checkpoint import load
 
             model, meta = load(p.checkpoint)
-        self.meta = meta or {}
-        self.runner = Runner(model, p.device, p.union, p.min_score, p.max_candidates)
+        self._bind(model, meta or {})
+
+    def _bind(self, model: Any, meta: dict[str, Any]) -> None:
+        """Use ``model`` (None: not yet obtained, ``checkpoint: auto`` before ``reset``)."""
+        p = self.params
+        self.meta = meta
         self.model = model
+        if model is None:
+            self.runner = None
+            self.learns = True  # decided at reset; observing costs nothing before a model exists
+            self.decision_cost = DecisionCost(p.where or "cpu", 0.0, 0.0)
+            return
+        from moe_offload_lab.policies.learned.runner import Runner
+
+        self.runner = Runner(model, p.device, p.union, p.min_score, p.max_candidates)
         self.learns = not model.uses_features
         self.decision_cost = cost_from_meta(self.meta, p.where)
 
     def reset(self, spec: ModelSpec, horizon: int, trace: Trace | None = None,
               schedule: object = None, seed: int = 0) -> None:
-        """Check the model fits ``spec`` (and the trace's features); clear the history."""
+        """Obtain the model (``checkpoint: auto``: trained or loaded from the cache for
+        ``spec``); check it fits ``spec`` (and the trace's features); clear the history."""
         super().reset(spec, horizon, trace, schedule, seed)
+        if self.auto:
+            from moe_offload_lab.policies.learned.autotrain import obtain
+
+            model, meta = obtain(spec, trace, self.recipe)
+            self._bind(model, meta)
         s = self.model.shape
         if (spec.num_moe_layers, spec.num_experts, spec.top_k) != \
                 (s.num_layers, s.num_experts, s.top_k):

@@ -10,9 +10,8 @@ import numpy as np
 import torch
 from moe_offload_lab.policies.learned.models.base import LearnedModel
 from moe_offload_lab.policies.prediction import Prediction
+from moe_offload_lab.policies.predictors.dedup import UNIONS, BatchDemand, deduplicate
 from moe_offload_lab.traces.errors import ConfigError
-
-UNIONS = ("noisy-or", "max")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -41,6 +40,7 @@ class Runner:
         self.max_candidates = max_candidates
         self.shape = model.shape
         self.uses_features = model.uses_features
+        self.last_demand: BatchDemand | None = None
 
     def probs(self, layer: int, history: np.ndarray | None,
               features: np.ndarray | None) -> torch.Tensor:
@@ -54,7 +54,9 @@ class Runner:
     def predict(self, pred: Prediction, layer: int, history: np.ndarray | None,
                 features: np.ndarray | None, horizon: int) -> Prediction:
         """Fill ``pred`` (already begun) for source ``layer`` from the batch's inputs
-        (``history`` [B, c, k] int64 or ``features`` [B, F])."""
+        (``history`` [B, c, k] int64 or ``features`` [B, F]): per-token probabilities, then the
+        batch-aware deduplication (:func:`~policies.predictors.dedup.deduplicate`, kept in
+        :attr:`last_demand`), then the ranking."""
         n_dist = min(horizon, self.shape.horizon, self.shape.num_layers - 1 - layer)
         if n_dist <= 0:
             return pred
@@ -62,15 +64,11 @@ class Runner:
             hist = None if history is None else torch.from_numpy(history).to(self.device)
             feats = None if features is None else \
                 torch.from_numpy(np.asarray(features, dtype=np.float32)).to(self.device)
-            p = torch.sigmoid(self.model(layer, hist, feats)[:, :n_dist])  # [B, d, E]
-            if p.shape[0] == 1:
-                score = p[0]
-            elif self.union == "max":
-                score = p.amax(0)
-            else:
-                score = -torch.expm1(torch.log1p(-p.clamp(max=1.0 - 1e-7)).sum(0))  # [d, E]
-            score, order = torch.sort(score.cpu(), dim=1, descending=True, stable=True)
-        scores, experts = score.numpy(), order.numpy()
+            p = torch.sigmoid(self.model(layer, hist, feats)[:, :n_dist]).cpu().numpy()  # [B, d, E]
+        demand = self.last_demand = deduplicate(p, self.union, self.min_score)
+        score = demand.scores  # [d, E]
+        order = np.argsort(-score, axis=1, kind="stable")  # [d, E]
+        scores = np.take_along_axis(score, order, 1)
         keep = (scores >= self.min_score).sum(1).tolist()  # [d]
         ranked, confidence = pred.ranked, pred.confidence
         for i in range(n_dist):
@@ -78,6 +76,6 @@ class Runner:
             if self.max_candidates:
                 n = min(n, self.max_candidates)
             if n:
-                ranked[i] = experts[i, :n].tolist()
+                ranked[i] = order[i, :n].tolist()
                 confidence[i] = scores[i, :n].tolist()
         return pred

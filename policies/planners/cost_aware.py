@@ -1,4 +1,4 @@
-"""Cost-aware cross-layer planning, in the spirit of PreScope's PreSched.
+"""Cost-aware cross-layer prefetch, greedy: the baseline PreScope's PreSched is compared with.
 
 Over the next ``h`` layers, choose which predicted experts to copy, and in what order, to minimise
 the expected stall, given the link (bandwidth and per-copy latency from the cost model, and the
@@ -39,7 +39,8 @@ from moe_offload_lab.traces.spec import ModelSpec
 
 @register("cost-aware")
 class CostAwarePlanner(Planner):
-    """Expected-stall minimising prefetch over the horizon (see module docstring)."""
+    """Expected-stall minimising prefetch over the horizon, greedy (see module docstring);
+    :class:`~policies.planners.presched.PreSched` solves the same kind of plan exactly."""
 
     decision_cost = DecisionCost("cpu", 3.0e-6, 0.05e-6)
 
@@ -83,9 +84,13 @@ class CostAwarePlanner(Planner):
         extra = cm.cpu_expert_s(tokens) - cm.gpu_expert_s(tokens)
         return min(self.copy_s, max(extra, 0.0))
 
-    def plan(self, ctx: LayerContext, prediction: Prediction | None) -> FetchPlan:
-        """Greedy expected-stall plan (see module docstring)."""
-        plan, wanted = self._start_plan(ctx, False), self.wanted
+    def _frame(self, ctx: LayerContext, plan: FetchPlan,
+               horizon: int) -> tuple[float, float, float, int]:
+        """The timing a plan is made in, shared with PreSched: ``backlog_s`` (copies already on
+        the link, after cancelling stale ones into ``plan.cancel``), ``wait_s`` (this layer's
+        demand copies still in flight), ``layer_s`` (one layer's run time) and the most keys
+        worth planning (the link's useful copies before the last deadline plus one miss, the
+        budget, the free room)."""
         in_flight = ctx.view.in_flight
         copy_s, n_experts = self.copy_s, self.num_experts
         backlog_s = wait_s = 0.0
@@ -99,18 +104,37 @@ class CostAwarePlanner(Planner):
                     demand += 1
             backlog_s = (len(in_flight) - len(plan.cancel)) * copy_s
             wait_s = demand * copy_s
-        if prediction is None:
-            return plan
-        resident = ctx.view.resident
         current_keys = ctx.keys
         layer_s = (self._other_s + len(current_keys) * self._fixed_s
                    + ctx.num_tokens * self._token_s)
+        wait_s += self._cpu_overrun_s(ctx, layer_s)
         miss_s = self._miss_s(max(ctx.num_tokens, 1))
-        horizon = prediction.horizon
-        # copies the link can still finish before the last deadline plus one miss: more are useless
         last_deadline = wait_s + horizon * layer_s
         useful = math.ceil((last_deadline + miss_s - backlog_s) / copy_s)
         max_keys = min(self.max_keys, useful, self.capacity_slots - len(current_keys))
+        return backlog_s, wait_s, layer_s, max_keys
+
+    def _cpu_overrun_s(self, ctx: LayerContext, layer_s: float) -> float:
+        """How much longer than its GPU work the current layer runs because of the experts it
+        computes on the CPU (the current keys neither resident nor in flight), serially."""
+        view = ctx.view
+        resident, in_flight = view.resident, view.in_flight
+        cpu_s = 0.0
+        for key, tokens in zip(ctx.keys, ctx.tokens_per_expert, strict=False):
+            if key not in resident and key not in in_flight:
+                cpu_s += self.cost_model.cpu_expert_s(tokens)
+        return max(0.0, cpu_s - layer_s)
+
+    def plan(self, ctx: LayerContext, prediction: Prediction | None) -> FetchPlan:
+        """Greedy expected-stall plan (see module docstring)."""
+        plan, wanted = self._start_plan(ctx, False), self.wanted
+        n_experts, copy_s = self.num_experts, self.copy_s
+        horizon = prediction.horizon if prediction is not None else 1
+        backlog_s, wait_s, layer_s, max_keys = self._frame(ctx, plan, horizon)
+        if prediction is None:
+            return plan
+        resident, in_flight = ctx.view.resident, ctx.view.in_flight
+        miss_s = self._miss_s(max(ctx.num_tokens, 1))
         if max_keys <= 0:
             return plan
         threshold = self._threshold

@@ -61,7 +61,7 @@ def test_contract_and_determinism_with_instant_copies(name: str, shape: tuple[in
     assert 0.0 <= first["cache"]["hit_ratio"] <= 1.0
 
 
-@pytest.mark.parametrize("name", ["lru", "gate-lookahead", "prescope", "moe-infinity"])
+@pytest.mark.parametrize("name", ["lru", "gate-lookahead", "presched", "moe-infinity"])
 def test_reset_forgets_state(name: str) -> None:
     trace = random_trace(3, 60, 3, 8, 2, lookahead=(1, 2))
     policy = load_policy(name)

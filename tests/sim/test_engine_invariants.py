@@ -43,7 +43,7 @@ def test_invariants(seed: int, layers: int, experts: int, top_k: int, tokens: in
     assert len(engine.cache) <= slots
 
 
-@pytest.mark.parametrize("name", ["lru", "gate-lookahead", "prescope", "oracle-prefetch"])
+@pytest.mark.parametrize("name", ["lru", "gate-lookahead", "presched", "oracle-prefetch"])
 def test_skipped_timeouts_change_nothing(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model = spec()
     trace = make_trace(model, 150, requests=3, seed=4)

@@ -189,7 +189,7 @@ def test_cancelled_running_chunked_copy_counts_partial_chunk() -> None:
 
 
 # ---- the engine with chunking on -------------------------------------------------------------
-POLICIES = ["lru", "gate-lookahead", "oracle-prefetch", "prescope", "mixtral-offloading",
+POLICIES = ["lru", "gate-lookahead", "oracle-prefetch", "presched", "mixtral-offloading",
             "lookahead-budgeted"]
 
 
@@ -227,7 +227,7 @@ def monkeypatch_chunks():  # noqa: ANN201 - record chunks for the whole module's
     mp.undo()
 
 
-@pytest.mark.parametrize("name", ["lru", "gate-lookahead", "prescope", "oracle-prefetch"])
+@pytest.mark.parametrize("name", ["lru", "gate-lookahead", "presched", "oracle-prefetch"])
 def test_skipped_timeouts_change_nothing_with_chunking(name: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     model = spec()

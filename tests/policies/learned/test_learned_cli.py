@@ -127,3 +127,15 @@ def test_score_of_a_perfect_and_of_an_empty_predictor(planted) -> None:
     assert {c["bin"] for c in curve} == {0, 9}
     rows, _ = score(ex.targets.astype("float32") * 0.0, ex, top_k=2)
     assert all(r["recall"] == 0.0 for r in rows)
+
+
+def test_info_prints_the_split_and_cache_lists(trace_file, tmp_path, capsys, monkeypatch) -> None:
+    rc = main(["info", f"trace.paths=[{trace_file}]", f"info.out={tmp_path / 'info'}"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| planted |" in out and "Prophet (its models, published)" in out
+    rows = json.loads((tmp_path / "info" / "info.json").read_text())
+    assert rows[0]["model"] == "planted" and rows[0]["history_bits"] > 1.0  # a planted rule
+    monkeypatch.setenv("MOE_OFFLOAD_LAB_CACHE", str(tmp_path / "cache"))
+    assert main(["cache"]) == 0
+    assert "0 checkpoint(s)" in capsys.readouterr().out

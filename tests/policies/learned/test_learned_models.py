@@ -22,7 +22,7 @@ from moe_offload_lab.traces.errors import ConfigError
 
 PREDICTORS = [
     ("history-transformer", {"d_model": 16, "heads": 2, "layers": 1, "ff": 32}),
-    ("llapor", {"hidden": 16, "middle_blocks": 1}),
+    ("llapor", {"hidden": 16, "max_blocks": 2}),
     ("probe", {"hidden": 16}),
     ("promoe", {"hidden": 32}),
     ("logreg", {"inputs": "history"}),
@@ -96,9 +96,27 @@ def test_training_is_seeded(planted) -> None:
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
-def test_layer_aware_is_deeper_in_the_middle(planted) -> None:
-    model = build_model("llapor", _shape(planted), middle_blocks=2)
-    assert [model.depth(layer) for layer in range(4)] == [0, 2, 2, 0]
+def test_llapor_is_pca_then_linear_gelu_blocks_deeper_in_the_middle(planted) -> None:
+    from moe_offload_lab.policies.learned.models.layer_aware import depth_profile
+
+    model = build_model("llapor", _shape(planted), min_blocks=0, max_blocks=2)
+    assert [model.depth(layer) for layer in range(4)] == [0, 1, 1, 0]
+    assert depth_profile(9, 1, 3) == [1, 2, 2, 3, 3, 3, 2, 2, 1]
+    assert depth_profile(7, 1, 4) == [1, 2, 3, 4, 3, 2, 1]
+    net = model.nets[1]
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["Linear", "GELU", "LinearGELU", "Linear"]
+    # PCA: 8 features compressed to 3 principal axes, fitted per layer on training features
+    train, _, _ = _data(planted)
+    small = build_model("llapor", _shape(planted), pca_dim=3)
+    small.fit_data(train.layer, train.history, train.features, train.targets, train.mask)
+    assert small.encoder.out_dim == 3 and small.nets[0][0].in_features == 3
+    proj = small.encoder.proj[2].numpy()  # [F, 3] orthonormal columns
+    np.testing.assert_allclose(proj.T @ proj, np.eye(3), atol=1e-5)
+    z = train.features[train.layer == 2]
+    z = (z - z.mean(0)) / (z.std(0) + 1e-6)
+    top = np.linalg.svd(z, full_matrices=False)[2][0]  # the first principal axis
+    assert abs(float(top @ proj[:, 0])) > 0.99
 
 
 def test_probe_starts_from_its_prior_and_accepts_router_weights(planted) -> None:

@@ -156,3 +156,30 @@ def test_bundled_policy_configs_keep_the_contract(name) -> None:
     first = evaluate(trace, load_policy(f"learned-{name}"), 16, batch=4).to_dict()
     again = evaluate(trace, load_policy(f"learned-{name}"), 16, batch=4).to_dict()
     assert first == again
+
+
+def test_prophet_and_prescope_configs_use_the_papers_mechanisms() -> None:
+    from moe_offload_lab.policies import load_policy
+    from moe_offload_lab.policies.planners.presched import PreSched
+    from moe_offload_lab.policies.replacement.confidence import ConfidenceGuided
+
+    prophet = load_policy("prophet")
+    assert prophet.predictor.name == "learned" and prophet.predictor.auto
+    assert prophet.predictor.recipe.predictor == "history-transformer"
+    assert isinstance(prophet.replacement, ConfidenceGuided)
+    assert prophet.config.horizon == 3
+    prescope = load_policy("prescope")
+    assert prescope.predictor.recipe.predictor == "llapor"
+    assert isinstance(prescope.planner, PreSched) and prescope.placement.name == "fiddler"
+
+
+def test_prescope_needs_hidden_state_features(tmp_path, monkeypatch) -> None:
+    from moe_offload_lab.policies import load_policy
+    from moe_offload_lab.policies.evaluation import evaluate
+    from moe_offload_lab.policies.toy_traces import make_trace, toy_spec
+    from moe_offload_lab.traces.errors import ConfigError
+
+    monkeypatch.setenv("MOE_OFFLOAD_LAB_CACHE", str(tmp_path))
+    trace = make_trace(toy_spec(4, 8, 2), 40, requests=3)  # no features
+    with pytest.raises(ConfigError, match="needs a trace with features"):
+        evaluate(trace, load_policy("prescope"), 8)

@@ -115,7 +115,7 @@ def test_on_demand_plans_nothing() -> None:
     assert planner.plan(LayerContext(SPEC, SlotCache(4, 8, 6)), None).keys == []
 
 
-@pytest.mark.parametrize("name", ["next-layer", "lookahead", "cost-aware"])
+@pytest.mark.parametrize("name", ["next-layer", "lookahead", "cost-aware", "presched"])
 def test_stale_copies_are_cancelled(name: str) -> None:
     cache = SlotCache(8, 8, 6)
     for key in (2 * 8 + 1, 2 * 8 + 3, 3 * 8 + 5):  # layer 2 experts 1 and 3; layer 3 expert 5

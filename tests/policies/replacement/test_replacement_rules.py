@@ -61,31 +61,6 @@ def test_evict_never_touches_current_or_in_flight_keys(rule: str, seed: int,
     assert len(victims) == min(need, len(evictable))
 
 
-def test_confidence_rule_keeps_predicted_experts() -> None:
-    from moe_offload_lab.policies.prediction import Prediction
-    from moe_offload_lab.policies.replacement.confidence import ConfidenceAware
-    from moe_offload_lab.policies.toy_traces import toy_spec
-
-    spec = toy_spec(4, 4, 1)
-    rule = ConfidenceAware(ConfidenceAware.Params(keep_threshold=0.5))
-    rule.reset(spec, 4)
-    prediction = Prediction(2, 4, 4)
-    rule.bind_prediction(prediction)
-    cache = SlotCache(4, 4, 4)
-    for key in (1, 6, 9, 14):  # LRU order: 1 oldest
-        cache.insert(key)
-        rule.on_insert(key)
-    prediction.begin(0, 0)  # targets layers 1 and 2
-    prediction.ranked[0], prediction.confidence[0] = [2], [0.9]  # key 6: confident
-    prediction.ranked[1], prediction.confidence[1] = [1, 3], [0.7, 0.2]  # key 9 kept, 11 weak
-    out: list[int] = []
-    rule.victims(cache, 3, -1, (), (), out)
-    assert out == [1, 14, 9]  # unpredicted in LRU order, then the least confident predicted
-    out.clear()
-    rule.victims(cache, 1, -1, (1,), (14,), out)
-    assert out == [9]
-
-
 def test_freq_distance_prefers_frequent_and_near() -> None:
     policy = build_policy({"name": "f", "replacement": {"name": "freq-distance",
                                                         "distance_weight": 1.0}})
