@@ -102,7 +102,6 @@ def train_on(trace: Any, provenance: dict[str, Any], cfg: dict[str, Any],
     name, kind = pcfg.pop("name", None), pcfg.pop("kind", None)
     if not name or not kind:
         raise ConfigError("predictor config needs name and kind")
-    out = _checkpoint_path(cfg)  # checked before training, not after it
     router_path = pcfg.pop("router_weights", None)
     spec = trace.spec
     context, horizon = int(cfg["context"]), int(cfg["horizon"])
