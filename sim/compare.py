@@ -230,7 +230,7 @@ def _factor(table: pd.DataFrame, metric: str, run: str, over: str) -> float | No
     mine, theirs = rows.loc[run, metric], rows.loc[over, metric]
     if not mine or not theirs or mine != mine or theirs != theirs:
         return None
-    latency = metric.endswith(("_ms", "_s")) or "_ms_" in metric
+    latency = "_ms" in metric or (metric.endswith("_s") and not metric.endswith("per_s"))
     return float(theirs / mine) if latency else float(mine / theirs)
 
 
@@ -250,7 +250,9 @@ def headline_lines(cfg: RunConfig, table: pd.DataFrame) -> list[str]:
         sim = []
         for key, part in groups:
             value = _factor(part, claim["metric"], claim["run"], claim["over"])
-            where = " ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+            values = key if isinstance(key, tuple) else (key,)
+            where = " ".join(f"batch {v}" if name == "batch" else str(v)
+                             for name, v in zip(grid, values, strict=True))
             sim.append(f"{where + ' ' if where else ''}"
                        f"{'-' if value is None else f'{value:.2f}x'}")
         lines.append(f"  {claim['what']} ({claim['run']} over {claim['over']}): paper "
