@@ -35,10 +35,7 @@ PROG = "moe-train"
 
 def compose(overrides: Sequence[str]) -> dict[str, Any]:
     """The composed ``conf/train`` config as a plain dict (errors -> ConfigError)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
+    from moe_offload_lab.traces.hydra_compose import compose_config
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -50,19 +47,11 @@ def compose(overrides: Sequence[str]) -> dict[str, Any]:
         key, _, value = item.partition("=")
         if key == "predictor" and value not in known:
             raise ConfigError(f"unknown predictor {value!r}; available: {', '.join(known)}")
-    # inside a running Hydra app (moe-sim training a predictor on first use) Hydra's global
-    # state is taken: set it aside while composing, and give it back afterwards
-    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
-    GlobalHydra.instance().clear()
+    cfg = compose_config(folder, overrides)
     try:
-        with initialize_config_dir(config_dir=str(folder), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except (HydraException, OmegaConfBaseException) as exc:
+    except OmegaConfBaseException as exc:
         raise ConfigError(str(exc).strip().splitlines()[0]) from None
-    finally:
-        if outer is not None:
-            GlobalHydra.instance().hydra = outer
 
 
 def _trace(cfg: dict[str, Any]):  # noqa: ANN202
