@@ -1,59 +1,28 @@
-"""The seed papers' experiments and the main job (conf/experiment/{prophet,prescope,compare}.yaml):
-each composes, runs on a tiny configuration and writes compare.csv with its labels and the
-paper's headline beside the simulator's; every run of the main job fits its GPU. Predictors are
-trained for a few steps into a temporary cache (the experiments' own recipes train for a minute)."""
+"""The seed papers' experiments (conf/experiment/{prophet,prescope}.yaml): each composes, runs on
+a tiny configuration and writes compare.csv with its labels and the paper's headline beside the
+simulator's; the grid and headline settings of ``compare`` they use. Predictors are trained for a
+few steps into a temporary cache (the experiments' own recipes train for a minute). The main job
+(experiment=compare, every run fitting its GPU) is tested in test_sim_cli.py."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from moe_offload_lab.policies.learned import autotrain
 from moe_offload_lab.sim.cli import compose, main, run_config
 from moe_offload_lab.sim.compare import headline_lines, jobs, run_comparison
 from moe_offload_lab.traces.errors import ConfigError
-
-FAST = ("train.epochs=1", "train.max_steps=3", "cost.repeats=1", "cost.warmup=0")
+from sim_testing import quick_predictor_training
 
 
 @pytest.fixture(autouse=True)
 def quick_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Auto-trained predictors: a few optimiser steps, cached under ``tmp_path``."""
-    monkeypatch.setenv(autotrain.ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(autotrain, "_MEMORY", {})
-    original = autotrain.training_config
-
-    def fast(recipe: autotrain.Recipe) -> dict:
-        size = ("predictor.size=tiny",) if recipe.predictor == "history-transformer" else ()
-        return original(replace(recipe, overrides=(*recipe.overrides, *FAST, *size)))
-
-    monkeypatch.setattr(autotrain, "training_config", fast)
+    quick_predictor_training(tmp_path, monkeypatch)
 
 
 def _table(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "compare.csv")
-
-
-def test_the_main_job_compares_the_seeds_and_every_run_fits(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "main"
-    assert main(["experiment=compare", "trace.tokens=300", f"out={out}"]) == 0
-    printed = capsys.readouterr().out
-    assert "need more GPU memory" not in printed
-    table = _table(out)
-    assert table["label"].tolist() == ["on-demand", "lru", "mixtral-offloading", "fiddler",
-                                       "prophet", "prescope", "belady", "oracle"]
-    assert table.set_index("label").loc["on-demand", "speedup"] == 1.0
-    import json
-
-    summaries = json.loads((out / "summaries.json").read_text())
-    assert all(s["fits_gpu_memory"] for s in summaries)
-    assert {s["hardware"] for s in summaries} == {"rtx4090"}
-    # the bounds read the future: no GPU-only policy beats them on hits
-    hits = table.set_index("label")["hit_rate"]
-    assert hits["belady"] >= hits[["lru", "mixtral-offloading", "prophet"]].max()
 
 
 def test_prophet_experiment_runs_each_model_and_batch(
