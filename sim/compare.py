@@ -234,6 +234,12 @@ def _factor(table: pd.DataFrame, metric: str, run: str, over: str) -> float | No
     return float(theirs / mine) if latency else float(mine / theirs)
 
 
+def _point_label(names: list[str], values: tuple[Any, ...]) -> str:
+    """``mixtral-8x7b batch 16``: a grid point for people."""
+    return " ".join(f"batch {v}" if name == "batch" else str(v)
+                    for name, v in zip(names, values, strict=True))
+
+
 def headline_lines(cfg: RunConfig, table: pd.DataFrame) -> list[str]:
     """The paper's headline claims beside the simulator's factors (see the module docstring);
     empty without ``compare.headline``."""
@@ -250,9 +256,7 @@ def headline_lines(cfg: RunConfig, table: pd.DataFrame) -> list[str]:
         sim = []
         for key, part in groups:
             value = _factor(part, claim["metric"], claim["run"], claim["over"])
-            values = key if isinstance(key, tuple) else (key,)
-            where = " ".join(f"batch {v}" if name == "batch" else str(v)
-                             for name, v in zip(grid, values, strict=True))
+            where = _point_label(grid, key if isinstance(key, tuple) else (key,))
             sim.append(f"{where + ' ' if where else ''}"
                        f"{'-' if value is None else f'{value:.2f}x'}")
         lines.append(f"  {claim['what']} ({claim['run']} over {claim['over']}): paper "
@@ -372,17 +376,21 @@ def write_comparison(table: pd.DataFrame, summaries: list[dict[str, Any]],
 
 
 def plot_grid(table: pd.DataFrame, path: Path, title: str) -> Path:
-    """Speedup over the baseline per run (bars), one colour per grid point."""
+    """Speedup over the baseline per run (bars), one colour per grid point (model, batch)."""
     import seaborn as sns
     from matplotlib.figure import Figure
     from moe_offload_lab.sim.plot import _save
 
     grid = [c for c in GRID_KEYS if c in table.columns]
-    data = table.assign(point=table[grid].astype(str).agg(" ".join, axis=1))
+    data = table.assign(point=[_point_label(grid, tuple(row))
+                               for row in table[grid].itertuples(index=False)])
     sns.set_theme(style="whitegrid", context="paper")
     fig = Figure(figsize=(11, 4.5))
     ax = fig.subplots()
     sns.barplot(data=data, x="label", y="speedup", hue="point", ax=ax)
-    ax.set(xlabel="", ylabel="tokens/s over the baseline", title=f"speedup {title}")
+    baseline = table.loc[table["speedup"] == 1.0, "label"]
+    over = baseline.iloc[0] if len(baseline) else "the baseline"
+    ax.set(xlabel="", ylabel=f"tokens/s over {over}", title=f"speedup {title}")
+    ax.legend(title="")
     ax.tick_params(axis="x", labelrotation=20)
     return _save(fig, path)
