@@ -108,6 +108,11 @@ class Policy(ABC):
     #: The ``ctx.lookahead`` distances the policy reads, or None (the default) for every distance
     #: the trace carries. Read by engines after :meth:`reset`; they skip building the others.
     lookahead_distances: tuple[int, ...] | None = None
+    #: True when :meth:`prefetch` on a *quiet* layer (every key of ``ctx.keys`` resident and no
+    #: slot copy in flight) returns an empty plan and changes no state, so an engine may skip
+    #: that call (:class:`~policies.protocol.LayerProtocol` does). Declared by the policy, so the
+    #: skip stays exact; valid after :meth:`reset`. Default: False (always called).
+    quiet_no_prefetch: bool = False
 
     @property
     @abstractmethod

@@ -112,6 +112,9 @@ class ComposedPolicy(Policy):
         self.lookahead_distances = self.needs_lookahead(spec)
         self._needs_prediction = bool(self.planner.uses_prediction
                                       or self.replacement.uses_prediction)
+        # prefetch is then the empty plan, without a call into a (possibly learning) predictor
+        self.quiet_no_prefetch = bool(self.planner.never_plans and not self._needs_prediction
+                                      and type(self).prefetch is ComposedPolicy.prefetch)
         self._observe = self.predictor.observe if self.predictor.learns else None
         self._admission_access = self.admission.on_access if self.admission.observes else None
         self._access = self.replacement.on_access

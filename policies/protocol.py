@@ -107,17 +107,23 @@ class LayerProtocol:
     slot store (default: the cache itself), ``transfers`` the engine's copy hooks, ``codes`` maps
     the outcome names to the values the engine wants in the outcome list (default: the names).
     Build it after ``policy.reset`` (it binds the policy's per-layer methods once).
+
+    ``quiet``: skip ``policy.prefetch`` on quiet layers (every key resident, no slot copy in
+    flight) when the policy declares :attr:`~policies.base.Policy.quiet_no_prefetch`, which
+    makes the skip exact; False calls it at every layer (the reference order).
     """
 
     __slots__ = ("policy", "cache", "memory", "transfers", "n_layers", "n_experts", "_hit",
                  "_prefetch_hit", "_inflight", "_miss", "_resident", "_on_layer", "_prefetch_of",
                  "copies", "prefetching", "unused", "n_miss", "n_inflight", "n_demand",
-                 "n_stream", "n_prefetch", "n_prefetch_used", "n_cancelled", "n_evicted", "n_cpu")
+                 "n_stream", "n_prefetch", "n_prefetch_used", "n_cancelled", "n_evicted", "n_cpu",
+                 "_quiet")
 
     def __init__(self, policy: Policy, cache: SlotCache, transfers: Transfers,
                  memory: SlotStore | None = None,
-                 codes: Mapping[str, Any] | None = None) -> None:
+                 codes: Mapping[str, Any] | None = None, quiet: bool = True) -> None:
         self.policy = policy
+        self._quiet = bool(quiet and getattr(policy, "quiet_no_prefetch", False))
         self.cache = cache
         self.memory = memory if memory is not None else cache
         self.transfers = transfers
@@ -235,6 +241,8 @@ class LayerProtocol:
             if cpu:
                 self.n_cpu += len(cpu)
                 on_cpu = set(cpu)
+        elif self._quiet and not copies:  # a quiet layer: the policy declared no plan here
+            return outcome, wait, on_cpu
         plan = self._prefetch_of(ctx)  # 5. speculative copies
         if plan.cancel:
             self._cancel(plan.cancel, keys)

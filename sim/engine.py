@@ -43,7 +43,7 @@ from moe_offload_lab.sim.compute import ComputeModel
 from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
 from moe_offload_lab.sim.hardware import HardwareProfile
 from moe_offload_lab.sim.host import HostTier
-from moe_offload_lab.sim.link import Copy, Link
+from moe_offload_lab.sim.link import Copy, DirectLink, Link
 from moe_offload_lab.sim.system import SystemProfile
 from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
 from moe_offload_lab.traces.errors import ConfigError
@@ -105,6 +105,12 @@ class Engine(Transfers):
     # False (tests): set the link's clock to the GPU stream's at every layer, not only process
     # its events due by then; timing must not change
     defer_timeouts = True
+    # True (tests, benchmarks): serve copies on the SimPy-driven reference link
+    # (:class:`~sim.link.Link`) instead of the direct one (:class:`~sim.link.DirectLink`); the
+    # event log must not change
+    simpy_link = False
+    # False (tests): call the policy's prefetch on quiet layers too (see LayerProtocol's quiet)
+    quiet_fast_path = True
 
     def __init__(self, spec: ModelSpec, trace: Trace, policy: Policy, hardware: HardwareProfile,
                  capacity_slots: int, batch: int = 1, *,
@@ -160,11 +166,16 @@ class Engine(Transfers):
         policy.reset(spec, self.capacity_slots, self.compute.cost_model(), trace=self.trace,
                      schedule=None if self.batcher is not None else self.schedule)
         self.cache = SlotCache(self.capacity_slots, n_experts, n_layers, policy.partition_slots)
-        self.env = simpy.Environment()
-        self.protocol = LayerProtocol(policy, self.cache, self, codes=DETAIL)
-        self.link = Link(self.env, self.compute.link_bytes_per_s, self.compute.link_latency_s,
-                         n_experts, self.log, None, self.chunk_bytes,
-                         engines=self.hardware.copy_engines, slot_done=self.protocol.copy_done)
+        self.protocol = LayerProtocol(policy, self.cache, self, codes=DETAIL,
+                                      quiet=self.quiet_fast_path)
+        link_args = (self.compute.link_bytes_per_s, self.compute.link_latency_s, n_experts,
+                     self.log, None, self.chunk_bytes)
+        link_kwargs = {"engines": self.hardware.copy_engines, "slot_done": self.protocol.copy_done}
+        if self.simpy_link:
+            self.env = simpy.Environment()
+            self.link: Link = Link(self.env, *link_args, **link_kwargs)
+        else:
+            self.link = DirectLink(*link_args, **link_kwargs)
         self._idle_until, self._served = 0.0, -1
         if self.preload:
             for key in range(n_layers * n_experts):
@@ -211,7 +222,7 @@ class Engine(Transfers):
 
     def before_cancel(self) -> None:
         """A cancel acts at the link's time: bring it up to the decision's."""
-        self._sync(self._clock)
+        self.link.sync(self._clock)
 
     def _writebacks(self, evicted: int) -> None:
         """``evicted`` slots were freed for this layer's copies: the first that many slot copies
@@ -232,28 +243,8 @@ class Engine(Transfers):
                 copies = [self.link.batch(demand), *(c for c in copies if c.purpose == "prefetch")]
         self.link.submit_all(copies)
 
-    # ---- time -----------------------------------------------------------------------------------
-    def _advance(self, t: float) -> None:
-        """Process every link event due by ``t`` (the GPU stream's clock). Between events the
-        link's own clock may lag behind: nothing happens on it until its next event."""
-        env = self.env
-        while env.peek() <= t:
-            env.step()
-
-    def _sync(self, t: float) -> None:
-        """Process the link's events due by ``t`` and set its clock to ``t`` exactly."""
-        self._advance(t)
-        if self.env.now < t:
-            self.env.run(until=t)
-
-    def _wait(self, copy: Copy) -> None:
-        """Run the link until ``copy`` lands (the link's clock is then its completion time)."""
-        step = self.env.step
-        while copy.state != "done":
-            step()
-
     def _main(self) -> None:  # noqa: C901 - the engine's timing loop in one place
-        env, log, cache, link = self.env, self.log, self.cache, self.link
+        log, cache, link = self.log, self.cache, self.link
         spec, compute, trace, protocol = self.spec, self.compute, self.trace, self.protocol
         n_layers, n_experts = spec.num_moe_layers, spec.num_experts
         self._expert_bytes = spec.expert_bytes
@@ -296,16 +287,14 @@ class Engine(Transfers):
             ones = [[1] * spec.top_k] * n_layers
         to_submit: list[Copy] = []
         self._to_submit = to_submit
-        layer_protocol, advance = protocol.layer, self._advance
+        layer_protocol, advance, link_clock = protocol.layer, link.advance, link.env
         submit = self._submit if self.system.batched_copies else link.submit_all
-        # the link's pending events: SimPy 4 keeps its event heap in ``Environment._queue``
-        # (``peek`` reads it, but a method call per layer costs ~8% of a run)
-        queue, system = env._queue, self.system
+        system = self.system
         serial, reorder = not system.overlaps, system.compute_while_copying
         writeback, evicted = system.writeback_evicted, 0
         sync_s = system.copy_sync_s
         self._lanes = compute.cpu_lanes
-        check, env_step = self.check, env.step
+        check, wait_for = self.check, link.wait
         # ``clock`` is the GPU stream's time; the link's runs behind it and catches up (processes
         # its events due by then) before each decision, so a copy submitted at the decision
         # starts at its ``ready_s`` (an absolute time) and timing is exact.
@@ -361,8 +350,8 @@ class Engine(Transfers):
                 ctx.layer, ctx.experts, ctx.tokens_per_expert, ctx.keys = \
                     layer, layer_experts, layer_tokens, keys
                 if eager:
-                    self._sync(clock)
-                elif queue and queue[0][0] <= clock:  # env.peek() <= clock
+                    link.sync(clock)
+                elif link.next_s <= clock:
                     advance(clock)  # link events due before the routing is known
                 self._clock = clock  # start_copy and before_cancel read it
                 ready = clock + decision_s  # when the policy's decisions are made
@@ -391,11 +380,10 @@ class Engine(Transfers):
                     for copy in wait:  # the link serves them one at a time: wait in turn
                         if copy.state != "done":
                             waited = True
-                            while copy.state != "done":  # _wait, inlined
-                                env_step()
+                            wait_for(copy)
                     # copies landing before the policy's decision ends cost no stall
-                    if waited and env.now > ready:
-                        resume = env.now + sync_s
+                    if waited and link_clock.now > ready:
+                        resume = link_clock.now + sync_s
                         buf += pack(k_stall, ready, resume, step, layer, -1, 0, r_gpu, d_wait, 0)
                         ready = resume
                     end = ready
@@ -419,10 +407,10 @@ class Engine(Transfers):
         # copies still queued or running when the last step ends are abandoned (logged as such)
         leftover = protocol.abandon_all()
         if leftover:
-            self._sync(clock)
+            link.sync(clock)
             for copy in leftover:
                 link.cancel(copy)
-        env.run()
+        link.drain()
 
     def _layer_experts(self, step: int, layer: int, ready: float, experts: list[int],
                        keys: list[int], tokens: list[int], outcome: list[int], wait: list[Copy],
@@ -461,7 +449,7 @@ class Engine(Transfers):
             return max(end, cpu_end)
         for copy in wait:
             if copy.state != "done":
-                self._wait(copy)
+                self.link.wait(copy)
         landed = max((c.end_s for c in wait), default=ready)
         t = self._stall(step, layer, ready, landed + sync_s) if landed > ready else ready
         for e, tok, how in zip(experts, tokens, outcome, strict=True):
@@ -490,7 +478,7 @@ class Engine(Transfers):
             t += dt
         for copy, e, tk, how in later:
             if copy.state != "done":
-                self._wait(copy)
+                self.link.wait(copy)
             if copy.end_s > t:
                 resume = copy.end_s + sync_s
                 buf += pack(_K_STALL, t, resume, step, layer, -1, 0, _R_GPU, _D_WAIT, 0)
