@@ -204,6 +204,12 @@ class Policy(ABC):
     def end_step(self, ctx: LayerContext) -> None:  # noqa: B027 - optional hook
         """The step's last layer has run. Optional; the default does nothing."""
 
+    def needs_trace_extras(self, spec: ModelSpec) -> bool:
+        """Whether the policy reads a replayed trace's lookahead or feature columns on a model of
+        ``spec`` (known before :meth:`reset`). False lets a command load the routing columns
+        only (less memory, faster); the default, True, always loads them."""
+        return True
+
     def needs_lookahead(self, spec: ModelSpec) -> tuple[int, ...]:
         """The trace's lookahead distances this policy predicts from on a model of ``spec``,
         known before :meth:`reset`. Called by commands before a run, so a trace without them

@@ -79,6 +79,11 @@ class ComposedPolicy(Policy):
             return ()
         return tuple(range(1, min(self.config.horizon, spec.num_moe_layers) + 1))
 
+    def needs_trace_extras(self, spec: ModelSpec) -> bool:
+        """Lookahead columns when the predictor reads them (:meth:`needs_lookahead`), feature
+        columns when it may read them (learned predictors)."""
+        return bool(self.needs_lookahead(spec)) or bool(self.predictor.reads_features)
+
     def components_by_kind(self) -> dict[str, tuple[str, object]]:
         """kind -> (the id configs and cost tables name it by, the component)."""
         return {kind: (component_id(getattr(self.config, kind)), getattr(self, kind))

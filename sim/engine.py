@@ -30,6 +30,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,7 @@ from moe_offload_lab.policies.context import LayerContext
 from moe_offload_lab.policies.needs import step_experts
 from moe_offload_lab.policies.protocol import LayerProtocol, Transfers
 from moe_offload_lab.sim.compute import ComputeModel
-from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
+from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, ROW, EventLog
 from moe_offload_lab.sim.hardware import HardwareProfile
 from moe_offload_lab.sim.host import HostTier
 from moe_offload_lab.sim.link import Copy, DirectLink, Link
@@ -77,7 +78,13 @@ def _attended_by_step(position: np.ndarray, request_ids: np.ndarray, bounds: lis
 
 @dataclass
 class EngineResult:
-    """A finished run: the event log frame and the run's parameters."""
+    """A finished run: the event log frame and the run's parameters.
+
+    With ``log`` ``steps`` or ``summary`` (:mod:`sim.eventlog`), ``events`` holds the kept
+    steps' rows only (none for ``summary``), ``step_table`` the step frame of every step and
+    ``totals`` the counts :func:`sim.metrics.summarize` needs; both are None with ``full`` (they
+    come from ``events``). ``rows``: rows logged in all.
+    """
 
     events: pd.DataFrame
     makespan_s: float
@@ -85,6 +92,9 @@ class EngineResult:
     steps: int
     capacity_slots: int
     expert_bytes: int
+    step_table: pd.DataFrame | None = None
+    totals: dict[str, Any] | None = None
+    rows: int = 0
 
 
 class Engine(Transfers):
@@ -100,6 +110,8 @@ class Engine(Transfers):
     ``host`` (:class:`sim.host.HostTier`) models host DRAM over NVMe when the experts do not all
     fit in DRAM: each copy then runs at its source's bandwidth. ``system`` is the runtime's
     implementation profile (None: :meth:`~sim.system.SystemProfile.ideal`, no overheads).
+    ``log`` is the event log's level (``full``, ``steps`` or ``summary``, :mod:`sim.eventlog`),
+    ``sample_rows`` the most rows ``steps`` keeps (whole steps at an even stride).
     """
 
     # False (tests): set the link's clock to the GPU stream's at every layer, not only process
@@ -118,7 +130,8 @@ class Engine(Transfers):
                  batcher: ContinuousBatcher | None = None,
                  preload: bool = False, prefill: bool = True, check: bool = False,
                  chunk_mb: float = 0, host: HostTier | None = None,
-                 system: SystemProfile | None = None) -> None:
+                 system: SystemProfile | None = None, log: str = "full",
+                 sample_rows: int = 50_000) -> None:
         n_keys = spec.num_expert_keys
         if isinstance(capacity_slots, bool) or not isinstance(capacity_slots, (int, np.integer)):
             raise ConfigError(f"cache capacity must be an integer number of slots, "
@@ -156,7 +169,7 @@ class Engine(Transfers):
         self.compute = ComputeModel(spec, hardware, system)
         self.system = self.compute.system
         self.host = host
-        self.log = EventLog()
+        self.log = EventLog(log, sample_rows)
 
     # ---- run ------------------------------------------------------------------------------------
     def run(self) -> EngineResult:
@@ -192,8 +205,11 @@ class Engine(Transfers):
             if gc_enabled:
                 gc.enable()
         tokens = int(sum(len(rows) for rows in self.schedule))
-        return EngineResult(self.log.to_frame(), self.end_s, tokens, len(self.schedule),
-                            self.capacity_slots, spec.expert_bytes)
+        log = self.log
+        step_table = log.step_table()  # folds what is left first
+        return EngineResult(log.to_frame(), self.end_s, tokens, len(self.schedule),
+                            self.capacity_slots, spec.expert_bytes, step_table, log.totals,
+                            len(log))
 
     # ---- Transfers: the protocol's copy hooks (policies.protocol) -------------------------------
     def start_copy(self, key: int, purpose: str, layer: int) -> Copy:
@@ -218,7 +234,7 @@ class Engine(Transfers):
         """Its log row (now or at completion) says ``prefetch_used``."""
         handle.used = True
         if handle.row >= 0:
-            self.log.set_detail(handle.row, "prefetch_used")
+            self.log.mark_prefetch_used(handle.row, handle.num_bytes)
 
     def before_cancel(self) -> None:
         """A cancel acts at the link's time: bring it up to the decision's."""
@@ -295,6 +311,8 @@ class Engine(Transfers):
         sync_s = system.copy_sync_s
         self._lanes = compute.cpu_lanes
         check, wait_for = self.check, link.wait
+        # folding logs (log=steps|summary): fold at a step's end once the buffer is this long
+        fold_bytes = log.fold_rows * ROW.size if log.folds else float("inf")
         # ``clock`` is the GPU stream's time; the link's runs behind it and catches up (processes
         # its events due by then) before each decision, so a copy submitted at the decision
         # starts at its ``ready_s`` (an absolute time) and timing is exact.
@@ -403,6 +421,8 @@ class Engine(Transfers):
                 clock = end
             protocol.end_step(ctx)
             buf += pack(k_step, step_start, clock, step, -1, -1, 0, r_none, d_step, n_tok)
+            if len(buf) > fold_bytes:
+                log.fold()
         self.end_s = float(clock)
         # copies still queued or running when the last step ends are abandoned (logged as such)
         leftover = protocol.abandon_all()

@@ -294,7 +294,7 @@ class Link:
         layer, expert = divmod(copy.key, self.num_experts)  # the copied key's
         buf += _pack(_K_COPY, copy.start_s, now, copy.step, layer, expert,
                      copy.num_bytes, _R_LINK, _DETAIL[detail], 0)
-        copy.row = len(buf) // _ROW_SIZE - 1
+        copy.row = self.log.base + len(buf) // _ROW_SIZE - 1
         slot_done, on_done = self.slot_done, self.on_done  # _done, inlined (hot)
         if slot_done is not None and detail != "stream":
             slot_done(copy.key)
@@ -323,7 +323,7 @@ class Link:
             layer, expert = divmod(copy.key, self.num_experts)  # the copied key's
             buf += _pack(_K_COPY, start, min(t, now), copy.step, layer, expert,
                          copy.num_bytes, _R_LINK, _DETAIL[copy.purpose], 0)
-            copy.row = len(buf) // _ROW_SIZE - 1
+            copy.row = self.log.base + len(buf) // _ROW_SIZE - 1
         batch.state, batch.end_s = "done", now
         for copy in batch.members:
             self._done(copy)
