@@ -93,9 +93,10 @@ def main() -> None:
     print(f"Mixtral-8x7B continuous batching (all arrived, batch <= {args.max_batch}, prefill "
           f"chunks of 256), {args.policy}, log={args.log}: {r['tokens']:,} tokens, "
           f"{r['steps']:,} steps, {r['log_rows']:,} log rows ({r['kept_rows']:,} kept)")
+    before_mib = r["rss_before_bytes"] / 2**20
     print(f"  peak RSS {r['peak_rss_bytes'] / 2**20:,.0f} MiB = {per_token:,.0f} bytes/token "
-          f"({verdict}, target {TARGET_BYTES_PER_TOKEN}); net of the {r['rss_before_bytes'] / 2**20:,.0f}"
-          f" MiB before the trace: {net:,.0f} bytes/token")
+          f"({verdict}, target {TARGET_BYTES_PER_TOKEN}); net of the {before_mib:,.0f} MiB "
+          f"before the trace: {net:,.0f} bytes/token")
     print(f"  run {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s cpu; simulated hit rate "
           f"{r['hit_rate']:.3f}, {r['tokens_per_s']:.1f} tok/s")
 

@@ -113,6 +113,10 @@ class Policy(ABC):
     #: that call (:class:`~policies.protocol.LayerProtocol` does). Declared by the policy, so the
     #: skip stays exact; valid after :meth:`reset`. Default: False (always called).
     quiet_no_prefetch: bool = False
+    #: True when :meth:`place` puts every missing key on the GPU and :meth:`admit` admits every
+    #: key, both without side effects: engines may skip those calls (the protocol then fetches
+    #: every missing key into a slot). Declared like :attr:`quiet_no_prefetch`.
+    gpu_admit_all: bool = False
 
     @property
     @abstractmethod

@@ -16,6 +16,7 @@ from moe_offload_lab.policies.cost_table import (
     declared_charge,
     load_table,
 )
+from moe_offload_lab.policies.placement.rules import AlwaysGPU
 from moe_offload_lab.policies.prediction import Prediction
 from moe_offload_lab.policies.registry import (
     ADMISSIONS,
@@ -155,6 +156,10 @@ class ComposedPolicy(Policy):
                 self.admit = self._admission_admit  # type: ignore[method-assign]
             elif admit_all:
                 self.admit = self._rule_admit  # type: ignore[method-assign]
+        # AlwaysGPU (stateless) and no admission rule: the protocol need not ask
+        self.gpu_admit_all = bool(type(self.placement) is AlwaysGPU
+                                  and self.place == self.placement.place
+                                  and self.admit is _admit_all)
         if cls.prefetch is ComposedPolicy.prefetch:
             plan, predict = self._plan, self._predict
             if self._needs_prediction:

@@ -121,8 +121,9 @@ class Engine(Transfers):
     # (:class:`~sim.link.Link`) instead of the direct one (:class:`~sim.link.DirectLink`); the
     # event log must not change
     simpy_link = False
-    # False (tests): call the policy's prefetch on quiet layers too (see LayerProtocol's quiet)
-    quiet_fast_path = True
+    # False (tests): make every policy call, also those the policy declares it does not need
+    # (LayerProtocol's fast_paths)
+    declared_fast_paths = True
 
     def __init__(self, spec: ModelSpec, trace: Trace, policy: Policy, hardware: HardwareProfile,
                  capacity_slots: int, batch: int = 1, *,
@@ -180,7 +181,7 @@ class Engine(Transfers):
                      schedule=None if self.batcher is not None else self.schedule)
         self.cache = SlotCache(self.capacity_slots, n_experts, n_layers, policy.partition_slots)
         self.protocol = LayerProtocol(policy, self.cache, self, codes=DETAIL,
-                                      quiet=self.quiet_fast_path)
+                                      fast_paths=self.declared_fast_paths)
         link_args = (self.compute.link_bytes_per_s, self.compute.link_latency_s, n_experts,
                      self.log, None, self.chunk_bytes)
         link_kwargs = {"engines": self.hardware.copy_engines, "slot_done": self.protocol.copy_done}

@@ -1,9 +1,10 @@
 """The engine's fast paths give the reference path's results to the bit (issue 19).
 
 The reference is the engine on the SimPy-driven :class:`~sim.link.Link` (``simpy_link``) with
-every policy call made (``quiet_fast_path`` off). The fast engine serves copies on the
+every policy call made (``declared_fast_paths`` off). The fast engine serves copies on the
 :class:`~sim.link.DirectLink` (one pending event kept in two attributes, no SimPy) and skips the
-``prefetch`` call of a policy that declares it never prefetches. Both must produce the same event
+``prefetch`` call on quiet layers and the ``place``/``admit`` calls of a policy that declares
+them needless. Both must produce the same event
 log row for row (every column, floats compared exactly) and so the same summary, across policy
 families, static and continuous batching, chunked copies and runtime profiles.
 """
@@ -40,7 +41,7 @@ def _run(name: str, reference: bool, *, continuous: bool = False, chunk_mb: floa
         kwargs["batcher"] = ContinuousBatcher(trace, 2000.0, 3, chunk=8, seed=1)
     engine = Engine(model, trace, build_policy(name), HW, 12, batch=batch, **kwargs)
     engine.simpy_link = reference
-    engine.quiet_fast_path = not reference
+    engine.declared_fast_paths = not reference
     return engine.run().events, engine
 
 
@@ -94,5 +95,8 @@ def test_quiet_fast_path_skips_only_declared_policies() -> None:
     cost = ComputeModel(model, HW).cost_model()
     lru.reset(model, 12, cost)
     gate.reset(model, 12, cost)
-    assert lru.quiet_no_prefetch
-    assert not gate.quiet_no_prefetch
+    assert lru.quiet_no_prefetch and lru.gpu_admit_all
+    assert not gate.quiet_no_prefetch and gate.gpu_admit_all
+    fiddler = build_policy("fiddler")
+    fiddler.reset(model, 12, cost)
+    assert not fiddler.gpu_admit_all
