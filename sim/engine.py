@@ -2,8 +2,9 @@
 
 A plain loop runs the GPU stream step by step and layer by layer; the contract's calls go through
 the one protocol every engine drives (:class:`policies.protocol.LayerProtocol`), and this engine
-supplies how time passes: a :class:`~sim.link.Link` serves the copies (SimPy events with
-callbacks, processed up to the GPU stream's clock before each decision), the host CPU runs
+supplies how time passes: a :class:`~sim.link.DirectLink` serves the copies (its one pending
+event kept in two attributes, processed up to the GPU stream's clock before each decision; the
+SimPy-driven :class:`~sim.link.Link` is the reference it matches, ``simpy_link``), the host CPU runs
 CPU-placed experts, and the runtime's implementation profile (:class:`~sim.system.SystemProfile`)
 adds its overheads and decides what overlaps. Per MoE layer:
 
@@ -21,8 +22,13 @@ adds its overheads and decides what overlaps. Per MoE layer:
 4. the layer ends when GPU and CPU experts are both done; the next layer's non-expert work
    follows on the GPU stream.
 
-Events: one per copy (per chunk when chunked); nothing else is scheduled in SimPy. Event-log rows
-are packed records (:mod:`sim.eventlog`). ``benchmarks/bench_sim.py`` times the issue's cases.
+Events: one per copy (per chunk when chunked); nothing else is scheduled. Event-log rows are
+packed records (:mod:`sim.eventlog`), folded step by step at ``log=steps|summary``. Fast paths a
+policy declares (``Policy.quiet_no_prefetch``, ``Policy.gpu_admit_all``) skip calls it does not
+need; ``declared_fast_paths = False`` makes every call (the tests compare both, and both links,
+row for row: ``tests/sim/test_fast_paths.py``). ``benchmarks/bench_sim.py`` times the issue's
+cases (with a checksum of the log and summary on each side of ``--ref``),
+``benchmarks/bench_memory.py`` the peak memory of a long run.
 """
 
 from __future__ import annotations

@@ -13,6 +13,12 @@ cancelled, picks its next copy in a zero-delay "kick" event, i.e. once the calle
 everything it submits at that instant (the best copy among them goes first). A cancelled copy's
 timeout still fires; its callback sees it is stale and does nothing.
 
+:class:`DirectLink` is the same link without SimPy (the engine's default): a link has at most
+one live event at a time, so it keeps that event's time and callback in two attributes and the
+engine runs it with :meth:`Link.advance`, :meth:`Link.sync`, :meth:`Link.wait` and
+:meth:`Link.drain` (which :class:`Link` implements on its SimPy environment). Times are the same
+sums, so both give equal event logs (``tests/sim/test_fast_paths.py``).
+
 Copy engines (``engines``, the hardware's ``copy_engines``): with two or more, the per-copy
 latency of a copy that starts the moment the previous one ends is hidden (its setup ran on
 another engine while the previous one moved data); the bytes still share the link's bandwidth,
