@@ -125,8 +125,8 @@ class LayerProtocol:
                  memory: SlotStore | None = None,
                  codes: Mapping[str, Any] | None = None, fast_paths: bool = True) -> None:
         self.policy = policy
-        self._quiet = bool(fast_paths and getattr(policy, "quiet_no_prefetch", False))
-        self._gpu_admit_all = bool(fast_paths and getattr(policy, "gpu_admit_all", False))
+        self._quiet = fast_paths and declared(policy, "quiet_no_prefetch")
+        self._gpu_admit_all = fast_paths and declared(policy, "gpu_admit_all")
         self.cache = cache
         self.memory = memory if memory is not None else cache
         self.transfers = transfers
@@ -299,6 +299,16 @@ class LayerProtocol:
         self.copies.clear()
         self.prefetching.clear()
         return handles
+
+
+def declared(policy: Policy, name: str) -> bool:
+    """A fast-path declaration (:attr:`~policies.base.Policy.quiet_no_prefetch`,
+    :attr:`~policies.base.Policy.gpu_admit_all`) made by the policy object itself, on its
+    instance or its class: a wrapper that overrides some methods and forwards other attributes
+    to an inner policy (``__getattr__``) does not inherit the inner policy's declarations, which
+    speak for the inner policy's methods only."""
+    own = getattr(policy, "__dict__", {})
+    return bool(own[name] if name in own else getattr(type(policy), name, False))
 
 
 # ---- the checks every engine applies -------------------------------------------------------------

@@ -100,3 +100,24 @@ def test_quiet_fast_path_skips_only_declared_policies() -> None:
     fiddler = build_policy("fiddler")
     fiddler.reset(model, 12, cost)
     assert not fiddler.gpu_admit_all
+
+
+def test_a_forwarding_wrapper_does_not_inherit_declarations() -> None:
+    from moe_offload_lab.policies.protocol import declared
+
+    class Wrapper:  # overrides place, forwards the rest (as tests' rogue policies do)
+        def __init__(self, inner) -> None:  # noqa: ANN001
+            self.inner = inner
+
+        def __getattr__(self, name: str):  # noqa: ANN204
+            return getattr(self.inner, name)
+
+    lru = build_policy("lru")
+    from moe_offload_lab.sim.compute import ComputeModel
+
+    lru.reset(spec(), 12, ComputeModel(spec(), HW).cost_model())
+    assert declared(lru, "gpu_admit_all") and declared(lru, "quiet_no_prefetch")
+    wrapped = Wrapper(lru)
+    assert wrapped.gpu_admit_all  # forwarded, yet not the wrapper's own declaration
+    assert not declared(wrapped, "gpu_admit_all")
+    assert not declared(wrapped, "quiet_no_prefetch")
