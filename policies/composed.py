@@ -104,6 +104,7 @@ class ComposedPolicy(Policy):
             self._cost = self.charged_cost.cost
         self.replacement.reset(spec, capacity_slots, trace, schedule)
         self.placement.reset(spec, cost_model)
+        self.lowbit_fraction = self.placement.lowbit_fraction  # HOBBIT's low-precision copies
         self.planner.reset(spec, capacity_slots, cost_model, self.horizon)
         self.admission.reset(spec, capacity_slots)
         if self.replacement.uses_prediction:

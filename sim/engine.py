@@ -75,6 +75,16 @@ def _attended_by_step(position: np.ndarray, request_ids: np.ndarray, bounds: lis
     return np.add.reduceat(ctx, starts), np.add.reduceat(np.where(last, ctx, 0), starts)
 
 
+def _lowbit_bytes(spec: ModelSpec, policy: Policy) -> int:
+    """Bytes of a low-precision expert copy (``policy.lowbit_fraction`` of an expert's)."""
+    fraction = getattr(policy, "lowbit_fraction", 1.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0 < fraction <= 1:
+        raise ConfigError(f"policy {policy.name!r}: lowbit_fraction must lie in (0, 1], "
+                          f"got {fraction!r}")
+    return max(1, int(round(spec.expert_bytes * fraction)))
+
+
 @dataclass
 class EngineResult:
     """A finished run: the event log frame and the run's parameters."""
@@ -162,6 +172,9 @@ class Engine(Transfers):
         self.cache = SlotCache(self.capacity_slots, n_experts, n_layers, policy.partition_slots)
         self.env = simpy.Environment()
         self.protocol = LayerProtocol(policy, self.cache, self, codes=DETAIL)
+        # HOBBIT: keys whose copy is low precision move this many bytes (policies.base.LOWBITS)
+        self._lowbit = self.protocol.lowbit
+        self._lowbit_bytes = _lowbit_bytes(spec, policy)
         self.link = Link(self.env, self.compute.link_bytes_per_s, self.compute.link_latency_s,
                          n_experts, self.log, None, self.chunk_bytes,
                          engines=self.hardware.copy_engines, slot_done=self.protocol.copy_done)
@@ -188,7 +201,10 @@ class Engine(Transfers):
     def start_copy(self, key: int, purpose: str, layer: int) -> Copy:
         """A copy of ``key`` that starts once the layer's decisions are made (submitted with the
         layer's other copies when the protocol returns)."""
-        copy = Copy(key, self._expert_bytes, purpose, self._step, layer,
+        num_bytes = self._expert_bytes
+        if self._lowbit and key in self._lowbit:  # a low-precision copy (HOBBIT)
+            num_bytes = self._lowbit_bytes
+        copy = Copy(key, num_bytes, purpose, self._step, layer,
                     self._clock + self._decision_s)  # the decision's end
         if self.host is not None:
             copy.bytes_per_s = self.host.source_bytes_per_s(key)
