@@ -6,7 +6,6 @@ import math
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
 from moe_offload_lab.policies.config import build_policy
 from moe_offload_lab.policies.evaluation import evaluate
 from moe_offload_lab.sim.cli import compose
@@ -14,6 +13,7 @@ from moe_offload_lab.sim.compute import ComputeModel
 from moe_offload_lab.sim.engine import Engine
 from moe_offload_lab.sim.metrics import summarize
 from moe_offload_lab.sim.run import RunConfig, simulate
+from omegaconf import OmegaConf
 from sim_testing import HW, spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policies" / "placement"))
