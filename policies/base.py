@@ -124,6 +124,10 @@ class Policy(ABC):
     #: Bytes of a low-precision copy over the expert's (placement :data:`LOWBITS`), in (0, 1].
     #: Read by engines after :meth:`reset`; 1.0 unless the policy's placement answers LOWBITS.
     lowbit_fraction: float = 1.0
+    #: Implementation-profile fields (``sim.system.SystemProfile``) the policy's own runtime sets,
+    #: e.g. ``{"staging_buffers": 2}`` for PreScope's double buffering; the simulator applies
+    #: them over the run's profile, the executor ignores them. Empty for most policies.
+    runtime: Mapping[str, object] = {}
 
     @property
     @abstractmethod

@@ -62,6 +62,7 @@ class ComposedPolicy(Policy):
         self._victims: list[int] = []
         self._ctx: LayerContext | None = None
         self.horizon = config.horizon
+        self.runtime = dict(config.runtime or {})  # the paper's runtime features (config doc)
 
     @property
     def decision_cost(self) -> DecisionCost:

@@ -17,7 +17,10 @@ adds its overheads and decides what overlaps. Per MoE layer:
    first and each missing one as soon as its copy lands; otherwise the layer waits for all its
    copies (a *stall*), then runs them one after another. A runtime that does not overlap copies
    with compute (one stream, or pageable memory) waits for every copy in flight, prefetches
-   included. Each wait for a copy costs the runtime's ``copy_sync_s`` when it ends;
+   included. Each wait for a copy costs the runtime's ``copy_sync_s`` when it ends. With staging
+   buffers (``SystemProfile.staging_buffers`` B > 0) a prefetch for layer ``m`` is held back
+   (not submitted to the link) until layer ``m - B`` has finished its experts: B = 2 is
+   double buffering, the next layer's copies overlapping this layer's compute;
 4. the layer ends when GPU and CPU experts are both done; the next layer's non-expert work
    follows on the GPU stream.
 
@@ -44,7 +47,7 @@ from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
 from moe_offload_lab.sim.hardware import HardwareProfile
 from moe_offload_lab.sim.host import HostTier
 from moe_offload_lab.sim.link import Copy, Link
-from moe_offload_lab.sim.system import SystemProfile
+from moe_offload_lab.sim.system import SystemProfile, with_policy_runtime
 from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace
@@ -157,6 +160,7 @@ class Engine(Transfers):
         self.chunk_bytes = int(chunk_mb * 1e6)  # 0: whole copies (no chunking)
         if chunk_mb > 0 and self.chunk_bytes < 1:
             raise ConfigError(f"link.chunk_mb of {chunk_mb!r} is under one byte")
+        system = with_policy_runtime(system, policy)  # e.g. PreScope's double buffering
         self.compute = ComputeModel(spec, hardware, system)
         self.system = self.compute.system
         self.host = host
@@ -179,6 +183,10 @@ class Engine(Transfers):
                          n_experts, self.log, None, self.chunk_bytes,
                          engines=self.hardware.copy_engines, slot_done=self.protocol.copy_done)
         self._idle_until, self._served = 0.0, -1
+        # staging buffers (SystemProfile.staging_buffers): prefetches held until the layer whose
+        # buffer they reuse has run, as (absolute layer position that frees it, copy)
+        self._staging = self.system.staging_buffers if self.system.overlaps else 0
+        self._held: list[tuple[int, Copy]] = []
         if self.preload:
             for key in range(n_layers * n_experts):
                 if self.cache.free_slots() <= 0:
@@ -208,8 +216,36 @@ class Engine(Transfers):
                     self._clock + self._decision_s)  # the decision's end
         if self.host is not None:
             copy.bytes_per_s = self.host.source_bytes_per_s(key)
+        if self._staging and purpose == "prefetch":
+            gate = self._buffer_free_at(key, layer)
+            if gate >= self._step * self.n_layers + layer:  # its buffer is still in use
+                self._held.append((gate, copy))
+                return copy
         self._to_submit.append(copy)
         return copy
+
+    def _buffer_free_at(self, key: int, layer: int) -> int:
+        """The absolute layer position (``step * L + layer``) whose experts must have run before
+        a prefetch of ``key``, issued at ``layer``, may use its staging buffer: the key's own
+        next position (this step, or the next one for a layer not after ``layer``) minus B."""
+        n_layers = self.n_layers
+        target = key // self.spec.num_experts
+        position = self._step * n_layers + target + (n_layers if target <= layer else 0)
+        return position - self._staging
+
+    def _release(self, position: int, t: float) -> None:
+        """Layer ``position`` finished its experts at ``t``: submit the held prefetches whose
+        staging buffer it frees, starting no earlier than ``t``."""
+        ready, held = [], []
+        for gate, copy in self._held:
+            if gate > position:
+                held.append((gate, copy))
+            elif copy.state == "new":  # not cancelled meanwhile
+                copy.ready_s = max(copy.ready_s, t)
+                ready.append(copy)
+        self._held = held
+        if ready:
+            self.link.submit_all(ready)
 
     def cancel_copy(self, handle: Copy) -> None:
         """Abandon a queued or running prefetch now (at the decision's time)."""
@@ -424,6 +460,8 @@ class Engine(Transfers):
                         end += dt
                 if check:
                     self._check_layer(keys, on_cpu, wait)
+                if self._held:  # staging buffers: this layer's buffer is free from ``end`` on
+                    self._release(step * n_layers + layer, end)
                 if layer + 1 < n_layers:  # the next layer's non-expert work follows at once
                     buf += pack(k_compute, end, end + other_s, step, layer + 1, -1, 0, r_gpu,
                                 d_other, n_tok)
@@ -434,6 +472,7 @@ class Engine(Transfers):
         self.end_s = float(clock)
         # copies still queued or running when the last step ends are abandoned (logged as such)
         leftover = protocol.abandon_all()
+        self._held.clear()
         if leftover:
             self._sync(clock)
             for copy in leftover:
