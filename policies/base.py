@@ -128,6 +128,10 @@ class Policy(ABC):
     #: e.g. ``{"staging_buffers": 2}`` for PreScope's double buffering; the simulator applies
     #: them over the run's profile, the executor ignores them. Empty for most policies.
     runtime: Mapping[str, object] = {}
+    #: The :class:`~policies.replacement.tiers.TieredRule` that decides the host-DRAM tier
+    #: (what DRAM keeps, what is promoted from NVMe), or None: engines keep DRAM in LRU order.
+    #: Read by engines after :meth:`reset`, when the model does not fit host DRAM.
+    tiered_rule: object | None = None
 
     @property
     @abstractmethod

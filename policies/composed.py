@@ -25,6 +25,7 @@ from moe_offload_lab.policies.registry import (
     REPLACEMENTS,
 )
 from moe_offload_lab.policies.replacement.base import ReplacementRule
+from moe_offload_lab.policies.replacement.tiers import TieredRule
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.spec import ModelSpec
@@ -111,6 +112,8 @@ class ComposedPolicy(Policy):
         if self.replacement.uses_prediction:
             self.replacement.bind_prediction(self.predictor.prediction)
         self.partition_slots = self.replacement.partition_slots()
+        # Prophet's hierarchy: a TieredRule (confidence) also decides the host-DRAM tier
+        self.tiered_rule = self.replacement if isinstance(self.replacement, TieredRule) else None
         self.lookahead_distances = self.needs_lookahead(spec)
         self._needs_prediction = bool(self.planner.uses_prediction
                                       or self.replacement.uses_prediction)

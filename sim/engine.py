@@ -187,6 +187,11 @@ class Engine(Transfers):
         # buffer they reuse has run, as (absolute layer position that frees it, copy)
         self._staging = self.system.staging_buffers if self.system.overlaps else 0
         self._held: list[tuple[int, Copy]] = []
+        # Prophet's hierarchy: the policy's TieredRule keeps and promotes host DRAM (sim.host)
+        rule = getattr(policy, "tiered_rule", None)
+        self._promote = self.host is not None and rule is not None
+        if self._promote:
+            self.host.bind_rule(rule, spec.expert_bytes, self.cache)
         if self.preload:
             for key in range(n_layers * n_experts):
                 if self.cache.free_slots() <= 0:
@@ -215,7 +220,7 @@ class Engine(Transfers):
         copy = Copy(key, num_bytes, purpose, self._step, layer,
                     self._clock + self._decision_s)  # the decision's end
         if self.host is not None:
-            copy.bytes_per_s = self.host.source_bytes_per_s(key)
+            copy.bytes_per_s = self.host.source_bytes_per_s(key, copy.ready_s)
         if self._staging and purpose == "prefetch":
             gate = self._buffer_free_at(key, layer)
             if gate >= self._step * self.n_layers + layer:  # its buffer is still in use
@@ -430,6 +435,8 @@ class Engine(Transfers):
                 if to_submit:
                     submit(to_submit)
                     to_submit.clear()
+                if self._promote:  # NVMe-to-DRAM promotions the tiered rule chooses
+                    self.host.promote(ready, cache)
                 if serial:  # one stream: every copy in flight lands before the experts run
                     wait = [*wait, *protocol.copies.values()]
                 if on_cpu:

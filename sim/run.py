@@ -342,6 +342,8 @@ def simulate(cfg: RunConfig) -> SimResult:
         "batch": ready.workload.max_batch, "chunk_mb": ready.chunk_mb,
         "host_dram_experts": ready.host_dram_experts,
         "nvme_reads": host.nvme_reads if host is not None else 0,
+        # NVMe-to-DRAM reads ahead of need chosen by the policy's tiered rule (Prophet's L2)
+        "host_promotions": host.promotions if host is not None else 0,
         # HOBBIT: expert computations from low-precision copies (the accuracy cost, a count)
         "lowbit_expert_computes": engine.protocol.n_lowbit,
         "measured_used": engine.compute.measured_used,
