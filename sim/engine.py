@@ -191,7 +191,7 @@ class Engine(Transfers):
         rule = getattr(policy, "tiered_rule", None)
         self._promote = self.host is not None and rule is not None
         if self._promote:
-            self.host.bind_rule(rule, spec.expert_bytes, self.cache)
+            self.host.bind_rule(rule, spec.expert_bytes)
         if self.preload:
             for key in range(n_layers * n_experts):
                 if self.cache.free_slots() <= 0:

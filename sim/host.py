@@ -51,18 +51,16 @@ class HostTier:
         self.nvme_reads = 0  # GPU copies read from NVMe
         self.promotions = 0  # NVMe-to-DRAM reads ahead of need (a rule's)
         self.rule: Any = None  # a TieredRule, or None (LRU, on demand)
-        self.gpu: Any = None  # the GPU cache's view, when a rule decides
         self.expert_bytes = 0
         self._loading: dict[int, float] = {}  # promoted key -> when its read lands in DRAM
         self._nvme_free_s = 0.0  # when the NVMe device finishes its queued reads
         self._victims: list[int] = []
 
-    def bind_rule(self, rule: Any, expert_bytes: int, gpu: Any = None) -> None:
+    def bind_rule(self, rule: Any, expert_bytes: int) -> None:
         """Let ``rule`` (a TieredRule) decide what DRAM keeps and promotes; experts of
-        ``expert_bytes``; ``gpu`` the GPU cache's view (its residents keep their DRAM copy)."""
+        ``expert_bytes``."""
         self.rule = rule
         self.expert_bytes = int(expert_bytes)
-        self.gpu = gpu
 
     def source_bytes_per_s(self, key: int, at_s: float = 0.0) -> float:
         """Bandwidth of the copy of ``key`` about to start at ``at_s``; updates DRAM (recency,
@@ -129,9 +127,7 @@ class HostTier:
         else:
             victims = self._victims
             victims.clear()
-            self.rule.host_victims(dram.keys(), over, _Protected(incoming, self.gpu), victims)
-            if len(victims) < over:  # everything else is on the GPU: drop their copies too
-                self.rule.host_victims(dram.keys(), over - len(victims), (incoming,), victims)
+            self.rule.host_victims(dram.keys(), over, (incoming,), victims)
             for key in victims:
                 del dram[key]
         return len(dram) + len(self._loading) + need <= self.capacity_experts
@@ -152,17 +148,3 @@ class HostTier:
     def __contains__(self, key: int) -> bool:
         return key in self._dram
 
-
-class _Protected:
-    """The keys DRAM must keep when a rule chooses victims: the incoming one and every expert
-    resident or copying on the GPU (its DRAM copy is where a GPU eviction demotes it)."""
-
-    __slots__ = ("incoming", "gpu")
-
-    def __init__(self, incoming: int, gpu: Any) -> None:
-        self.incoming, self.gpu = incoming, gpu
-
-    def __contains__(self, key: object) -> bool:
-        gpu = self.gpu
-        return key == self.incoming or (gpu is not None and (key in gpu.resident
-                                                              or key in gpu.in_flight))
