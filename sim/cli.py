@@ -61,18 +61,10 @@ class _JobFailed(BaseException):  # noqa: N818 - passes through Hydra's handlers
 def compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
     """The composed config for these overrides (Hydra compose API; errors -> ConfigError).
     ``with_hydra`` keeps the ``hydra`` node (and accepts Hydra's own overrides)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from moe_offload_lab.traces.hydra_compose import compose_config
 
-    overrides = policy_file_overrides(overrides)
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-            return hydra_compose(config_name="config", overrides=list(overrides),
-                                 return_hydra_config=with_hydra)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(str(exc).strip().splitlines()[0]) from None
+    return compose_config(conf_dir(), policy_file_overrides(overrides),
+                          return_hydra_config=with_hydra)
 
 
 def run_config(cfg: DictConfig) -> RunConfig:
