@@ -248,7 +248,7 @@ class Engine(Transfers):
             elif copy.state == "new":  # not cancelled meanwhile
                 copy.ready_s = max(copy.ready_s, t)
                 ready.append(copy)
-        self._held = held
+        self._held[:] = held  # in place: the engine loop holds a reference
         if ready:
             self.link.submit_all(ready)
 
@@ -363,6 +363,8 @@ class Engine(Transfers):
         sync_s = system.copy_sync_s
         self._lanes = compute.cpu_lanes
         check, env_step = self.check, env.step
+        held = self._held  # prefetches waiting for a staging buffer (updated in place)
+        promote = self.host.promote if self._promote else None  # Prophet's host tiers
         # ``clock`` is the GPU stream's time; the link's runs behind it and catches up (processes
         # its events due by then) before each decision, so a copy submitted at the decision
         # starts at its ``ready_s`` (an absolute time) and timing is exact.
@@ -435,8 +437,8 @@ class Engine(Transfers):
                 if to_submit:
                     submit(to_submit)
                     to_submit.clear()
-                if self._promote:  # NVMe-to-DRAM promotions the tiered rule chooses
-                    self.host.promote(ready, cache)
+                if promote is not None:  # NVMe-to-DRAM promotions the tiered rule chooses
+                    promote(ready, cache)
                 if serial:  # one stream: every copy in flight lands before the experts run
                     wait = [*wait, *protocol.copies.values()]
                 if on_cpu:
@@ -467,7 +469,7 @@ class Engine(Transfers):
                         end += dt
                 if check:
                     self._check_layer(keys, on_cpu, wait)
-                if self._held:  # staging buffers: this layer's buffer is free from ``end`` on
+                if held:  # staging buffers: this layer's buffer is free from ``end`` on
                     self._release(step * n_layers + layer, end)
                 if layer + 1 < n_layers:  # the next layer's non-expert work follows at once
                     buf += pack(k_compute, end, end + other_s, step, layer + 1, -1, 0, r_gpu,
