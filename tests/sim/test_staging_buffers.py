@@ -139,3 +139,32 @@ def test_a_policy_runtime_sets_the_buffers() -> None:
 def test_staging_buffers_must_be_a_count() -> None:
     with pytest.raises(ConfigError, match="staging_buffers"):
         _system(-1)
+
+
+@pytest.mark.parametrize("name", ["lookahead-budgeted", "presched", "hobbit", "confidence"])
+def test_both_links_and_fast_paths_agree(name: str) -> None:
+    """The SimPy reference link with every call made, and the direct link with the declared
+    fast paths: the same rows under staging buffers (held and cancelled prefetches), HOBBIT's
+    low-precision copies and the confidence rule's host tier."""
+    import numpy as np
+    from moe_offload_lab.sim.host import HostTier
+
+    model = spec(num_layers=4, num_experts=8, top_k=2)
+    trace = make_trace(model, 120, requests=3, seed=5, lookahead=(1, 2))
+    config = name if name != "confidence" else {
+        "name": "confidence-tiers", "horizon": 2, "predictor": {"name": "oracle"},
+        "planner": {"name": "lookahead", "budget_bytes": None, "budget_experts": 0,
+                    "min_confidence": 0.5, "max_distance": 1, "cancel_stale": True},
+        "replacement": {"name": "confidence"}}
+    frames = []
+    for reference in (False, True):
+        host = HostTier(14, model.num_expert_keys, HW.link_bytes_per_s, 3e9)
+        engine = Engine(model, trace, build_policy(config), HW, 10, batch=2, check=True,
+                        system=_system(2), host=host)
+        engine.simpy_link = reference
+        engine.declared_fast_paths = not reference
+        frames.append(engine.run().events)
+    fast, ref = frames
+    assert len(fast) == len(ref) > 0
+    for col in fast.columns:
+        assert np.array_equal(fast[col].to_numpy(), ref[col].to_numpy()), col
