@@ -88,3 +88,15 @@ def test_offline_replay_counts_low_precision_computes() -> None:
     assert resident.lowbit_computes == 10 * 2
     lru = evaluate(skewed_trace(tokens=10, period=1), build_policy("lru"), 4).cache
     assert lru.lowbit_computes == 0
+
+
+def test_a_resident_low_copy_counts_in_a_layer_with_other_misses() -> None:
+    # token 1 needs expert 1 (its low copy resident from token 0) and expert 2 (missing, full)
+    spec = toy_spec(2, 8, 2)
+    ids = np.array([[[0, 1]] * 2, [[2, 1]] * 2], np.int16)  # [T, L, k]
+    gates = np.full(ids.shape, 0.2, np.float32)  # [T, L, k]
+    gates[:, :, 0] = 0.8
+    trace = Trace(spec=spec, request_id=np.zeros(2, np.int32),
+                  position=np.arange(2, dtype=np.int32), phase=np.full(2, DECODE, np.int8),
+                  expert_ids=ids, gate_weights=gates)
+    assert evaluate(trace, build_policy("hobbit"), 8).cache.lowbit_computes == 2 * 2
