@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 from moe_offload_lab.sim.run import RunConfig, SimResult, simulate
+from moe_offload_lab.sim.trace_cache import TraceCache
 from moe_offload_lab.traces.atomic import atomic_path, write_text
 from moe_offload_lab.traces.errors import ConfigError
 from tqdm import tqdm
@@ -69,10 +70,12 @@ def run_configs(cfg: RunConfig) -> dict[str, RunConfig]:
             for run in runs}
 
 
-def run_comparison(cfg: RunConfig
+def run_comparison(cfg: RunConfig, traces: TraceCache | None = None
                    ) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, SimResult]]:
-    """Run every entry of ``cfg.compare['runs']``; returns the table, each run's summary (with
-    its ``label``) and each run's result (by label)."""
+    """Run every entry of ``cfg.compare['runs']`` on one trace (generated once: ``traces``,
+    else a cache of this comparison's own); returns the table, each run's summary (with its
+    ``label``) and each run's result (by label)."""
+    traces = traces if traces is not None else TraceCache()
     configs = run_configs(cfg)
     baseline = (cfg.compare or {}).get("baseline") or next(iter(configs))
     if baseline not in configs:
@@ -80,7 +83,7 @@ def run_comparison(cfg: RunConfig
     summaries, results = [], {}
     for label, one in tqdm(configs.items(), desc="compare", unit="run", leave=False,
                            disable=None):
-        result = simulate(one)
+        result = simulate(one, traces)
         summaries.append({"label": label, **result.summary})
         results[label] = result
     base = next(s for s in summaries if s["label"] == baseline)["tokens_per_s"]
@@ -178,13 +181,12 @@ def text_table(table: pd.DataFrame) -> str:
 
 
 def write_comparison(table: pd.DataFrame, summaries: list[dict[str, Any]],
-                     results: dict[str, SimResult], out: str | Path) -> list[Path]:
-    """Write ``compare.csv``, ``compare.md``, ``compare.png`` and ``summaries.json`` into
-    ``out``, and each run's ``summary.json``, ``steps.parquet`` and ``events.parquet`` into
-    ``out/runs/<label>/`` (what ``moe-report`` reads for distributions and timelines); every
-    file atomically."""
-    from moe_offload_lab.sim.plot import plot_comparison
-
+                     results: dict[str, SimResult], out: str | Path,
+                     figure: bool = True) -> list[Path]:
+    """Write ``compare.csv``, ``compare.md``, ``compare.png`` (unless ``figure`` is off) and
+    ``summaries.json`` into ``out``, and each run's ``summary.json``, ``steps.parquet`` and
+    ``events.parquet`` into ``out/runs/<label>/`` (what ``moe-report`` reads for distributions
+    and timelines); every file atomically."""
     out = Path(out)
     for label, result in results.items():
         result.write(out / RUNS_DIR / run_folder(label), figure=False, timeline=False)
@@ -194,6 +196,10 @@ def write_comparison(table: pd.DataFrame, summaries: list[dict[str, Any]],
     first = summaries[0]
     title = (f"{first['model']} on {first['hardware']}, {first['tokens']} tokens, "
              f"batch {first['batch']}")
-    return [out / "compare.csv", write_text(out / "compare.md", markdown(table)),
-            plot_comparison(steps, summaries, out / "compare.png", title),
-            write_text(out / "summaries.json", json.dumps(summaries, indent=2, default=str))]
+    paths = [out / "compare.csv", write_text(out / "compare.md", markdown(table))]
+    if figure:
+        from moe_offload_lab.sim.plot import plot_comparison
+
+        paths.append(plot_comparison(steps, summaries, out / "compare.png", title))
+    return [*paths, write_text(out / "summaries.json",
+                               json.dumps(summaries, indent=2, default=str))]

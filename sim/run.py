@@ -21,6 +21,7 @@ from moe_offload_lab.sim.memory import GpuMemory, peak_context
 from moe_offload_lab.sim.metrics import latency_metrics, step_frame, summarize
 from moe_offload_lab.sim.system import SystemProfile, load_system
 from moe_offload_lab.sim.timeline import write_chrome_trace
+from moe_offload_lab.sim.trace_cache import TraceCache
 from moe_offload_lab.sim.workload import ContinuousBatcher, check_continuous, static_batches
 from moe_offload_lab.traces.atomic import write_text
 from moe_offload_lab.traces.catalog import check_fields
@@ -55,6 +56,7 @@ class RunConfig:
     host: dict[str, Any] = field(default_factory=dict)  # {dram_gib}: see sim.host
     cluster: dict[str, Any] | None = None  # cluster=<name>: expert parallelism (sim.cluster)
     balance: dict[str, Any] | None = None  # its balancing policy (conf/balance)
+    outputs: dict[str, Any] = field(default_factory=dict)  # {figures, timeline}: see sim.cli
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -131,7 +133,9 @@ def _trace_path(trace_cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def _load_trace(cfg: RunConfig, spec: ModelSpec) -> Trace:
+def _load_trace(cfg: RunConfig, spec: ModelSpec, traces: TraceCache | None = None) -> Trace:
+    """The run's trace: its file, else the synthetic preset's (from ``traces``, which shares
+    one generation between runs: :mod:`sim.trace_cache`)."""
     trace_cfg = cfg.trace or {}
     path = _trace_path(trace_cfg)
     if path:
@@ -139,7 +143,9 @@ def _load_trace(cfg: RunConfig, spec: ModelSpec) -> Trace:
         where = f"trace {path}"
     else:
         preset = trace_cfg.get("preset") or spec.name
-        trace = generate(preset, tokens=_tokens(trace_cfg), seed=int(trace_cfg.get("seed", 0)))
+        tokens, seed = _tokens(trace_cfg), int(trace_cfg.get("seed", 0))
+        trace = (traces.synthetic(preset, tokens, seed) if traces is not None
+                 else generate(preset, tokens=tokens, seed=seed))
         where = f"trace preset {preset!r}"
     _check_trace_spec(trace.spec, spec, where)
     return trace
@@ -298,11 +304,12 @@ def _system(system: dict[str, Any] | str | None) -> SystemProfile:
     return SystemProfile.from_dict(system, f"system {system.get('name')!r}")
 
 
-def simulate(cfg: RunConfig) -> SimResult:
-    """Run one configuration end to end."""
+def simulate(cfg: RunConfig, traces: TraceCache | None = None) -> SimResult:
+    """Run one configuration end to end; ``traces`` shares synthetic traces between runs
+    (:mod:`sim.trace_cache`; None: generate this run's own)."""
     ready = prepare(cfg)
     spec, hardware, policy = ready.spec, ready.hardware, ready.policy
-    trace = _load_trace(cfg, spec)
+    trace = _load_trace(cfg, spec, traces)
     check_lookahead(policy, spec, trace.lookahead_distances,
                     f"trace {_trace_path(cfg.trace or {}) or 'of the synthetic preset'}")
     wall = time.perf_counter()
