@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -368,7 +368,8 @@ def _launch_sweep(hydra_args: list[str], sweep_dir: Path, existed: bool) -> int:
     import shutil
 
     try:
-        _run_hydra(hydra_args)
+        with _jobs_checked():
+            _run_hydra(hydra_args)
     except KeyboardInterrupt:
         _table_after_error(sweep_dir)
         raise
@@ -380,6 +381,22 @@ def _launch_sweep(hydra_args: list[str], sweep_dir: Path, existed: bool) -> int:
         raise ConfigError(f"the sweep stopped early ({_launcher_error(exc)}); 'moe-sim sweep "
                           f"resume {sweep_dir}' reruns the missing jobs") from None
     return _finish_sweep(sweep_dir)
+
+
+@contextlib.contextmanager
+def _jobs_checked() -> Iterator[None]:
+    """Hydra's sweeper composes every job once more before launching them, to fail early
+    (``Sweeper.validate_batch_is_legal``, 0.3 s a job, one job after the other); ``moe-sim``
+    has composed and checked every job with the same overrides already (:func:`check`), so that
+    second pass is skipped while the sweep launches."""
+    from hydra.plugins.sweeper import Sweeper
+
+    saved = Sweeper.validate_batch_is_legal
+    Sweeper.validate_batch_is_legal = lambda self, batch: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Sweeper.validate_batch_is_legal = saved  # type: ignore[method-assign]
 
 
 def _launcher_error(exc: BaseException) -> str:
