@@ -29,7 +29,6 @@ from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace, read_spec
 from moe_offload_lab.traces.resources import check_trace_memory
 from moe_offload_lab.traces.spec import ModelSpec
-from moe_offload_lab.traces.synthetic import generate
 
 # peak memory of a run over its trace's arrays, batch 1 (the event log dominates): measured
 # 9.0 KB per Mixtral token (777 bytes of trace) between 20,000 and 200,000 tokens
@@ -144,8 +143,9 @@ def _load_trace(cfg: RunConfig, spec: ModelSpec, traces: TraceCache | None = Non
     else:
         preset = trace_cfg.get("preset") or spec.name
         tokens, seed = _tokens(trace_cfg), int(trace_cfg.get("seed", 0))
-        trace = (traces.synthetic(preset, tokens, seed) if traces is not None
-                 else generate(preset, tokens=tokens, seed=seed))
+        if traces is None:
+            traces = TraceCache()  # this run's own (the generator, numba, loads on use)
+        trace = traces.synthetic(preset, tokens, seed)
         where = f"trace preset {preset!r}"
     _check_trace_spec(trace.spec, spec, where)
     return trace
@@ -287,7 +287,7 @@ def prepare(cfg: RunConfig) -> Prepared:
 def _preset_lookahead(trace_cfg: dict[str, Any], spec: ModelSpec) -> int:
     """Lookahead distances of the synthetic trace a run generates (0 for an unknown preset:
     generating it reports the name)."""
-    from moe_offload_lab.traces.synthetic import SynthConfig
+    from moe_offload_lab.traces.synth.config import SynthConfig
 
     try:
         return SynthConfig.preset(trace_cfg.get("preset") or spec.name).lookahead_distances

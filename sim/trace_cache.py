@@ -36,7 +36,7 @@ FOLDER = ".traces"  # in a sweep folder
 
 def trace_key(preset: str, tokens: int, seed: int) -> str:
     """The content key of the synthetic trace ``generate(preset, tokens=tokens, seed=seed)``."""
-    from moe_offload_lab.traces.synthetic import SynthConfig
+    from moe_offload_lab.traces.synth.config import SynthConfig
 
     from moe_offload_lab import __version__
 
