@@ -64,18 +64,13 @@ class _JobFailed(BaseException):  # noqa: N818 - passes through Hydra's handlers
 
 
 def compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
-    """The composed config for these overrides (Hydra compose API, merges of the same config
-    groups remembered: :mod:`sim.compose`; errors -> ConfigError). ``with_hydra`` keeps the
-    ``hydra`` node (and accepts Hydra's own overrides)."""
-    from hydra.errors import HydraException
-    from moe_offload_lab.sim.compose import compose as compose_config
-    from omegaconf.errors import OmegaConfBaseException
+    """The composed config for these overrides (Hydra compose API, the merge of the same
+    config groups remembered: :mod:`traces.hydra_compose`; errors -> ConfigError).
+    ``with_hydra`` keeps the ``hydra`` node (and accepts Hydra's own overrides)."""
+    from moe_offload_lab.traces.hydra_compose import compose_config
 
-    overrides = policy_file_overrides(overrides)
-    try:
-        return compose_config(str(conf_dir()), overrides, with_hydra)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(str(exc).strip().splitlines()[0]) from None
+    return compose_config(conf_dir(), policy_file_overrides(overrides),
+                          return_hydra_config=with_hydra)
 
 
 def run_config(cfg: DictConfig) -> RunConfig:

@@ -26,18 +26,13 @@ def static_batches(trace: Trace, batch: int, prefill: bool = True) -> list[np.nd
     """The schedule: per step, the trace rows [B] it runs, in order."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be a positive integer, got {batch!r}")
-    request_id = np.asarray(trace.request_id)
     phase = np.asarray(trace.phase)
-    # requests are contiguous runs of rows (the trace format guarantees it)
-    starts = np.flatnonzero(np.r_[True, request_id[1:] != request_id[:-1]])  # [R]
-    ends = np.r_[starts[1:], len(request_id)]  # [R]
+    requests, _ = request_rows(trace)
     schedule: list[np.ndarray] = []
-    for g in range(0, len(starts), batch):
-        group = range(g, min(g + batch, len(starts)))
-        prompt_rows = [np.arange(starts[r], ends[r])[phase[starts[r]:ends[r]] == 0]
-                       for r in group]
-        decode_rows = [np.arange(starts[r], ends[r])[phase[starts[r]:ends[r]] != 0]
-                       for r in group]
+    for g in range(0, len(requests), batch):
+        group = requests[g:g + batch]
+        prompt_rows = [rows[phase[rows] == 0] for rows in group]
+        decode_rows = [rows[phase[rows] != 0] for rows in group]
         if prefill:
             rows = np.concatenate(prompt_rows) if prompt_rows else np.zeros(0, np.int64)
             if rows.size:
@@ -49,11 +44,22 @@ def static_batches(trace: Trace, batch: int, prefill: bool = True) -> list[np.nd
     return schedule
 
 
-def _requests(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
-    request_id = np.asarray(trace.request_id)
-    starts = np.flatnonzero(np.r_[True, request_id[1:] != request_id[:-1]])  # [R]
-    ends = np.r_[starts[1:], len(request_id)]  # [R]
-    return starts, ends
+def request_rows(trace: Trace) -> tuple[list[np.ndarray], list[Any]]:
+    """Each request's rows [n_r] in trace order, requests in order of first appearance; and their
+    ids. A request's rows need not be contiguous: a recorder writes decode rows in processing
+    order, interleaved across the requests of a batch."""
+    request_id = np.asarray(trace.request_id)  # [T]
+    change = np.flatnonzero(np.r_[True, request_id[1:] != request_id[:-1]])  # run starts
+    if len(np.unique(request_id[change])) == len(change):  # each request one run (the common case)
+        ends = np.r_[change[1:], len(request_id)]
+        return ([np.arange(a, b) for a, b in zip(change, ends, strict=True)],
+                request_id[change].tolist())
+    order = np.argsort(request_id, kind="stable")  # [T]: grouped by id, trace order within
+    ordered = request_id[order]
+    bounds = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])
+    groups = sorted((order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)),
+                    key=lambda rows: rows[0])
+    return groups, [request_id[rows[0]].item() for rows in groups]
 
 
 def check_continuous(rate_per_s: Any, max_batch: Any, chunk: Any) -> None:
@@ -82,20 +88,19 @@ class ContinuousBatcher:
     def __init__(self, trace: Trace, rate_per_s: float, max_batch: int, *,
                  chunk: int | None = None, prefill: bool = True, seed: int = 0) -> None:
         check_continuous(rate_per_s, max_batch, chunk)
-        starts, ends = _requests(trace)
+        requests, ids = request_rows(trace)
         phase = np.asarray(trace.phase)
         self.max_batch, self.chunk = max_batch, chunk
         # per request: its prompt rows then its decode rows, in order
-        self.prompt = [np.arange(a, b)[phase[a:b] == 0] if prefill else np.zeros(0, np.int64)
-                       for a, b in zip(starts, ends, strict=True)]
-        self.decode = [np.arange(a, b)[phase[a:b] != 0] for a, b in zip(starts, ends, strict=True)]
-        n = len(starts)
+        self.prompt = [rows[phase[rows] == 0] if prefill else np.zeros(0, np.int64)
+                       for rows in requests]
+        self.decode = [rows[phase[rows] != 0] for rows in requests]
+        n = len(requests)
         if math.isinf(rate_per_s):
             self.arrival_s = np.zeros(n)
         else:
             gaps = np.random.default_rng(seed).exponential(1.0 / rate_per_s, n)  # [R]
             self.arrival_s = np.cumsum(gaps) - gaps[0] if n else gaps  # first one at time 0
-        ids = np.asarray(trace.request_id)[starts].tolist()
         self.arrival_by_id = dict(zip(ids, self.arrival_s.tolist(), strict=True))
         self._next = 0  # next request to admit
         self._running: list[list] = []  # [request, prompt done, decode done]

@@ -24,17 +24,15 @@ PROG = "moe-hw calibrate"
 
 def compose_hw(config_name: str, overrides: Sequence[str]) -> dict[str, Any]:
     """``conf/hw/<config_name>.yaml`` with Hydra overrides, as a plain dict (errors: one line)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
     from moe_offload_lab.traces.catalog import conf_dir
+    from moe_offload_lab.traces.hydra_compose import compose_config
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    cfg = compose_config(conf_dir() / "hw", overrides, config_name=config_name)
     try:
-        with initialize_config_dir(config_dir=str(conf_dir() / "hw"), version_base=None):
-            cfg = compose(config_name=config_name, overrides=list(overrides))
         data = OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as exc:
+    except OmegaConfBaseException as exc:
         raise ConfigError(str(exc).strip().splitlines()[0]) from None
     assert isinstance(data, dict)
     return data

@@ -35,9 +35,7 @@ PROG = "moe-train"
 
 def compose(overrides: Sequence[str]) -> dict[str, Any]:
     """The composed ``conf/train`` config as a plain dict (errors -> ConfigError)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
+    from moe_offload_lab.traces.hydra_compose import compose_config
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -49,11 +47,10 @@ def compose(overrides: Sequence[str]) -> dict[str, Any]:
         key, _, value = item.partition("=")
         if key == "predictor" and value not in known:
             raise ConfigError(f"unknown predictor {value!r}; available: {', '.join(known)}")
+    cfg = compose_config(folder, overrides)
     try:
-        with initialize_config_dir(config_dir=str(folder), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except (HydraException, OmegaConfBaseException) as exc:
+    except OmegaConfBaseException as exc:
         raise ConfigError(str(exc).strip().splitlines()[0]) from None
 
 

@@ -62,7 +62,8 @@ def build_examples(trace: Trace, rows: np.ndarray | None, context: int,
             mask[:, layer, d - 1] = True
     features = None
     if trace.features is not None:
-        features = trace.features[rows].astype(np.float32).reshape(n_tok * n_layers, -1)
+        width = trace.features.shape[2]
+        features = trace.features[rows].astype(np.float32).reshape(n_tok * n_layers, width)
     return Examples(
         layer=np.tile(np.arange(n_layers, dtype=np.int64), n_tok),
         history=history,

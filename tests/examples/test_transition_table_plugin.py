@@ -63,7 +63,8 @@ def test_tune_workers_import_the_plugin(tmp_path: Path) -> None:
                      for b in space["base"]]
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     done = _run("moe_offload_lab.sim.tune.cli",
-                ["run", str(tmp_path / "space.yaml"), "--trials", "2", "--workers", "2",
+                ["run", str(tmp_path / "space.yaml"), "--study-from-space", "--trials", "2",
+                 "--workers", "2",
                  "--out", str(tmp_path / "tune"), "--no-progress"], EXAMPLE)
     assert done.returncode == 0, done.stderr
     assert "finished trials" in done.stdout and "policy.predictor.decay=" in done.stdout

@@ -43,7 +43,7 @@ def test_components_text(capsys) -> None:
 
 
 def test_show_resolves_every_parameter(capsys) -> None:
-    assert main(["show", "prophet"]) == 0
+    assert main(["show", "history"]) == 0
     out = capsys.readouterr().out
     head = [line for line in out.splitlines() if line.startswith("#")]
     assert "HistoryPredictor" in "\n".join(head)

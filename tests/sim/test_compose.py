@@ -1,4 +1,4 @@
-"""Fast composition (sim/compose.py): remembered group merges give exactly Hydra's config."""
+"""Fast composition (traces/hydra_compose.py): remembered merges give exactly Hydra's config."""
 
 from __future__ import annotations
 

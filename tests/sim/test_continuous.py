@@ -98,3 +98,25 @@ def test_cli_continuous(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["workload"] == "continuous" and summary["tokens"] == 400
     assert summary["ttft_ms_mean"] > 0 and summary["tpot_ms_mean"] > 0
+
+
+def _interleaved(trace):  # noqa: ANN001, ANN202
+    """The same trace with each request's decode rows interleaved across requests (how a
+    recorder writes a batch: processing order), prompts first; returns it and its row map."""
+    rid, phase, pos = trace.request_id, trace.phase, trace.position
+    order = np.lexsort((rid, pos, phase))  # prompts by position, then decode rows round-robin
+    return trace.select(order), order
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_interleaved_requests_batch_like_contiguous_ones(batch: int) -> None:
+    trace = _trace()
+    mixed, order = _interleaved(trace)
+    assert len(np.flatnonzero(np.diff(mixed.request_id) != 0)) > 6  # really interleaved
+    same = [order[rows] for rows in static_batches(mixed, batch)]  # back to the original rows
+    assert all(np.array_equal(a, b) for a, b in zip(same, static_batches(trace, batch),
+                                                    strict=True))
+    cont = ContinuousBatcher(mixed, float("inf"), batch).offline_schedule()
+    ref = ContinuousBatcher(trace, float("inf"), batch).offline_schedule()
+    assert len(cont) == len(ref)
+    assert all(np.array_equal(order[a], b) for a, b in zip(cont, ref, strict=True))

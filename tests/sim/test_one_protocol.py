@@ -46,11 +46,11 @@ def test_the_simulator_and_the_offline_replay_drive_it(layer_calls: list) -> Non
     Engine(model, trace, build_policy("gate-lookahead"), HW, 10, batch=2).run()
     assert layer_calls == [(s, layer) for s in range(sim_steps) for layer in range(3)]
     layer_calls.clear()
-    evaluate(trace, build_policy("prescope"), 10, batch=2)
+    evaluate(trace, build_policy("presched"), 10, batch=2)
     replay_steps = len(consecutive_batches(trace.num_tokens, 2))
     assert layer_calls == [(s, layer) for s in range(replay_steps) for layer in range(3)]
     layer_calls.clear()
-    delayed_replay(build_policy("probe"), trace, 10, batch=2)
+    delayed_replay(build_policy("lookahead-budgeted"), trace, 10, batch=2)
     assert len(layer_calls) == replay_steps * 3
 
 

@@ -57,7 +57,7 @@ def test_compare_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert label in printed
     table = pd.read_csv(out / "compare.csv")
     assert table["label"].tolist() == labels
-    assert table["policy"].tolist() == ["on-demand", "lru", "gate-lookahead", "prescope",
+    assert table["policy"].tolist() == ["on-demand", "lru", "gate-lookahead", "cost-aware",
                                         "oracle-belady", "lru"]
     assert list(table.columns) == ["label", "policy", "tpot_ms_mean", "tpot_ms_p99",
                                    "tokens_per_s", "hit_rate", "stall_s", "speedup"]

@@ -107,7 +107,7 @@ def test_searchpath_reaches_every_job_of_a_sweep(policy_file: Path, tmp_path: Pa
                                        f"hydra.searchpath=[file://{conf}]"])
     assert re.fullmatch(r"policy=my-history-[0-9a-f]{6},theirs", overrides[0])
     assert overrides[1].startswith(f"hydra.searchpath=['file://{conf}','file://")
-    assert check(overrides) == 2  # every job composes and prepares
+    assert len(check(overrides)) == 2  # every job composes and prepares
 
 
 def test_exported_commands_run(policy_file: Path, tmp_path: Path) -> None:

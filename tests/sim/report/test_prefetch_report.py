@@ -16,7 +16,7 @@ from moe_offload_lab.sim.report.timeline import find_run
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("prefetch") / "sweep"
-    assert sim_main(["--multirun", "hydra/launcher=basic", "policy=gate-lookahead,prophet,lru",
+    assert sim_main(["--multirun", "hydra/launcher=basic", "policy=gate-lookahead,history,lru",
                      "hardware=h100-sxm", "cache.fraction=0.25", "trace.tokens=400",
                      f"out={out}"]) == 0
     return out
@@ -44,13 +44,13 @@ def test_outcomes_account_for_every_prefetch(sweep: Path, job: str) -> None:
 
 
 def test_report_draws_outcomes_and_the_chosen_timeline(sweep: Path) -> None:
-    assert main([str(sweep), "--timeline-run", "prophet"]) == 0
+    assert main([str(sweep), "--timeline-run", "history"]) == 0
     report = (sweep / "report" / "report.md").read_text()
     assert "## Prefetch outcomes per layer" in report
     assert "](prefetch_outcomes.png)" in report
-    assert "Timeline excerpt" in report and "of run prophet" in report
+    assert "Timeline excerpt" in report and "of run history" in report
     table = pd.read_csv(sweep / "report" / "prefetch_outcomes.csv")
-    assert set(table["run"]) == {"gate-lookahead", "prophet"}  # lru prefetches nothing
+    assert set(table["run"]) == {"gate-lookahead", "history"}  # lru prefetches nothing
     totals = table[table["layer"] == "all"].set_index("run")
     assert (totals[list(OUTCOMES)].sum(axis=1) == totals["issued"]).all()
     runs = load_folder(sweep).runs
@@ -63,7 +63,7 @@ def test_unknown_or_ambiguous_timeline_run_is_one_line(sweep: Path,
     assert main([str(sweep), "--timeline-run", "belady"]) == 2
     err = capsys.readouterr().err
     assert "no such run" in err and "'gate-lookahead'" in err and err.count("\n") == 1
-    assert main([str(sweep), "--timeline-run", "r"]) == 2  # prophet and lru
+    assert main([str(sweep), "--timeline-run", "r"]) == 2  # history and lru
     assert "matches 2 runs" in capsys.readouterr().err
 
 
