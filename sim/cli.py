@@ -12,7 +12,9 @@
 Arguments are Hydra overrides. One run writes summary.json, steps.parquet, events.parquet,
 timeline.json and steps.png into Hydra's run folder (``out=DIR`` chooses it) and prints a table
 (a sweep job writes no timeline.json or figure unless ``outputs.timeline`` / ``outputs.figures``
-is true, and shares its synthetic trace with the sweep's other jobs: ``sim/trace_cache.py``);
+is true, logs per-step tables, ``log=steps``, where the config has that key and the command
+line does not set it, and shares its synthetic trace with the sweep's other jobs:
+``sim/trace_cache.py``);
 a comparison writes compare.csv, compare.md, compare.png, summaries.json and each run's files in
 runs/<label>/; a sweep writes its plan (sweep.json), one numbered folder per job plus sweep.csv
 and sweep.md (always, from whatever jobs finished: missing and failed jobs are marked), and
@@ -71,6 +73,16 @@ def compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
 
     return compose_config(conf_dir(), policy_file_overrides(overrides),
                           return_hydra_config=with_hydra)
+
+
+def quiet_log(overrides: Sequence[str], level: str) -> list[str]:
+    """``overrides`` with ``log=<level>`` added, where the config has the event-log level
+    ``log`` (:mod:`sim.eventlog`) and no override sets it: a sweep job (``steps``) or a tuning
+    trial (``summary``) keeps the exact step table and summary, not every event row."""
+    if any(o.split("=", 1)[0].lstrip("+~") == "log" for o in overrides) or \
+            "log" not in compose([]):
+        return list(overrides)
+    return [*overrides, f"log={level}"]
 
 
 def run_config(cfg: DictConfig) -> RunConfig:
@@ -481,6 +493,8 @@ def _main(args: list[str]) -> int:
         return _sweep_command(args[1:])
     args = policy_file_overrides(args)
     hydra_args, multirun, sweep_dir = _hydra_args(args)
+    if multirun:  # sweep jobs log per-step tables unless told otherwise
+        hydra_args = quiet_log(hydra_args, "steps")
     jobs = check([a for a in hydra_args if a not in _MULTIRUN])
     _check_output_dirs(hydra_args)
     if not multirun or sweep_dir is None:

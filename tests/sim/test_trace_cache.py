@@ -120,3 +120,21 @@ def test_a_bad_outputs_value_is_one_line(bad: str, tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "outputs" in err[0]
     assert not out.exists()
+
+
+def test_sweep_jobs_and_trials_log_steps_unless_told(tmp_path: Path) -> None:
+    from moe_offload_lab.sim.cli import compose, quiet_log
+
+    if "log" not in compose([]):
+        pytest.skip("no event-log level (log=) in this config")
+    assert quiet_log(["policy=lru"], "steps") == ["policy=lru", "log=steps"]
+    assert quiet_log(["log=full", "policy=lru"], "steps") == ["log=full", "policy=lru"]
+    out = tmp_path / "sweep"
+    assert main(["--multirun", "hydra/launcher=basic", "policy=lru", "log=full,summary",
+                 "trace.tokens=200", f"out={out}"]) == 0
+    logs = [json.loads((out / j / "summary.json").read_text())["log"] for j in ("0", "1")]
+    assert logs == ["full", "summary"]
+    quiet = tmp_path / "quiet"
+    assert main(["--multirun", "hydra/launcher=basic", "policy=lru", "trace.tokens=200",
+                 f"out={quiet}"]) == 0
+    assert json.loads((quiet / "0" / "summary.json").read_text())["log"] == "steps"
