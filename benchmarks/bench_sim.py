@@ -42,12 +42,33 @@ def _run(engine: Any) -> tuple[float, int, dict]:
     start, cpu = time.perf_counter(), time.process_time()
     result = engine.run()
     wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
-    # SimPy numbers every event it schedules from one counter (``Environment._eid``); the run
-    # drains the queue, so the count scheduled is the count processed. Read once, after the
-    # timing: counting in ``step`` would slow every event down.
-    events = next(engine.env._eid)
-    return wall_s, events, {"rows": len(result.events), "cpu_s": cpu_s,
-                            **summarize(result.events)}
+    # the link's events: a DirectLink counts those it processed; on SimPy (older engines) the
+    # environment numbers every event it schedules from one counter (``Environment._eid``) and
+    # the run drains the queue, so the count scheduled is the count processed
+    events = getattr(engine.link, "events", None)
+    if events is None:
+        events = next(engine.env._eid)
+    summary = summarize(result.events)
+    return wall_s, events, {"rows": len(result.events), "cpu_s": cpu_s, **summary,
+                            "checksum": checksum(result.events, summary)}
+
+
+def checksum(events: Any, summary: dict[str, Any]) -> str:
+    """A digest of the event log (every column's values, categorical columns as their names'
+    codes) and of the summary: equal digests on both sides mean the simulated results are
+    identical to the bit."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for name in events.columns:
+        column = events[name]
+        values = column.cat.codes if hasattr(column, "cat") else column
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(values.to_numpy()).tobytes())
+    digest.update(json.dumps(summary, sort_keys=True, default=repr).encode())
+    return digest.hexdigest()[:12]
 
 
 def _engine_kwargs(system: str | None) -> dict[str, Any]:
@@ -78,7 +99,8 @@ def mixtral_batch1(tokens: int, hardware: str, system: str | None) -> list[dict[
         out.append({"case": "mixtral", "policy": name, "wall_s": wall_s, "events": events,
                     "cpu_s": s["cpu_s"],
                     "decode_tokens": len(schedule), "rows": s["rows"],
-                    "tokens_per_s": s["tokens_per_s"], "hit_rate": s["hit_rate"]})
+                    "tokens_per_s": s["tokens_per_s"], "hit_rate": s["hit_rate"],
+                    "checksum": s["checksum"]})
     return out
 
 
@@ -108,7 +130,8 @@ def qwen3_continuous(requests: int, hardware: str, system: str | None) -> list[d
         out.append({"case": "qwen3", "policy": name, "wall_s": wall_s, "events": events,
                     "cpu_s": s["cpu_s"],
                     "decode_tokens": decode, "rows": s["rows"],
-                    "tokens_per_s": s["tokens_per_s"], "hit_rate": s["hit_rate"]})
+                    "tokens_per_s": s["tokens_per_s"], "hit_rate": s["hit_rate"],
+                    "checksum": s["checksum"]})
     return out
 
 
@@ -125,8 +148,8 @@ def _line(label: str, r: dict[str, Any]) -> str:
     return (f"  {label:<6} {r['policy']:<15} wall {wall:6.2f} s ({verdict}, target {target:g} s)"
             f" cpu {r['cpu_s']:6.2f} s"
             f"  {r['decode_tokens'] / wall:>8,.0f} decode tok/s  {r['events'] / wall:>9,.0f} "
-            f"SimPy events/s  {r['rows'] / wall:>9,.0f} log rows/s  | simulated "
-            f"{r['tokens_per_s']:7.2f} tok/s, hit {r['hit_rate']:.3f}")
+            f"link events/s  {r['rows'] / wall:>9,.0f} log rows/s  | simulated "
+            f"{r['tokens_per_s']:7.2f} tok/s, hit {r['hit_rate']:.3f}, checksum {r['checksum']}")
 
 
 def _child(ref: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -174,8 +197,10 @@ def main() -> None:
         if best["before"]:
             before = best["before"][i]
             print(_line("before", before))
+            same = "identical" if before["checksum"] == after["checksum"] else "DIFFERENT"
             print(_line("after", after) + f"  ({before['wall_s'] / after['wall_s']:.2f}x wall, "
-                                          f"{before['cpu_s'] / after['cpu_s']:.2f}x cpu)")
+                                          f"{before['cpu_s'] / after['cpu_s']:.2f}x cpu; "
+                                          f"results {same})")
         else:
             print(_line("", after))
 

@@ -108,6 +108,15 @@ class Policy(ABC):
     #: The ``ctx.lookahead`` distances the policy reads, or None (the default) for every distance
     #: the trace carries. Read by engines after :meth:`reset`; they skip building the others.
     lookahead_distances: tuple[int, ...] | None = None
+    #: True when :meth:`prefetch` on a *quiet* layer (every key of ``ctx.keys`` resident and no
+    #: slot copy in flight) returns an empty plan and changes no state, so an engine may skip
+    #: that call (:class:`~policies.protocol.LayerProtocol` does). Declared by the policy, so the
+    #: skip stays exact; valid after :meth:`reset`. Default: False (always called).
+    quiet_no_prefetch: bool = False
+    #: True when :meth:`place` puts every missing key on the GPU and :meth:`admit` admits every
+    #: key, both without side effects: engines may skip those calls (the protocol then fetches
+    #: every missing key into a slot). Declared like :attr:`quiet_no_prefetch`.
+    gpu_admit_all: bool = False
 
     @property
     @abstractmethod
@@ -198,6 +207,12 @@ class Policy(ABC):
 
     def end_step(self, ctx: LayerContext) -> None:  # noqa: B027 - optional hook
         """The step's last layer has run. Optional; the default does nothing."""
+
+    def needs_trace_extras(self, spec: ModelSpec) -> bool:
+        """Whether the policy reads a replayed trace's lookahead or feature columns on a model of
+        ``spec`` (known before :meth:`reset`). False lets a command load the routing columns
+        only (less memory, faster); the default, True, always loads them."""
+        return True
 
     def needs_lookahead(self, spec: ModelSpec) -> tuple[int, ...]:
         """The trace's lookahead distances this policy predicts from on a model of ``spec``,

@@ -16,6 +16,7 @@ from moe_offload_lab.policies.cost_table import (
     declared_charge,
     load_table,
 )
+from moe_offload_lab.policies.placement.rules import AlwaysGPU
 from moe_offload_lab.policies.prediction import Prediction
 from moe_offload_lab.policies.registry import (
     ADMISSIONS,
@@ -79,6 +80,11 @@ class ComposedPolicy(Policy):
             return ()
         return tuple(range(1, min(self.config.horizon, spec.num_moe_layers) + 1))
 
+    def needs_trace_extras(self, spec: ModelSpec) -> bool:
+        """Lookahead columns when the predictor reads them (:meth:`needs_lookahead`), feature
+        columns when it may read them (learned predictors)."""
+        return bool(self.needs_lookahead(spec)) or bool(self.predictor.reads_features)
+
     def components_by_kind(self) -> dict[str, tuple[str, object]]:
         """kind -> (the id configs and cost tables name it by, the component)."""
         return {kind: (component_id(getattr(self.config, kind)), getattr(self, kind))
@@ -112,6 +118,9 @@ class ComposedPolicy(Policy):
         self.lookahead_distances = self.needs_lookahead(spec)
         self._needs_prediction = bool(self.planner.uses_prediction
                                       or self.replacement.uses_prediction)
+        # prefetch is then the empty plan, without a call into a (possibly learning) predictor
+        self.quiet_no_prefetch = bool(self.planner.never_plans and not self._needs_prediction
+                                      and type(self).prefetch is ComposedPolicy.prefetch)
         self._observe = self.predictor.observe if self.predictor.learns else None
         self._admission_access = self.admission.on_access if self.admission.observes else None
         self._access = self.replacement.on_access
@@ -147,6 +156,10 @@ class ComposedPolicy(Policy):
                 self.admit = self._admission_admit  # type: ignore[method-assign]
             elif admit_all:
                 self.admit = self._rule_admit  # type: ignore[method-assign]
+        # AlwaysGPU (stateless) and no admission rule: the protocol need not ask
+        self.gpu_admit_all = bool(type(self.placement) is AlwaysGPU
+                                  and self.place == self.placement.place
+                                  and self.admit is _admit_all)
         if cls.prefetch is ComposedPolicy.prefetch:
             plan, predict = self._plan, self._predict
             if self._needs_prediction:

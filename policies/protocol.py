@@ -107,17 +107,26 @@ class LayerProtocol:
     slot store (default: the cache itself), ``transfers`` the engine's copy hooks, ``codes`` maps
     the outcome names to the values the engine wants in the outcome list (default: the names).
     Build it after ``policy.reset`` (it binds the policy's per-layer methods once).
+
+    ``fast_paths``: skip the calls a policy declares it does not need: ``prefetch`` on quiet
+    layers (every key resident, no slot copy in flight) with
+    :attr:`~policies.base.Policy.quiet_no_prefetch`, ``place`` and ``admit`` with
+    :attr:`~policies.base.Policy.gpu_admit_all`; the declarations make the skips exact. False
+    makes every call (the reference order).
     """
 
     __slots__ = ("policy", "cache", "memory", "transfers", "n_layers", "n_experts", "_hit",
                  "_prefetch_hit", "_inflight", "_miss", "_resident", "_on_layer", "_prefetch_of",
                  "copies", "prefetching", "unused", "n_miss", "n_inflight", "n_demand",
-                 "n_stream", "n_prefetch", "n_prefetch_used", "n_cancelled", "n_evicted", "n_cpu")
+                 "n_stream", "n_prefetch", "n_prefetch_used", "n_cancelled", "n_evicted", "n_cpu",
+                 "_quiet", "_gpu_admit_all")
 
     def __init__(self, policy: Policy, cache: SlotCache, transfers: Transfers,
                  memory: SlotStore | None = None,
-                 codes: Mapping[str, Any] | None = None) -> None:
+                 codes: Mapping[str, Any] | None = None, fast_paths: bool = True) -> None:
         self.policy = policy
+        self._quiet = fast_paths and declared(policy, "quiet_no_prefetch")
+        self._gpu_admit_all = fast_paths and declared(policy, "gpu_admit_all")
         self.cache = cache
         self.memory = memory if memory is not None else cache
         self.transfers = transfers
@@ -212,7 +221,7 @@ class LayerProtocol:
             layer, cache = ctx.layer, self.cache
             self.n_miss += len(missing)
             fetch, cpu, keep = place_and_admit(self.policy, ctx, missing, cache, layer,
-                                               self._evict, keys)
+                                               self._evict, keys, self._gpu_admit_all)
             kept = set()
             start_copy, book = transfers.start_copy, self.memory.start_fetch
             for key in keep:
@@ -235,6 +244,8 @@ class LayerProtocol:
             if cpu:
                 self.n_cpu += len(cpu)
                 on_cpu = set(cpu)
+        elif self._quiet and not copies:  # a quiet layer: the policy declared no plan here
+            return outcome, wait, on_cpu
         plan = self._prefetch_of(ctx)  # 5. speculative copies
         if plan.cancel:
             self._cancel(plan.cancel, keys)
@@ -290,6 +301,16 @@ class LayerProtocol:
         return handles
 
 
+def declared(policy: Policy, name: str) -> bool:
+    """A fast-path declaration (:attr:`~policies.base.Policy.quiet_no_prefetch`,
+    :attr:`~policies.base.Policy.gpu_admit_all`) made by the policy object itself, on its
+    instance or its class: a wrapper that overrides some methods and forwards other attributes
+    to an inner policy (``__getattr__``) does not inherit the inner policy's declarations, which
+    speak for the inner policy's methods only."""
+    own = getattr(policy, "__dict__", {})
+    return bool(own[name] if name in own else getattr(type(policy), name, False))
+
+
 # ---- the checks every engine applies -------------------------------------------------------------
 def validate_plan(name: str, keys: list[int], cache: SlotCache, n_layers: int,
                   n_experts: int) -> None:
@@ -308,18 +329,22 @@ def validate_plan(name: str, keys: list[int], cache: SlotCache, n_layers: int,
 
 def place_and_admit(policy: Policy, ctx: LayerContext, missing: Sequence[int],
                     cache: SlotCache, layer: int,
-                    evict: Callable[[int, int, Sequence[int]], None], protected: Sequence[int]
-                    ) -> tuple[list[int], list[int], list[int]]:
+                    evict: Callable[[int, int, Sequence[int]], None], protected: Sequence[int],
+                    declared: bool = False) -> tuple[list[int], list[int], list[int]]:
     """Steps 2 to 4 of the contract: place the missing keys, admit the GPU ones, and free slots
     in ``layer``'s pool for the admitted ones with one ``evict(need, layer, protected)`` call
     (``protected``: the keys the layer needs). Returns ``(fetch, cpu, admitted)``: keys to copy
     (admitted or streamed), keys computed on the host, and the admitted subset of ``fetch``. A
-    bad placement raises :class:`PolicyViolation`."""
-    try:
-        fetch, cpu = split_placement(policy, ctx, missing)
-    except PlacementError as exc:
-        raise PolicyViolation(str(exc)) from None
-    admitted = [key for key in fetch if policy.admit(key, ctx)]
+    bad placement raises :class:`PolicyViolation`. ``declared``: the policy declared
+    :attr:`~policies.base.Policy.gpu_admit_all`, so it is not asked (all GPU, all admitted)."""
+    if declared:
+        fetch, cpu, admitted = list(missing), [], list(missing)
+    else:
+        try:
+            fetch, cpu = split_placement(policy, ctx, missing)
+        except PlacementError as exc:
+            raise PolicyViolation(str(exc)) from None
+        admitted = [key for key in fetch if policy.admit(key, ctx)]
     need = len(admitted) - cache.free_slots(layer)
     if need > 0:
         evict(need, layer, protected)

@@ -2,8 +2,9 @@
 
 A plain loop runs the GPU stream step by step and layer by layer; the contract's calls go through
 the one protocol every engine drives (:class:`policies.protocol.LayerProtocol`), and this engine
-supplies how time passes: a :class:`~sim.link.Link` serves the copies (SimPy events with
-callbacks, processed up to the GPU stream's clock before each decision), the host CPU runs
+supplies how time passes: a :class:`~sim.link.DirectLink` serves the copies (its one pending
+event kept in two attributes, processed up to the GPU stream's clock before each decision; the
+SimPy-driven :class:`~sim.link.Link` is the reference it matches, ``simpy_link``), the host CPU runs
 CPU-placed experts, and the runtime's implementation profile (:class:`~sim.system.SystemProfile`)
 adds its overheads and decides what overlaps. Per MoE layer:
 
@@ -21,8 +22,13 @@ adds its overheads and decides what overlaps. Per MoE layer:
 4. the layer ends when GPU and CPU experts are both done; the next layer's non-expert work
    follows on the GPU stream.
 
-Events: one per copy (per chunk when chunked); nothing else is scheduled in SimPy. Event-log rows
-are packed records (:mod:`sim.eventlog`). ``benchmarks/bench_sim.py`` times the issue's cases.
+Events: one per copy (per chunk when chunked); nothing else is scheduled. Event-log rows are
+packed records (:mod:`sim.eventlog`), folded step by step at ``log=steps|summary``. Fast paths a
+policy declares (``Policy.quiet_no_prefetch``, ``Policy.gpu_admit_all``) skip calls it does not
+need; ``declared_fast_paths = False`` makes every call (the tests compare both, and both links,
+row for row: ``tests/sim/test_fast_paths.py``). ``benchmarks/bench_sim.py`` times the issue's
+cases (with a checksum of the log and summary on each side of ``--ref``),
+``benchmarks/bench_memory.py`` the peak memory of a long run.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,10 +47,10 @@ from moe_offload_lab.policies.context import LayerContext
 from moe_offload_lab.policies.needs import step_experts
 from moe_offload_lab.policies.protocol import LayerProtocol, Transfers
 from moe_offload_lab.sim.compute import ComputeModel
-from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, EventLog
+from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, ROW, EventLog
 from moe_offload_lab.sim.hardware import HardwareProfile
 from moe_offload_lab.sim.host import HostTier
-from moe_offload_lab.sim.link import Copy, Link
+from moe_offload_lab.sim.link import Copy, DirectLink, Link
 from moe_offload_lab.sim.system import SystemProfile
 from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
 from moe_offload_lab.traces.errors import ConfigError
@@ -77,7 +84,13 @@ def _attended_by_step(position: np.ndarray, request_ids: np.ndarray, bounds: lis
 
 @dataclass
 class EngineResult:
-    """A finished run: the event log frame and the run's parameters."""
+    """A finished run: the event log frame and the run's parameters.
+
+    With ``log`` ``steps`` or ``summary`` (:mod:`sim.eventlog`), ``events`` holds the kept
+    steps' rows only (none for ``summary``), ``step_table`` the step frame of every step and
+    ``totals`` the counts :func:`sim.metrics.summarize` needs; both are None with ``full`` (they
+    come from ``events``). ``rows``: rows logged in all.
+    """
 
     events: pd.DataFrame
     makespan_s: float
@@ -85,6 +98,9 @@ class EngineResult:
     steps: int
     capacity_slots: int
     expert_bytes: int
+    step_table: pd.DataFrame | None = None
+    totals: dict[str, Any] | None = None
+    rows: int = 0
 
 
 class Engine(Transfers):
@@ -100,11 +116,20 @@ class Engine(Transfers):
     ``host`` (:class:`sim.host.HostTier`) models host DRAM over NVMe when the experts do not all
     fit in DRAM: each copy then runs at its source's bandwidth. ``system`` is the runtime's
     implementation profile (None: :meth:`~sim.system.SystemProfile.ideal`, no overheads).
+    ``log`` is the event log's level (``full``, ``steps`` or ``summary``, :mod:`sim.eventlog`),
+    ``sample_rows`` the most rows ``steps`` keeps (whole steps at an even stride).
     """
 
     # False (tests): set the link's clock to the GPU stream's at every layer, not only process
     # its events due by then; timing must not change
     defer_timeouts = True
+    # True (tests, benchmarks): serve copies on the SimPy-driven reference link
+    # (:class:`~sim.link.Link`) instead of the direct one (:class:`~sim.link.DirectLink`); the
+    # event log must not change
+    simpy_link = False
+    # False (tests): make every policy call, also those the policy declares it does not need
+    # (LayerProtocol's fast_paths)
+    declared_fast_paths = True
 
     def __init__(self, spec: ModelSpec, trace: Trace, policy: Policy, hardware: HardwareProfile,
                  capacity_slots: int, batch: int = 1, *,
@@ -112,7 +137,8 @@ class Engine(Transfers):
                  batcher: ContinuousBatcher | None = None,
                  preload: bool = False, prefill: bool = True, check: bool = False,
                  chunk_mb: float = 0, host: HostTier | None = None,
-                 system: SystemProfile | None = None) -> None:
+                 system: SystemProfile | None = None, log: str = "full",
+                 sample_rows: int = 50_000) -> None:
         n_keys = spec.num_expert_keys
         if isinstance(capacity_slots, bool) or not isinstance(capacity_slots, (int, np.integer)):
             raise ConfigError(f"cache capacity must be an integer number of slots, "
@@ -150,7 +176,7 @@ class Engine(Transfers):
         self.compute = ComputeModel(spec, hardware, system)
         self.system = self.compute.system
         self.host = host
-        self.log = EventLog()
+        self.log = EventLog(log, sample_rows)
 
     # ---- run ------------------------------------------------------------------------------------
     def run(self) -> EngineResult:
@@ -160,11 +186,16 @@ class Engine(Transfers):
         policy.reset(spec, self.capacity_slots, self.compute.cost_model(), trace=self.trace,
                      schedule=None if self.batcher is not None else self.schedule)
         self.cache = SlotCache(self.capacity_slots, n_experts, n_layers, policy.partition_slots)
-        self.env = simpy.Environment()
-        self.protocol = LayerProtocol(policy, self.cache, self, codes=DETAIL)
-        self.link = Link(self.env, self.compute.link_bytes_per_s, self.compute.link_latency_s,
-                         n_experts, self.log, None, self.chunk_bytes,
-                         engines=self.hardware.copy_engines, slot_done=self.protocol.copy_done)
+        self.protocol = LayerProtocol(policy, self.cache, self, codes=DETAIL,
+                                      fast_paths=self.declared_fast_paths)
+        link_args = (self.compute.link_bytes_per_s, self.compute.link_latency_s, n_experts,
+                     self.log, None, self.chunk_bytes)
+        link_kwargs = {"engines": self.hardware.copy_engines, "slot_done": self.protocol.copy_done}
+        if self.simpy_link:
+            self.env = simpy.Environment()
+            self.link: Link = Link(self.env, *link_args, **link_kwargs)
+        else:
+            self.link = DirectLink(*link_args, **link_kwargs)
         self._idle_until, self._served = 0.0, -1
         if self.preload:
             for key in range(n_layers * n_experts):
@@ -181,8 +212,11 @@ class Engine(Transfers):
             if gc_enabled:
                 gc.enable()
         tokens = int(sum(len(rows) for rows in self.schedule))
-        return EngineResult(self.log.to_frame(), self.end_s, tokens, len(self.schedule),
-                            self.capacity_slots, spec.expert_bytes)
+        log = self.log
+        step_table = log.step_table()  # folds what is left first
+        return EngineResult(log.to_frame(), self.end_s, tokens, len(self.schedule),
+                            self.capacity_slots, spec.expert_bytes, step_table, log.totals,
+                            len(log))
 
     # ---- Transfers: the protocol's copy hooks (policies.protocol) -------------------------------
     def start_copy(self, key: int, purpose: str, layer: int) -> Copy:
@@ -207,11 +241,11 @@ class Engine(Transfers):
         """Its log row (now or at completion) says ``prefetch_used``."""
         handle.used = True
         if handle.row >= 0:
-            self.log.set_detail(handle.row, "prefetch_used")
+            self.log.mark_prefetch_used(handle.row, handle.num_bytes)
 
     def before_cancel(self) -> None:
         """A cancel acts at the link's time: bring it up to the decision's."""
-        self._sync(self._clock)
+        self.link.sync(self._clock)
 
     def _writebacks(self, evicted: int) -> None:
         """``evicted`` slots were freed for this layer's copies: the first that many slot copies
@@ -232,28 +266,8 @@ class Engine(Transfers):
                 copies = [self.link.batch(demand), *(c for c in copies if c.purpose == "prefetch")]
         self.link.submit_all(copies)
 
-    # ---- time -----------------------------------------------------------------------------------
-    def _advance(self, t: float) -> None:
-        """Process every link event due by ``t`` (the GPU stream's clock). Between events the
-        link's own clock may lag behind: nothing happens on it until its next event."""
-        env = self.env
-        while env.peek() <= t:
-            env.step()
-
-    def _sync(self, t: float) -> None:
-        """Process the link's events due by ``t`` and set its clock to ``t`` exactly."""
-        self._advance(t)
-        if self.env.now < t:
-            self.env.run(until=t)
-
-    def _wait(self, copy: Copy) -> None:
-        """Run the link until ``copy`` lands (the link's clock is then its completion time)."""
-        step = self.env.step
-        while copy.state != "done":
-            step()
-
     def _main(self) -> None:  # noqa: C901 - the engine's timing loop in one place
-        env, log, cache, link = self.env, self.log, self.cache, self.link
+        log, cache, link = self.log, self.cache, self.link
         spec, compute, trace, protocol = self.spec, self.compute, self.trace, self.protocol
         n_layers, n_experts = spec.num_moe_layers, spec.num_experts
         self._expert_bytes = spec.expert_bytes
@@ -296,16 +310,16 @@ class Engine(Transfers):
             ones = [[1] * spec.top_k] * n_layers
         to_submit: list[Copy] = []
         self._to_submit = to_submit
-        layer_protocol, advance = protocol.layer, self._advance
+        layer_protocol, advance, link_clock = protocol.layer, link.advance, link.env
         submit = self._submit if self.system.batched_copies else link.submit_all
-        # the link's pending events: SimPy 4 keeps its event heap in ``Environment._queue``
-        # (``peek`` reads it, but a method call per layer costs ~8% of a run)
-        queue, system = env._queue, self.system
+        system = self.system
         serial, reorder = not system.overlaps, system.compute_while_copying
         writeback, evicted = system.writeback_evicted, 0
         sync_s = system.copy_sync_s
         self._lanes = compute.cpu_lanes
-        check, env_step = self.check, env.step
+        check, wait_for = self.check, link.wait
+        # folding logs (log=steps|summary): fold at a step's end once the buffer is this long
+        fold_bytes = log.fold_rows * ROW.size if log.folds else float("inf")
         # ``clock`` is the GPU stream's time; the link's runs behind it and catches up (processes
         # its events due by then) before each decision, so a copy submitted at the decision
         # starts at its ``ready_s`` (an absolute time) and timing is exact.
@@ -361,8 +375,8 @@ class Engine(Transfers):
                 ctx.layer, ctx.experts, ctx.tokens_per_expert, ctx.keys = \
                     layer, layer_experts, layer_tokens, keys
                 if eager:
-                    self._sync(clock)
-                elif queue and queue[0][0] <= clock:  # env.peek() <= clock
+                    link.sync(clock)
+                elif link.next_s <= clock:
                     advance(clock)  # link events due before the routing is known
                 self._clock = clock  # start_copy and before_cancel read it
                 ready = clock + decision_s  # when the policy's decisions are made
@@ -391,11 +405,10 @@ class Engine(Transfers):
                     for copy in wait:  # the link serves them one at a time: wait in turn
                         if copy.state != "done":
                             waited = True
-                            while copy.state != "done":  # _wait, inlined
-                                env_step()
+                            wait_for(copy)
                     # copies landing before the policy's decision ends cost no stall
-                    if waited and env.now > ready:
-                        resume = env.now + sync_s
+                    if waited and link_clock.now > ready:
+                        resume = link_clock.now + sync_s
                         buf += pack(k_stall, ready, resume, step, layer, -1, 0, r_gpu, d_wait, 0)
                         ready = resume
                     end = ready
@@ -415,14 +428,16 @@ class Engine(Transfers):
                 clock = end
             protocol.end_step(ctx)
             buf += pack(k_step, step_start, clock, step, -1, -1, 0, r_none, d_step, n_tok)
+            if len(buf) > fold_bytes:
+                log.fold()
         self.end_s = float(clock)
         # copies still queued or running when the last step ends are abandoned (logged as such)
         leftover = protocol.abandon_all()
         if leftover:
-            self._sync(clock)
+            link.sync(clock)
             for copy in leftover:
                 link.cancel(copy)
-        env.run()
+        link.drain()
 
     def _layer_experts(self, step: int, layer: int, ready: float, experts: list[int],
                        keys: list[int], tokens: list[int], outcome: list[int], wait: list[Copy],
@@ -461,7 +476,7 @@ class Engine(Transfers):
             return max(end, cpu_end)
         for copy in wait:
             if copy.state != "done":
-                self._wait(copy)
+                self.link.wait(copy)
         landed = max((c.end_s for c in wait), default=ready)
         t = self._stall(step, layer, ready, landed + sync_s) if landed > ready else ready
         for e, tok, how in zip(experts, tokens, outcome, strict=True):
@@ -490,7 +505,7 @@ class Engine(Transfers):
             t += dt
         for copy, e, tk, how in later:
             if copy.state != "done":
-                self._wait(copy)
+                self.link.wait(copy)
             if copy.end_s > t:
                 resume = copy.end_s + sync_s
                 buf += pack(_K_STALL, t, resume, step, layer, -1, 0, _R_GPU, _D_WAIT, 0)

@@ -13,6 +13,12 @@ cancelled, picks its next copy in a zero-delay "kick" event, i.e. once the calle
 everything it submits at that instant (the best copy among them goes first). A cancelled copy's
 timeout still fires; its callback sees it is stale and does nothing.
 
+:class:`DirectLink` is the same link without SimPy (the engine's default): a link has at most
+one live event at a time, so it keeps that event's time and callback in two attributes and the
+engine runs it with :meth:`Link.advance`, :meth:`Link.sync`, :meth:`Link.wait` and
+:meth:`Link.drain` (which :class:`Link` implements on its SimPy environment). Times are the same
+sums, so both give equal event logs (``tests/sim/test_fast_paths.py``).
+
 Copy engines (``engines``, the hardware's ``copy_engines``): with two or more, the per-copy
 latency of a copy that starts the moment the previous one ends is hidden (its setup ran on
 another engine while the previous one moved data); the bytes still share the link's bandwidth,
@@ -238,11 +244,7 @@ class Link:
         # the per-copy latency, hidden behind the previous copy by a second engine (_latency)
         latency = 0.0 if self._pipelined and start == self._last_end else self.latency_s
         self._cur_latency = latency
-        delay = start - now + latency + copy.num_bytes / bw + copy.extra_s
-        self.busy_until = now + delay  # _arm, inlined (hot)
-        timer = simpy.Timeout(self.env, delay)
-        timer.callbacks.append(self._on_copy_end)
-        self._timer = timer
+        self._arm(start - now + latency + copy.num_bytes / bw + copy.extra_s, self._on_copy_end)
 
     def _arm(self, delay: float, callback: Callable[[simpy.Event], None]) -> None:
         """Schedule the running copy's (chunk's) end ``delay`` seconds from now."""
@@ -298,7 +300,7 @@ class Link:
         layer, expert = divmod(copy.key, self.num_experts)  # the copied key's
         buf += _pack(_K_COPY, copy.start_s, now, copy.step, layer, expert,
                      copy.num_bytes, _R_LINK, _DETAIL[detail], 0)
-        copy.row = len(buf) // _ROW_SIZE - 1
+        copy.row = self.log.base + len(buf) // _ROW_SIZE - 1
         slot_done, on_done = self.slot_done, self.on_done  # _done, inlined (hot)
         if slot_done is not None and detail != "stream":
             slot_done(copy.key)
@@ -327,7 +329,7 @@ class Link:
             layer, expert = divmod(copy.key, self.num_experts)  # the copied key's
             buf += _pack(_K_COPY, start, min(t, now), copy.step, layer, expert,
                          copy.num_bytes, _R_LINK, _DETAIL[copy.purpose], 0)
-            copy.row = len(buf) // _ROW_SIZE - 1
+            copy.row = self.log.base + len(buf) // _ROW_SIZE - 1
         batch.state, batch.end_s = "done", now
         for copy in batch.members:
             self._done(copy)
@@ -368,3 +370,115 @@ class Link:
             self.running = None
             self._complete(copy, now)
         self._start_next()
+
+    # ---- driving the link from an engine (the simulator's loop) --------------------------------
+    @property
+    def next_s(self) -> float:
+        """When the link's next event is due (``inf``: none)."""
+        return self.env.peek()
+
+    def advance(self, t: float) -> None:
+        """Process every event due by ``t``. Between events the link's clock may lag behind:
+        nothing happens on it until its next event."""
+        env = self.env
+        while env.peek() <= t:
+            env.step()
+
+    def sync(self, t: float) -> None:
+        """Process the events due by ``t`` and set the link's clock to ``t`` exactly (when it is
+        behind)."""
+        self.advance(t)
+        if self.env.now < t:
+            self.env.run(until=t)
+
+    def wait(self, copy: Copy) -> None:
+        """Run the link until ``copy`` lands (its clock is then the completion time)."""
+        step = self.env.step
+        while copy.state != "done":
+            step()
+
+    def drain(self) -> None:
+        """Run every pending event (the end of a run)."""
+        self.env.run()
+
+
+class _Clock:
+    """A :class:`DirectLink`'s clock: the one attribute of a SimPy environment a link reads."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+
+class DirectLink(Link):
+    """:class:`Link` without SimPy: the same serving rules and the same times, to the bit.
+
+    A link has at most one live event at a time (its running copy's or chunk's end, or a kick
+    when idle; a cancelled copy's end is dropped, not left stale), so it keeps that event in two
+    attributes instead of a heap: ``next_s`` (its time, ``inf`` when none) and the callback to
+    run then. An engine drives it with :meth:`advance`, :meth:`sync`, :meth:`wait` and
+    :meth:`drain`; the end times are the same sums (``now + delay``) SimPy would schedule, so a
+    run on a ``DirectLink`` and one on a :class:`Link` give equal event logs. ``events`` counts
+    the events processed. :meth:`completion` (SimPy waiter events) is not available.
+    """
+
+    def __init__(self, bytes_per_s: float, latency_s: float, num_experts: int, log: EventLog,
+                 on_done: Callable[[Copy], None] | None, chunk_bytes: int = 0, engines: int = 1,
+                 slot_done: Callable[[int], None] | None = None) -> None:
+        super().__init__(_Clock(), bytes_per_s, latency_s, num_experts, log,  # type: ignore[arg-type]
+                         on_done, chunk_bytes, engines, slot_done)
+        self.next_s = float("inf")
+        self._due: Callable[[object], None] | None = None
+        self.events = 0
+
+    # a plain attribute here (it shadows Link's property): the engine reads it at every layer
+    next_s: float = float("inf")
+
+    def completion(self, copy: Copy) -> simpy.Event:
+        """Not available without SimPy: engines call :meth:`wait`."""
+        raise NotImplementedError("DirectLink has no SimPy events; call wait(copy)")
+
+    def _arm(self, delay: float, callback: Callable[[simpy.Event], None]) -> None:
+        end = self.env.now + delay
+        self.busy_until = end
+        self.next_s, self._due, self._timer = end, callback, callback  # type: ignore[assignment]
+
+    def _kick(self) -> None:
+        self._kicked = True
+        self.next_s, self._due = self.env.now, self._on_kick
+
+    def _stop_running(self, copy: Copy) -> None:
+        super()._stop_running(copy)
+        self.next_s, self._due = float("inf"), None  # its end never comes
+
+    def _fire(self) -> None:
+        """Process the pending event: the clock jumps to its time."""
+        callback = self._due
+        self.env.now = self.next_s
+        self.next_s, self._due = float("inf"), None
+        self.events += 1
+        callback(self._timer)  # type: ignore[misc]
+
+    def advance(self, t: float) -> None:
+        """See :meth:`Link.advance`."""
+        while self.next_s <= t:
+            self._fire()
+
+    def sync(self, t: float) -> None:
+        """See :meth:`Link.sync`."""
+        while self.next_s <= t:
+            self._fire()
+        if self.env.now < t:
+            self.env.now = t
+
+    def wait(self, copy: Copy) -> None:
+        """See :meth:`Link.wait`."""
+        fire = self._fire
+        while copy.state != "done":
+            fire()
+
+    def drain(self) -> None:
+        """See :meth:`Link.drain`."""
+        while self.next_s != float("inf"):
+            self._fire()

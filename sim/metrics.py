@@ -7,12 +7,64 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from moe_offload_lab.sim.eventlog import DETAIL, DETAILS, KIND, KINDS, RESOURCE, RESOURCES
 
-_HITS = ("hit", "prefetch_hit")
-_EXPERT_DETAILS = ("hit", "prefetch_hit", "inflight", "miss", "cpu")
+_HITS = np.array([DETAIL["hit"], DETAIL["prefetch_hit"]], dtype=np.int8)
+_EXPERT_DETAILS = np.array([DETAIL[n] for n in ("hit", "prefetch_hit", "inflight", "miss", "cpu")],
+                           dtype=np.int8)
+_PREFETCHES = np.array([DETAIL[n] for n in ("prefetch", "prefetch_used", "cancelled")],
+                       dtype=np.int8)
+_WASTED = np.array([DETAIL["prefetch"], DETAIL["cancelled"]], dtype=np.int8)
 
 
 BREAKDOWN = ("non_expert_s", "gpu_expert_s", "cpu_expert_s", "stall_s", "policy_s")
+#: the event counts :func:`summarize` needs beside the step table (see :func:`event_totals`)
+TOTALS = ("accesses", "hits", "plain_hits", "used", "prefetches", "prefetch_bytes", "h2d_bytes",
+          "copies", "stall_s")
+
+
+def codes(column: pd.Series, names: tuple[str, ...]) -> np.ndarray:
+    """A string column of an event frame as its codes in ``names`` (the log's code tables)."""
+    if isinstance(column.dtype, pd.CategoricalDtype) and \
+            tuple(column.cat.categories) == names:
+        return column.cat.codes.to_numpy()
+    return pd.Categorical(column.astype(str), categories=names).codes
+
+
+def step_parts(kind: np.ndarray, detail: np.ndarray, resource: np.ndarray, step_of: np.ndarray,
+               duration: np.ndarray, size: int, first: int = 0) -> dict[str, np.ndarray]:
+    """Per step ``first .. first + size - 1``, the seconds of each :data:`BREAKDOWN` part: sums
+    of the rows' ``duration`` in row order (``kind``, ``detail``, ``resource``: code arrays [N];
+    ``step_of`` [N] int64). Returns arrays [size]."""
+    compute = kind == KIND["compute"]
+    other = detail == DETAIL["other"]
+    parts = {
+        "non_expert_s": compute & other,
+        "gpu_expert_s": compute & ~other & (resource == RESOURCE["gpu"]),
+        "cpu_expert_s": compute & (resource == RESOURCE["cpu"]),
+        "stall_s": kind == KIND["stall"],
+        "policy_s": kind == KIND["policy"],
+    }
+    rel = step_of - first  # [N]
+    inside = (rel >= 0) & (rel < size)
+    return {name: np.bincount(rel[mask & inside], weights=duration[mask & inside],
+                              minlength=size)  # [size]
+            for name, mask in parts.items()}
+
+
+def steps_table(step_ids: np.ndarray, start_s: np.ndarray, end_s: np.ndarray,
+                tokens: np.ndarray, parts: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The step frame (see :func:`step_frame`) from its step rows [S] and parts [S] each."""
+    frame = pd.DataFrame({
+        "step": np.asarray(step_ids, dtype=np.int64),
+        "start_s": start_s,
+        "end_s": end_s,
+        "latency_s": end_s - start_s,
+        "tokens": np.asarray(tokens, dtype=np.int64),
+    })
+    for name in BREAKDOWN:
+        frame[name] = parts[name]
+    return frame
 
 
 def step_frame(events: pd.DataFrame) -> pd.DataFrame:
@@ -23,41 +75,49 @@ def step_frame(events: pd.DataFrame) -> pd.DataFrame:
     The parts are sums of intervals: CPU experts and policy work may overlap the GPU stream, so
     they need not add up to ``latency_s``.
     """
-    steps = events[events["kind"] == "step"]
-    step_ids = steps["step"].to_numpy()  # [S]
-    frame = pd.DataFrame({
-        "step": step_ids,
-        "start_s": steps["start_s"].to_numpy(),
-        "end_s": steps["end_s"].to_numpy(),
-        "latency_s": (steps["end_s"] - steps["start_s"]).to_numpy(),
-        "tokens": steps["count"].to_numpy(),
-    })
-    kind, detail = events["kind"], events["detail"]
-    resource = events["resource"]
-    compute = (kind == "compute").to_numpy()
-    other = (detail == "other").to_numpy()
-    parts = {
-        "non_expert_s": compute & other,
-        "gpu_expert_s": compute & ~other & (resource == "gpu").to_numpy(),
-        "cpu_expert_s": compute & (resource == "cpu").to_numpy(),
-        "stall_s": (kind == "stall").to_numpy(),
-        "policy_s": (kind == "policy").to_numpy(),
-    }
-    step_of = events["step"].to_numpy()  # [N]
-    duration = (events["end_s"] - events["start_s"]).to_numpy()  # [N]
+    kind = codes(events["kind"], KINDS)  # [N]
+    is_step = kind == KIND["step"]
+    step_of = events["step"].to_numpy().astype(np.int64, copy=False)  # [N]
+    step_ids = step_of[is_step]  # [S]
+    start, end = events["start_s"].to_numpy(), events["end_s"].to_numpy()  # [N]
     size = int(step_ids.max()) + 1 if len(step_ids) else 0
-    for name, mask in parts.items():
-        mask = mask & (step_of >= 0)
-        totals = np.bincount(step_of[mask], weights=duration[mask], minlength=size)  # [max step+1]
-        frame[name] = totals[step_ids] if len(step_ids) else np.zeros(0)
-    return frame
+    totals = step_parts(kind, codes(events["detail"], DETAILS),
+                        codes(events["resource"], RESOURCES), step_of, end - start, size)
+    return steps_table(step_ids, start[is_step], end[is_step],
+                       events["count"].to_numpy()[is_step],
+                       {name: t[step_ids] for name, t in totals.items()})
+
+
+def event_totals(kind: np.ndarray, detail: np.ndarray, num_bytes: np.ndarray,
+                 start_s: np.ndarray, end_s: np.ndarray) -> dict[str, Any]:
+    """The counts of :data:`TOTALS` over event rows (code arrays and columns [N]): expert
+    accesses, those resident (``hits``) and resident from before (``plain_hits``), prefetch
+    copies used and issued, bytes of unused or cancelled prefetches, bytes copied, completed
+    copies, seconds of stalls. Counts of disjoint row sets add up."""
+    is_copy = kind == KIND["copy"]
+    copy_detail, copy_bytes = detail[is_copy], num_bytes[is_copy]
+    access = detail[(kind == KIND["compute"]) & np.isin(detail, _EXPERT_DETAILS)]
+    stall = kind == KIND["stall"]
+    return {
+        "accesses": int(len(access)),
+        "hits": int(np.isin(access, _HITS).sum()),
+        "plain_hits": int((access == DETAIL["hit"]).sum()),
+        "used": int((copy_detail == DETAIL["prefetch_used"]).sum()),
+        # only prefetches are ever cancelled
+        "prefetches": int(np.isin(copy_detail, _PREFETCHES).sum()),
+        "prefetch_bytes": int(copy_bytes[np.isin(copy_detail, _WASTED)].sum()),
+        "h2d_bytes": int(copy_bytes.sum()),
+        "copies": int((copy_detail != DETAIL["cancelled"]).sum()),
+        "stall_s": float(pd.Series(end_s[stall] - start_s[stall]).sum()),
+    }
 
 
 def _ratio(num: float, den: float) -> float | None:
     return float(num / den) if den else None
 
 
-def summarize(events: pd.DataFrame) -> dict[str, Any]:
+def summarize(events: pd.DataFrame, steps: pd.DataFrame | None = None,
+              totals: dict[str, Any] | None = None) -> dict[str, Any]:
     """Headline metrics: step latency (mean, p50, p99 in ms), tokens/s, hit rate, bytes copied,
     stall seconds, prefetch precision and recall, wasted prefetch bytes.
 
@@ -65,24 +125,20 @@ def summarize(events: pd.DataFrame) -> dict[str, Any]:
     prefetch copies used before leaving the cache over prefetch copies issued (cancelled ones
     included); ``prefetch_recall``: accesses served by a prefetch over accesses not already
     resident from an earlier demand fetch. ``None`` where undefined.
+
+    ``steps`` (:func:`step_frame`) and ``totals`` (:func:`event_totals`) are computed from
+    ``events`` unless given (an event log folded step by step keeps them, not the rows).
     """
-    kind, detail = events["kind"], events["detail"]  # categorical: comparisons are on codes
-    steps = step_frame(events)
+    if steps is None:
+        steps = step_frame(events)
+    if totals is None:
+        totals = event_totals(codes(events["kind"], KINDS), codes(events["detail"], DETAILS),
+                              events["bytes"].to_numpy(), events["start_s"].to_numpy(),
+                              events["end_s"].to_numpy())
     latency_ms = steps["latency_s"].to_numpy() * 1e3  # [S]
     makespan_s = float(steps["end_s"].max()) if len(steps) else 0.0
     tokens = int(steps["tokens"].sum())
-    is_copy = (kind == "copy").to_numpy()
-    copy_detail = detail[is_copy]
-    copy_bytes = events["bytes"].to_numpy()[is_copy]
-    access = detail[(kind == "compute").to_numpy() & detail.isin(_EXPERT_DETAILS).to_numpy()]
-    n_access = len(access)
-    hits = int(access.isin(_HITS).sum())
-    plain_hits = int((access == "hit").sum())
-    used = int((copy_detail == "prefetch_used").sum())
-    # only prefetches are ever cancelled
-    prefetches = int(copy_detail.isin(("prefetch", "prefetch_used", "cancelled")).sum())
-    prefetch_bytes = copy_bytes[copy_detail.isin(("prefetch", "cancelled")).to_numpy()]
-    stall = events[kind == "stall"]
+    n_access, used, prefetches = totals["accesses"], totals["used"], totals["prefetches"]
     return {
         "steps": int(len(steps)),
         "tokens": tokens,
@@ -92,14 +148,14 @@ def summarize(events: pd.DataFrame) -> dict[str, Any]:
         "step_latency_ms_p99": float(np.percentile(latency_ms, 99)) if len(latency_ms) else None,
         "tokens_per_s": _ratio(tokens, makespan_s),
         "accesses": n_access,
-        "hit_rate": _ratio(hits, n_access),
-        "h2d_bytes": int(copy_bytes.sum()),
-        "copies": int((copy_detail != "cancelled").sum()),
-        "stall_s": float((stall["end_s"] - stall["start_s"]).sum()),
+        "hit_rate": _ratio(totals["hits"], n_access),
+        "h2d_bytes": totals["h2d_bytes"],
+        "copies": totals["copies"],
+        "stall_s": totals["stall_s"],
         "prefetch_copies": prefetches,
         "prefetch_precision": _ratio(used, prefetches),
-        "prefetch_recall": _ratio(used, n_access - plain_hits),
-        "wasted_prefetch_bytes": int(prefetch_bytes.sum()),
+        "prefetch_recall": _ratio(used, n_access - totals["plain_hits"]),
+        "wasted_prefetch_bytes": totals["prefetch_bytes"],
         **{f"{name[:-2]}_ms_per_step": float(steps[name].mean() * 1e3) if len(steps) else None
            for name in BREAKDOWN},
     }

@@ -14,7 +14,7 @@ from moe_offload_lab.policies.config import build_policy
 from moe_offload_lab.policies.cost_table import cost_summary
 from moe_offload_lab.sim.compute import ComputeModel
 from moe_offload_lab.sim.engine import Engine
-from moe_offload_lab.sim.eventlog import write_parquet
+from moe_offload_lab.sim.eventlog import check_level, write_parquet
 from moe_offload_lab.sim.hardware import HardwareProfile
 from moe_offload_lab.sim.host import HostTier
 from moe_offload_lab.sim.memory import GpuMemory, peak_context
@@ -49,6 +49,7 @@ class RunConfig:
     batch: int = 1
     prefill: bool = True
     timeline_events: int = 50_000
+    log: str = "full"  # event-log level: full | steps | summary (sim.eventlog)
     workload: dict[str, Any] = field(default_factory=dict)
     link: dict[str, Any] = field(default_factory=dict)  # {chunk_mb}: see sim.link
     compare: dict[str, Any] | None = None  # experiment=compare: see sim.compare
@@ -132,13 +133,16 @@ def _trace_path(trace_cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def _load_trace(cfg: RunConfig, spec: ModelSpec, traces: TraceCache | None = None) -> Trace:
-    """The run's trace: its file, else the synthetic preset's (from ``traces``, which shares
-    one generation between runs: :mod:`sim.trace_cache`)."""
+def _load_trace(cfg: RunConfig, spec: ModelSpec, policy: Policy | None = None,
+                traces: TraceCache | None = None) -> Trace:
+    """The run's trace: a file (its routing columns only when ``policy`` reads no lookahead or
+    features), else the synthetic preset's (from ``traces``, which shares one generation
+    between runs: :mod:`sim.trace_cache`)."""
     trace_cfg = cfg.trace or {}
     path = _trace_path(trace_cfg)
     if path:
-        trace = Trace.load(path)
+        routing = policy is not None and not policy.needs_trace_extras(spec)
+        trace = Trace.load(path, columns="routing" if routing else "all")
         where = f"trace {path}"
     else:
         preset = trace_cfg.get("preset") or spec.name
@@ -270,6 +274,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise ConfigError("trace.volatile applies to expert-parallel runs (cluster=...) only")
     workload = _workload(cfg)
     _check_timeline_events(cfg)
+    check_level(cfg.log)
     memory = GpuMemory.plan(cfg.cache or {}, spec, hardware, system)
     path = _trace_path(cfg.trace or {})
     if path:
@@ -309,7 +314,7 @@ def simulate(cfg: RunConfig, traces: TraceCache | None = None) -> SimResult:
     (:mod:`sim.trace_cache`; None: generate this run's own)."""
     ready = prepare(cfg)
     spec, hardware, policy = ready.spec, ready.hardware, ready.policy
-    trace = _load_trace(cfg, spec, traces)
+    trace = _load_trace(cfg, spec, policy, traces)
     check_lookahead(policy, spec, trace.lookahead_distances,
                     f"trace {_trace_path(cfg.trace or {}) or 'of the synthetic preset'}")
     wall = time.perf_counter()
@@ -331,14 +336,14 @@ def simulate(cfg: RunConfig, traces: TraceCache | None = None) -> SimResult:
     engine = Engine(spec, trace, policy, hardware, memory.slots, cfg.batch, schedule=schedule,
                     batcher=batcher, preload=bool((cfg.cache or {}).get("preload", False)),
                     prefill=bool(cfg.prefill), chunk_mb=ready.chunk_mb, host=host,
-                    system=ready.system)
+                    system=ready.system, log=cfg.log, sample_rows=cfg.timeline_events)
     result = engine.run()
     if batcher is not None:  # the KV cache and activations of the schedule the run made
         memory = memory.resolve(spec, max(len(r) for r in engine.schedule),
                                 peak_context(engine.schedule, trace.request_id, trace.position),
                                 hardware.name)
     wall_s = time.perf_counter() - wall
-    steps = step_frame(result.events)
+    steps = result.step_table if result.step_table is not None else step_frame(result.events)
     summary = {
         "model": spec.name, "hardware": hardware.name, "system": ready.system.name,
         "policy": policy.name,
@@ -348,10 +353,10 @@ def simulate(cfg: RunConfig, traces: TraceCache | None = None) -> SimResult:
         "nvme_reads": host.nvme_reads if host is not None else 0,
         "measured_used": engine.compute.measured_used,
         **cost_summary(policy),  # what each layer's decisions were charged, and from where
-        **summarize(result.events),
+        **summarize(result.events, steps, result.totals),
         "workload": (cfg.workload or {}).get("kind", "static"),
         **latency_metrics(steps, engine.schedule, trace.request_id, trace.phase,
                           batcher.arrival_by_id if batcher is not None else None),
-        "events": len(result.events), "sim_wall_s": wall_s,
+        "log": cfg.log, "events": result.rows, "sim_wall_s": wall_s,
     }
     return SimResult(result.events, steps, summary, cfg.timeline_events)

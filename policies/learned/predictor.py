@@ -49,6 +49,8 @@ def cost_from_meta(meta: dict[str, Any], where: str = "") -> DecisionCost:
 class LearnedPredictor(Predictor):
     """A trained predictor network (see module docstring)."""
 
+    reads_features = True  # feature models, and auto-training on the replayed trace
+
     @dataclass(frozen=True)
     class Params:
         """``checkpoint``: a ``moe-train`` ``.pt`` file (its ``.json`` beside it), or ``auto``

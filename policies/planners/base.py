@@ -25,6 +25,9 @@ class Planner(ABC):
 
     name = "planner"
     uses_prediction = True
+    #: True for a planner whose plan is always empty and that keeps no state (no prefetching):
+    #: a composed policy then declares :attr:`~policies.base.Policy.quiet_no_prefetch`
+    never_plans = False
     Params: type = NoParams
     decision_cost = DecisionCost("cpu", 0.0, 0.0)
 

@@ -13,6 +13,7 @@ class OnDemand(Planner):
     """Always the empty plan."""
 
     uses_prediction = False
+    never_plans = True
 
     def plan(self, ctx: LayerContext, prediction: Prediction | None) -> FetchPlan:
         """Nothing to fetch or cancel."""

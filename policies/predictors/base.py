@@ -27,6 +27,7 @@ class Predictor(ABC):
     is_oracle = False
     learns = False
     reads_lookahead = False
+    reads_features = False  # True: reset or predict may read the trace's feature columns
     Params: type = NoParams
     decision_cost = DecisionCost("cpu", 0.0, 0.0)
 
