@@ -101,23 +101,26 @@ def time_tune(ref: Path | None, scratch: Path, tag: str) -> float:
     return (first - started).total_seconds()
 
 
-def _same(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
-    """Whether two sweep tables hold the same results: every column both have but
-    ``sim_wall_s`` and ``log`` equal, numbers to 1e-9 relative (``log=steps`` sums
-    ``stall_s`` fold by fold, so its last bits may differ: ``sim.eventlog``)."""
+def _differences(a: list[dict[str, str]], b: list[dict[str, str]]) -> dict[str, float]:
+    """Columns two sweep tables disagree on (both have them; ``sim_wall_s`` and ``log`` aside),
+    with the largest relative difference (inf: not numbers). Numbers within 1e-9 relative
+    count as equal (``log=steps`` sums ``stall_s`` fold by fold, so its last bits may differ:
+    ``sim.eventlog``); empty cells (NaN) equal empty cells."""
     if len(a) != len(b):
-        return False
+        return {"rows": float("inf")}
+    worst: dict[str, float] = {}
     for x, y in zip(a, b, strict=True):
-        for key in (set(x) & set(y)) - {"sim_wall_s", "log"}:
+        for key in sorted((set(x) & set(y)) - {"sim_wall_s", "log"}):
             if x[key] == y[key]:
                 continue
             try:
                 u, v = float(x[key]), float(y[key])
-            except ValueError:
-                return False
-            if abs(u - v) > 1e-9 * max(abs(u), abs(v)):
-                return False
-    return True
+                rel = abs(u - v) / max(abs(u), abs(v))
+            except (ValueError, ZeroDivisionError):
+                rel = float("inf")
+            if rel > 1e-9:
+                worst[key] = max(worst.get(key, 0.0), rel)
+    return worst
 
 
 def main() -> None:
@@ -154,9 +157,12 @@ def main() -> None:
         print(f"  {side:<6} {best:6.1f} s wall: {rate:6.1f} simulations/min ({verdict}, target "
               f">= {TARGET_PER_MIN:g})")
     if args.ref:
+        diff = _differences(tables["before"], tables["after"])
         print(f"  after/before: {min(sweeps['before']) / min(sweeps['after']):.2f}x simulations "
               f"per minute; results identical (sim_wall_s aside): "
-              f"{'yes' if _same(tables['before'], tables['after']) else 'NO'}")
+              + ("yes" if not diff else "NO, " + ", ".join(
+                  f"{k} up to {v:.2g} relative" for k, v in diff.items())
+                 + " (a changed model or cost table changes results; see the commits between)"))
     if not args.no_tune:
         print("moe-tune run default --trials 1: command start to first trial start")
         for side in sides:
