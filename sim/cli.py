@@ -10,7 +10,11 @@
     moe-sim sweep resume DIR                   rerun only a sweep's missing and failed jobs
 
 Arguments are Hydra overrides. One run writes summary.json, steps.parquet, events.parquet,
-timeline.json and steps.png into Hydra's run folder (``out=DIR`` chooses it) and prints a table;
+timeline.json and steps.png into Hydra's run folder (``out=DIR`` chooses it) and prints a table
+(a sweep job writes no timeline.json or figure unless ``outputs.timeline`` / ``outputs.figures``
+is true, logs per-step tables, ``log=steps``, where the config has that key and the command
+line does not set it, and shares its synthetic trace with the sweep's other jobs:
+``sim/trace_cache.py``);
 a comparison writes compare.csv, compare.md, compare.png, summaries.json and each run's files in
 runs/<label>/; a sweep writes its plan (sweep.json), one numbered folder per job plus sweep.csv
 and sweep.md (always, from whatever jobs finished: missing and failed jobs are marked), and
@@ -30,12 +34,15 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from moe_offload_lab.sim.cli_args import hydra_flag, policy_file_overrides, split_flags
 from moe_offload_lab.sim.run import RunConfig, batch_label, prepare, simulate
+from moe_offload_lab.sim.trace_cache import FOLDER as TRACES_DIR
+from moe_offload_lab.sim.trace_cache import TraceCache
+from moe_offload_lab.sim.trace_cache import shared as shared_traces
 from moe_offload_lab.traces.catalog import conf_dir
 from moe_offload_lab.traces.errors import ConfigError, MoeLabError, run_command
 from omegaconf import DictConfig, OmegaConf
@@ -59,7 +66,8 @@ class _JobFailed(BaseException):  # noqa: N818 - passes through Hydra's handlers
 
 
 def compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
-    """The composed config for these overrides (Hydra compose API; errors -> ConfigError).
+    """The composed config for these overrides (Hydra compose API, the merge of the same
+    config groups remembered: :mod:`traces.hydra_compose`; errors -> ConfigError).
     ``with_hydra`` keeps the ``hydra`` node (and accepts Hydra's own overrides)."""
     from moe_offload_lab.traces.hydra_compose import compose_config
 
@@ -67,11 +75,22 @@ def compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
                           return_hydra_config=with_hydra)
 
 
+def quiet_log(overrides: Sequence[str], level: str) -> list[str]:
+    """``overrides`` with ``log=<level>`` added, where the config has the event-log level
+    ``log`` (:mod:`sim.eventlog`) and no override sets it: a sweep job (``steps``) or a tuning
+    trial (``summary``) keeps the exact step table and summary, not every event row."""
+    if any(o.split("=", 1)[0].lstrip("+~") == "log" for o in overrides) or \
+            "log" not in compose([]):
+        return list(overrides)
+    return [*overrides, f"log={level}"]
+
+
 def run_config(cfg: DictConfig) -> RunConfig:
     """The composed config as a :class:`RunConfig` (``hydra`` node dropped)."""
-    data = OmegaConf.to_container(cfg, resolve=False)
-    data.pop("hydra", None)
-    cfg = OmegaConf.create(data)
+    if "hydra" in cfg:  # Hydra's node resolves only inside Hydra's app: drop it first
+        data = OmegaConf.to_container(cfg, resolve=False)
+        data.pop("hydra", None)
+        cfg = OmegaConf.create(data)
     try:
         return RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
     except Exception as exc:  # interpolation errors from OmegaConf
@@ -109,7 +128,29 @@ def check(overrides: Sequence[str]) -> list[list[str]]:
     return jobs
 
 
+def output_flags(cfg: RunConfig, sweeping: bool) -> tuple[bool, bool]:
+    """``(figures, timeline)``: whether a run writes its figure (steps.png / compare.png) and
+    timeline.json. ``outputs.figures`` / ``outputs.timeline`` decide; null (the default) means
+    yes for a single run and no for each job of a sweep, whose cost they would dominate."""
+    outputs = cfg.outputs or {}
+    if not isinstance(outputs, dict):
+        raise ConfigError(f"outputs must be a mapping {{figures, timeline}}, got {outputs!r}")
+    unknown = sorted(set(outputs) - {"figures", "timeline"})
+    if unknown:
+        raise ConfigError(f"unknown outputs key(s): {', '.join(unknown)} (valid: figures, "
+                          f"timeline)")
+    flags = []
+    for key in ("figures", "timeline"):
+        value = outputs.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"outputs.{key} must be true, false or null (null: single runs "
+                              f"yes, sweep jobs no), got {value!r}")
+        flags.append(not sweeping if value is None else value)
+    return flags[0], flags[1]
+
+
 def _check_one(cfg: RunConfig) -> None:
+    output_flags(cfg, sweeping=False)
     if cfg.cluster:
         from moe_offload_lab.sim.cluster.hydra_run import check_cluster
 
@@ -146,7 +187,8 @@ def memory_note(summaries: list[dict[str, Any]]) -> str | None:
             f"runs")
 
 
-def _run_compare(run_cfg: RunConfig, out: Path) -> None:
+def _run_compare(run_cfg: RunConfig, out: Path, traces: TraceCache | None,
+                 sweeping: bool) -> None:
     from moe_offload_lab.sim.compare import (
         headline_lines,
         run_comparison,
@@ -154,9 +196,10 @@ def _run_compare(run_cfg: RunConfig, out: Path) -> None:
         write_comparison,
     )
 
-    table, summaries, results = run_comparison(run_cfg)
+    figure, _ = output_flags(run_cfg, sweeping)
+    table, summaries, results = run_comparison(run_cfg, traces)
     headline = headline_lines(run_cfg, table)
-    paths = write_comparison(table, summaries, results, out, headline)
+    paths = write_comparison(table, summaries, results, out, headline, figure=figure)
     grid = "key" in summaries[0]  # models and batches are columns of the table
     print(f"{'' if grid else run_cfg.model['name'] + ' '}on {run_cfg.hardware['name']}, "
           f"{summaries[0]['tokens']} tokens{'' if grid else ', ' + batch_label(summaries[0])}")
@@ -169,9 +212,11 @@ def _run_compare(run_cfg: RunConfig, out: Path) -> None:
     print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
-def _run_one(run_cfg: RunConfig, out: Path, quiet: bool = False) -> None:
-    result = simulate(run_cfg)
-    paths = result.write(out)
+def _run_one(run_cfg: RunConfig, out: Path, traces: TraceCache | None,
+             quiet: bool = False) -> None:
+    figure, timeline = output_flags(run_cfg, sweeping=quiet)
+    result = simulate(run_cfg, traces)
+    paths = result.write(out, figure=figure, timeline=timeline)
     if quiet:  # a sweep job: the combined table comes at the end
         s = result.summary
         print(f"job {out.name}: {s['policy']}, {s['capacity_slots']} slots: "
@@ -184,15 +229,18 @@ def _run_one(run_cfg: RunConfig, out: Path, quiet: bool = False) -> None:
     print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
-def _run_cluster(run_cfg: RunConfig, out: Path) -> None:
+def _run_cluster(run_cfg: RunConfig, out: Path, sweeping: bool) -> None:
     from moe_offload_lab.sim.cluster.hydra_run import run_cluster
 
-    print("\n".join(run_cluster(run_cfg, out)))
+    _, timeline = output_flags(run_cfg, sweeping)
+    print("\n".join(run_cluster(run_cfg, out, timeline=timeline)))
 
 
 def _task(cfg: DictConfig) -> None:
     """The Hydra task: one run or one comparison into Hydra's output folder. A sweep job marks
-    its folder done or failed (:mod:`sim.sweep`); resuming a sweep skips jobs already done."""
+    its folder done or failed (:mod:`sim.sweep`); resuming a sweep skips jobs already done.
+    Sweep jobs share their synthetic traces through the sweep folder (:mod:`sim.trace_cache`)
+    and write no figure or timeline unless ``outputs`` asks (:func:`output_flags`)."""
     import os
 
     from hydra.core.hydra_config import HydraConfig
@@ -207,14 +255,15 @@ def _task(cfg: DictConfig) -> None:
             print(f"job {out.name}: already done")
             return
         sweep.start_job(out)
+    traces = shared_traces(out.parent / TRACES_DIR) if sweeping else None
     try:
         run_cfg = run_config(cfg)
         if run_cfg.cluster:
-            _run_cluster(run_cfg, out)
+            _run_cluster(run_cfg, out, sweeping)
         elif run_cfg.compare:
-            _run_compare(run_cfg, out)
+            _run_compare(run_cfg, out, traces, sweeping)
         else:
-            _run_one(run_cfg, out, quiet=sweeping)
+            _run_one(run_cfg, out, traces, quiet=sweeping)
     except MoeLabError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         if not sweeping:
@@ -290,7 +339,10 @@ def _cluster_run(args: list[str]) -> bool:
 
 def _finish_sweep(sweep_dir: Path, note: bool = True) -> int:
     """Write and print the combined table of whatever jobs finished; 2 when any job is missing
-    or failed (``note``: say so on stderr, with how to rerun them)."""
+    or failed (``note``: say so on stderr, with how to rerun them). The shared traces
+    (``.traces``) are removed once every job is done."""
+    import shutil
+
     from moe_offload_lab.sim.compare import text_table
     from moe_offload_lab.sim.sweep import collect, unfinished, write
 
@@ -302,6 +354,8 @@ def _finish_sweep(sweep_dir: Path, note: bool = True) -> int:
     print(text_table(shown))
     print(f"wrote {', '.join(str(p) for p in paths)}")
     bad = unfinished(table)
+    if not bad:  # the shared traces serve only a resume
+        shutil.rmtree(sweep_dir / TRACES_DIR, ignore_errors=True)
     if bad and note:
         failed = sorted({int(j) for j, s in zip(table["job"], table["status"], strict=True)
                          if s == "failed"})
@@ -330,7 +384,8 @@ def _launch_sweep(hydra_args: list[str], sweep_dir: Path, existed: bool) -> int:
     import shutil
 
     try:
-        _run_hydra(hydra_args)
+        with _jobs_checked():
+            _run_hydra(hydra_args)
     except KeyboardInterrupt:
         _table_after_error(sweep_dir)
         raise
@@ -342,6 +397,22 @@ def _launch_sweep(hydra_args: list[str], sweep_dir: Path, existed: bool) -> int:
         raise ConfigError(f"the sweep stopped early ({_launcher_error(exc)}); 'moe-sim sweep "
                           f"resume {sweep_dir}' reruns the missing jobs") from None
     return _finish_sweep(sweep_dir)
+
+
+@contextlib.contextmanager
+def _jobs_checked() -> Iterator[None]:
+    """Hydra's sweeper composes every job once more before launching them, to fail early
+    (``Sweeper.validate_batch_is_legal``, 0.3 s a job, one job after the other); ``moe-sim``
+    has composed and checked every job with the same overrides already (:func:`check`), so that
+    second pass is skipped while the sweep launches."""
+    from hydra.plugins.sweeper import Sweeper
+
+    saved = Sweeper.validate_batch_is_legal
+    Sweeper.validate_batch_is_legal = lambda self, batch: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Sweeper.validate_batch_is_legal = saved  # type: ignore[method-assign]
 
 
 def _launcher_error(exc: BaseException) -> str:
@@ -431,6 +502,8 @@ def _main(args: list[str]) -> int:
         return _sweep_command(args[1:])
     args = policy_file_overrides(args)
     hydra_args, multirun, sweep_dir = _hydra_args(args)
+    if multirun:  # sweep jobs log per-step tables unless told otherwise
+        hydra_args = quiet_log(hydra_args, "steps")
     jobs = check([a for a in hydra_args if a not in _MULTIRUN])
     _check_output_dirs(hydra_args)
     if not multirun or sweep_dir is None:

@@ -54,6 +54,7 @@ from typing import Any
 
 import pandas as pd
 from moe_offload_lab.sim.run import RunConfig, SimResult, simulate
+from moe_offload_lab.sim.trace_cache import TraceCache
 from moe_offload_lab.traces.atomic import atomic_path, write_text
 from moe_offload_lab.traces.catalog import load_yaml
 from moe_offload_lab.traces.errors import ConfigError
@@ -169,10 +170,11 @@ def run_configs(cfg: RunConfig) -> dict[str, RunConfig]:
     return {job.key: job.cfg for job in jobs(cfg)}
 
 
-def run_comparison(cfg: RunConfig
+def run_comparison(cfg: RunConfig, traces: TraceCache | None = None
                    ) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, SimResult]]:
     """Run every job of ``cfg.compare``; returns the table, each job's summary (with its
     ``label``, and its ``key`` when there is a grid) and each job's result (by key)."""
+    traces = traces if traces is not None else TraceCache()  # one generation per trace
     todo = jobs(cfg)
     labels = [r["label"] for r in _runs(cfg.compare or {})]
     baseline = (cfg.compare or {}).get("baseline") or labels[0]
@@ -180,7 +182,7 @@ def run_comparison(cfg: RunConfig
         raise ConfigError(f"compare.baseline {baseline!r} is not one of the runs' labels")
     summaries, results = [], {}
     for job in tqdm(todo, desc="compare", unit="run", leave=False, disable=None):
-        result = simulate(job.cfg)
+        result = simulate(job.cfg, traces)
         summaries.append({"label": job.label, **({"key": job.key} if job.point else {}),
                           **result.summary})
         results[job.key] = result
@@ -350,13 +352,11 @@ def text_table(table: pd.DataFrame) -> str:
 
 def write_comparison(table: pd.DataFrame, summaries: list[dict[str, Any]],
                      results: dict[str, SimResult], out: str | Path,
-                     headline: list[str] | None = None) -> list[Path]:
-    """Write ``compare.csv``, ``compare.md``, ``compare.png`` and ``summaries.json`` into
-    ``out``, and each run's ``summary.json``, ``steps.parquet`` and ``events.parquet`` into
-    ``out/runs/<label>/`` (what ``moe-report`` reads for distributions and timelines); every
-    file atomically."""
-    from moe_offload_lab.sim.plot import plot_comparison
-
+                     headline: list[str] | None = None, figure: bool = True) -> list[Path]:
+    """Write ``compare.csv``, ``compare.md``, ``compare.png`` (unless ``figure`` is off) and
+    ``summaries.json`` into ``out``, and each run's ``summary.json``, ``steps.parquet`` and
+    ``events.parquet`` into ``out/runs/<label>/`` (what ``moe-report`` reads for distributions
+    and timelines); every file atomically."""
     out = Path(out)
     for key, result in results.items():
         result.write(out / RUNS_DIR / run_folder(key), figure=False, timeline=False)
@@ -366,13 +366,16 @@ def write_comparison(table: pd.DataFrame, summaries: list[dict[str, Any]],
     first = summaries[0]
     title = (f"{first['model']} on {first['hardware']}, {first['tokens']} tokens, "
              f"batch {first['batch']}")
-    if "key" in first:  # a grid: one figure of the speedups, by run and grid point
-        figure = plot_grid(table, out / "compare.png", f"on {first['hardware']}")
-    else:
-        figure = plot_comparison(steps, summaries, out / "compare.png", title)
     text = markdown(table) + "".join(f"\n{line}" for line in headline or [])
-    return [out / "compare.csv", write_text(out / "compare.md", text), figure,
-            write_text(out / "summaries.json", json.dumps(summaries, indent=2, default=str))]
+    paths = [out / "compare.csv", write_text(out / "compare.md", text)]
+    if figure and "key" in first:  # a grid: one figure of the speedups, by run and grid point
+        paths.append(plot_grid(table, out / "compare.png", f"on {first['hardware']}"))
+    elif figure:
+        from moe_offload_lab.sim.plot import plot_comparison
+
+        paths.append(plot_comparison(steps, summaries, out / "compare.png", title))
+    return [*paths, write_text(out / "summaries.json",
+                               json.dumps(summaries, indent=2, default=str))]
 
 
 def plot_grid(table: pd.DataFrame, path: Path, title: str) -> Path:

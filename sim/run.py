@@ -21,6 +21,7 @@ from moe_offload_lab.sim.memory import GpuMemory, peak_context
 from moe_offload_lab.sim.metrics import latency_metrics, step_frame, summarize
 from moe_offload_lab.sim.system import SystemProfile, load_system, with_policy_runtime
 from moe_offload_lab.sim.timeline import write_chrome_trace
+from moe_offload_lab.sim.trace_cache import TraceCache
 from moe_offload_lab.sim.workload import ContinuousBatcher, check_continuous, static_batches
 from moe_offload_lab.traces.atomic import write_text
 from moe_offload_lab.traces.catalog import check_fields
@@ -28,7 +29,6 @@ from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace, read_spec
 from moe_offload_lab.traces.resources import check_trace_memory
 from moe_offload_lab.traces.spec import ModelSpec
-from moe_offload_lab.traces.synthetic import generate
 
 # peak memory of a run over its trace's arrays, batch 1 (the event log dominates): measured
 # 9.0 KB per Mixtral token (777 bytes of trace) between 20,000 and 200,000 tokens
@@ -56,6 +56,7 @@ class RunConfig:
     host: dict[str, Any] = field(default_factory=dict)  # {dram_gib}: see sim.host
     cluster: dict[str, Any] | None = None  # cluster=<name>: expert parallelism (sim.cluster)
     balance: dict[str, Any] | None = None  # its balancing policy (conf/balance)
+    outputs: dict[str, Any] = field(default_factory=dict)  # {figures, timeline}: see sim.cli
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -132,9 +133,11 @@ def _trace_path(trace_cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def _load_trace(cfg: RunConfig, spec: ModelSpec, policy: Policy | None = None) -> Trace:
+def _load_trace(cfg: RunConfig, spec: ModelSpec, policy: Policy | None = None,
+                traces: TraceCache | None = None) -> Trace:
     """The run's trace: a file (its routing columns only when ``policy`` reads no lookahead or
-    features), or a synthetic one."""
+    features), else the synthetic preset's (from ``traces``, which shares one generation
+    between runs: :mod:`sim.trace_cache`)."""
     trace_cfg = cfg.trace or {}
     path = _trace_path(trace_cfg)
     if path:
@@ -143,7 +146,10 @@ def _load_trace(cfg: RunConfig, spec: ModelSpec, policy: Policy | None = None) -
         where = f"trace {path}"
     else:
         preset = trace_cfg.get("preset") or spec.name
-        trace = generate(preset, tokens=_tokens(trace_cfg), seed=int(trace_cfg.get("seed", 0)))
+        tokens, seed = _tokens(trace_cfg), int(trace_cfg.get("seed", 0))
+        if traces is None:
+            traces = TraceCache()  # this run's own (the generator, numba, loads on use)
+        trace = traces.synthetic(preset, tokens, seed)
         where = f"trace preset {preset!r}"
     _check_trace_spec(trace.spec, spec, where)
     return trace
@@ -287,7 +293,7 @@ def prepare(cfg: RunConfig) -> Prepared:
 def _preset_lookahead(trace_cfg: dict[str, Any], spec: ModelSpec) -> int:
     """Lookahead distances of the synthetic trace a run generates (0 for an unknown preset:
     generating it reports the name)."""
-    from moe_offload_lab.traces.synthetic import SynthConfig
+    from moe_offload_lab.traces.synth.config import SynthConfig
 
     try:
         return SynthConfig.preset(trace_cfg.get("preset") or spec.name).lookahead_distances
@@ -304,11 +310,12 @@ def _system(system: dict[str, Any] | str | None) -> SystemProfile:
     return SystemProfile.from_dict(system, f"system {system.get('name')!r}")
 
 
-def simulate(cfg: RunConfig) -> SimResult:
-    """Run one configuration end to end."""
+def simulate(cfg: RunConfig, traces: TraceCache | None = None) -> SimResult:
+    """Run one configuration end to end; ``traces`` shares synthetic traces between runs
+    (:mod:`sim.trace_cache`; None: generate this run's own)."""
     ready = prepare(cfg)
     spec, hardware, policy = ready.spec, ready.hardware, ready.policy
-    trace = _load_trace(cfg, spec, policy)
+    trace = _load_trace(cfg, spec, policy, traces)
     check_lookahead(policy, spec, trace.lookahead_distances,
                     f"trace {_trace_path(cfg.trace or {}) or 'of the synthetic preset'}")
     wall = time.perf_counter()

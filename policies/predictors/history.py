@@ -16,7 +16,6 @@ import numpy as np
 from moe_offload_lab.policies.context import LayerContext
 from moe_offload_lab.policies.cost import DecisionCost
 from moe_offload_lab.policies.prediction import Prediction
-from moe_offload_lab.policies.predictors import _history_kernels as kernels
 from moe_offload_lab.policies.predictors.base import Predictor, register
 from moe_offload_lab.policies.registry import require
 from moe_offload_lab.traces.format import Trace
@@ -45,6 +44,9 @@ class HistoryPredictor(Predictor):
               schedule: object = None, seed: int = 0) -> None:
         """Zero the transition counts."""
         super().reset(spec, horizon, trace, schedule, seed)
+        from moe_offload_lab.policies.predictors import _history_kernels  # numba: on first use
+
+        self._kernels = _history_kernels
         n_keys, n_experts = spec.num_expert_keys, spec.num_experts
         # float32 counts are exact up to 2**24 per cell and halve the memory traffic
         self._pairs = np.zeros((horizon, n_keys, n_experts), dtype=np.float32)  # [h, L*E, E]
@@ -64,8 +66,8 @@ class HistoryPredictor(Predictor):
         if self._buffer.shape[1] < routing.shape[0]:
             self._buffer = np.zeros((self.num_layers, routing.shape[0], self._buffer.shape[2]),
                                     dtype=np.int64)  # [L, B, k]
-        kernels.observe(self._pairs, self._sources, self._buffer, ctx.layer, routing,
-                        self.horizon, self.num_experts)
+        self._kernels.observe(self._pairs, self._sources, self._buffer, ctx.layer, routing,
+                              self.horizon, self.num_experts)
 
     def predict(self, ctx: LayerContext) -> Prediction:
         """Mean conditional frequency of each target expert given the layer's experts."""
@@ -77,9 +79,9 @@ class HistoryPredictor(Predictor):
         limit = min(self.num_experts, self._top_k * routing.shape[0])
         if self.params.max_candidates:
             limit = min(limit, self.params.max_candidates)
-        kernels.predict(self._pairs, self._sources, routing, ctx.layer, self.num_layers,
-                        self.num_experts, self.horizon, limit, self._scratch,
-                        self._out_experts, self._out_scores, self._out_counts)
+        self._kernels.predict(self._pairs, self._sources, routing, ctx.layer, self.num_layers,
+                              self.num_experts, self.horizon, limit, self._scratch,
+                              self._out_experts, self._out_scores, self._out_counts)
         counts = self._out_counts.tolist()
         widest = max(counts)
         if widest:

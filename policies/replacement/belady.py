@@ -23,7 +23,6 @@ from moe_offload_lab.policies.cache import CacheView
 from moe_offload_lab.policies.context import LayerContext
 from moe_offload_lab.policies.cost import DecisionCost
 from moe_offload_lab.policies.needs import access_stream
-from moe_offload_lab.policies.replacement import _belady_kernel as kernel
 from moe_offload_lab.policies.replacement.base import ReplacementRule, register
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace
@@ -58,6 +57,8 @@ class Belady(ReplacementRule):
         following = np.full(times.shape[0], -1, dtype=np.int64)  # [N] next event of the key
         same = keys[by_key[1:]] == keys[by_key[:-1]]
         following[by_key[:-1][same]] = by_key[1:][same]
+        from moe_offload_lab.policies.replacement import _belady_kernel as kernel  # numba
+
         ranks = kernel.future_ranks(times, keys, following, n_keys)  # [N]
         bounds = np.searchsorted(keys[by_key], np.arange(n_keys + 1))  # [L*E + 1]
         flat_times, flat_ranks = times[by_key].tolist(), ranks[by_key].tolist()

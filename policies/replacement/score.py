@@ -17,7 +17,6 @@ from moe_offload_lab.policies.cache import CacheView
 from moe_offload_lab.policies.context import LayerContext
 from moe_offload_lab.policies.cost import DecisionCost
 from moe_offload_lab.policies.registry import require
-from moe_offload_lab.policies.replacement import _score_kernel as kernel
 from moe_offload_lab.policies.replacement.base import ReplacementRule, register
 from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.spec import ModelSpec
@@ -42,6 +41,9 @@ class FrequencyDistance(ReplacementRule):
               schedule: object = None) -> None:
         """Zero counts, precompute the distance weights of every current layer."""
         super().reset(spec, capacity_slots, trace, schedule)
+        from moe_offload_lab.policies.replacement import _score_kernel  # numba: on first use
+
+        self._kernel = _score_kernel
         n_layers, n_experts = self.num_layers, self.num_experts
         self._counts = np.ones(n_layers * n_experts, dtype=np.float64)  # [L*E] accesses + 1
         self._layer_of = np.repeat(np.arange(n_layers, dtype=np.int64), n_experts)  # [L*E]
@@ -107,8 +109,9 @@ class FrequencyDistance(ReplacementRule):
             if self._buffer_keys.shape[0] < m:
                 self._buffer_keys = np.zeros(2 * m, dtype=np.int64)  # [>= m]
                 self._buffer_priority = np.zeros(2 * m, dtype=np.float64)  # [>= m]
-            n = kernel.lowest(self._counts, self._keys, self._n_resident, weights,
-                              self._layer_of, m, self._buffer_keys, self._buffer_priority)
+            n = self._kernel.lowest(self._counts, self._keys, self._n_resident, weights,
+                                    self._layer_of, m, self._buffer_keys,
+                                    self._buffer_priority)
             for key in self._buffer_keys[:n].tolist():
                 if key not in keep and key not in soft and key not in out:
                     out.append(key)

@@ -87,13 +87,14 @@ def _number(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def run_cluster(cfg: RunConfig, out: str | Path) -> list[str]:
+def run_cluster(cfg: RunConfig, out: str | Path, timeline: bool = True) -> list[str]:
     """Run a composed expert-parallel config (one run, or a comparison when ``compare`` is
-    set), write its outputs into ``out`` and return the lines to print."""
+    set), write its outputs into ``out`` (``timeline.json`` of a single run only when
+    ``timeline``) and return the lines to print."""
     if cfg.compare:
         return _run_comparison(cfg, Path(out))
     result = simulate_cluster_run(cfg)
-    paths = result.write(out)
+    paths = result.write(out, timeline=timeline)
     lines = [f"{key:<32}{_number(result.summary.get(key))}" for key in _SHOWN]
     note = memory_note([result.summary])
     return [*lines, *([note] if note else []), f"wrote {', '.join(str(p) for p in paths)}"]

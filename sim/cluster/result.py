@@ -31,16 +31,17 @@ class ClusterResult:
     transfers: pd.DataFrame
     timeline: dict[str, Any] = field(repr=False, default_factory=dict)
 
-    def write(self, out_dir: str | Path) -> list[Path]:
+    def write(self, out_dir: str | Path, timeline: bool = True) -> list[Path]:
         """Write ``summary.json``, ``steps.parquet``, ``layers.parquet``, ``transfers.parquet``
-        and ``timeline.json`` into ``out_dir`` (each atomically); returns the paths."""
+        and (unless turned off) ``timeline.json`` into ``out_dir`` (each atomically); returns
+        the paths."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = [
             write_parquet(self.steps, out / "steps.parquet"),
             write_parquet(self.layers, out / "layers.parquet"),
             write_parquet(self.transfers, out / "transfers.parquet"),
-            write_cluster_trace(self.timeline, out / "timeline.json"),
+            *([write_cluster_trace(self.timeline, out / "timeline.json")] if timeline else []),
             write_text(out / "summary.json", json.dumps(self.summary, indent=2, default=str)),
         ]
         return paths

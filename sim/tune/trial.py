@@ -21,10 +21,13 @@ _OWN_ATTRS = (OWNER_ATTR, HEARTBEAT_ATTR, "slurm_task", "overrides")  # not copi
 def evaluate(overrides: list[str], objectives: tuple[str, ...] | list[str]) -> tuple[list[float],
                                                                                       dict]:
     """Simulate the composed config of ``overrides``; the objective values and the summary."""
-    from moe_offload_lab.sim.cli import checked_run_config
+    from moe_offload_lab.sim.cli import checked_run_config, quiet_log
     from moe_offload_lab.sim.run import simulate
+    from moe_offload_lab.sim.trace_cache import shared
 
-    summary = simulate(checked_run_config(overrides)).summary
+    # a worker's trials share their synthetic traces (the prefix's and the full one) and keep
+    # no event rows (the summary needs none)
+    summary = simulate(checked_run_config(quiet_log(overrides, "summary")), shared()).summary
     values = [summary.get(o) for o in objectives]
     bad = [o for o, v in zip(objectives, values, strict=False) if v is None or not math.isfinite(v)]
     if bad:

@@ -47,7 +47,6 @@ import datetime as dt
 import numpy as np
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import DECODE, NO_EXPERT, PREFILL, Trace
-from moe_offload_lab.traces.synth import kernels
 from moe_offload_lab.traces.synth.config import SynthConfig
 from moe_offload_lab.traces.synth.structure import Structure, build_structure
 
@@ -153,6 +152,8 @@ def _route_all(structure: Structure, request_id: np.ndarray, rng: np.random.Gene
                feats: np.ndarray | None, width: int, feature_noise: float,
                progress: bool) -> None:
     """Fill the output arrays block by block (the kernel carries each request's state)."""
+    from moe_offload_lab.traces.synth import kernels  # numba: loaded when a trace is made
+
     n_tokens, n_layers, k = expert_ids.shape
     dim = structure.router.shape[2]
     z = np.zeros((n_layers, dim))  # [L, D] the previous token's innovations

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.spec import ModelSpec
-from moe_offload_lab.traces.synth import kernels
 from moe_offload_lab.traces.synth.config import SynthConfig, per_layer
 
 _MC_SAMPLES_TIMES_K = 8192  # sampled (state, slot) pairs per accuracy estimate (std ~0.004)
@@ -155,6 +154,8 @@ class _MonteCarlo:
         self._layer_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _layer(self, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from moe_offload_lab.traces.synth import kernels  # numba: loaded when used
+
         if target not in self._layer_cache:
             w = self._router[target]  # [E, D]
             source = kernels.project(self._h, w)  # [N, E]
@@ -166,6 +167,8 @@ class _MonteCarlo:
     def accuracy(self, target: int, corr: float) -> float:
         """Expected share of layer ``target``'s top-k that the lookahead names, at state
         correlation ``corr`` between the source and the target layer."""
+        from moe_offload_lab.traces.synth import kernels
+
         predicted, source, fresh = self._layer(target)
         return float(kernels.lookahead_overlap(predicted, source, fresh, self._noise,
                                                self._bias[target], float(self._sigma[target]),
