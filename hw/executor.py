@@ -22,6 +22,12 @@ Every copy, compute interval, stall, policy call and step becomes a row of the s
 log (:mod:`sim.eventlog`) with times from device events (host perf_counter for policy calls and CPU
 experts), resolved once at :meth:`finish`; :mod:`sim.metrics` works on it unchanged. With
 ``policy=None`` every expert is preloaded (all-resident reference).
+
+Low-precision copies (HOBBIT's ``"gpu-lowbits"`` placement, :mod:`policies.base`): the executor
+has no quantized expert store, so such a copy moves the full weights and the expert computes
+with them (outputs stay equal to the all-resident model, and the copy's time and logged bytes are
+a full expert's); the computations that would have used the low-precision copy are counted in
+``stats["lowbit_expert_computes"]`` exactly as the simulator counts them.
 """
 
 from __future__ import annotations
@@ -79,7 +85,8 @@ class OffloadExecutor(Transfers):
         self.bytes = store.bytes_per_expert
         self.rows: list[list[Any]] = []  # event rows; start/end may be events until finish()
         self.stats = {"fetches": 0, "streams": 0, "prefetches": 0, "cancelled": 0,
-                      "evictions": 0, "cpu_experts": 0, "max_used_slots": 0}
+                      "evictions": 0, "cpu_experts": 0, "max_used_slots": 0,
+                      "lowbit_expert_computes": 0}
         self.pool_threads = ThreadPoolExecutor(max_workers=max(1, cpu_threads),
                                                thread_name_prefix="hw-cpu-expert")
         partition = None
@@ -214,6 +221,7 @@ class OffloadExecutor(Transfers):
             self._scratch_of.clear()
             outcome, wait, on_cpu = self.protocol.layer(self.ctx)
             self.stats["evictions"] = self.protocol.n_evicted
+            self.stats["lowbit_expert_computes"] = self.protocol.n_lowbit
             for key in on_cpu:
                 where[key] = "cpu"
             where.update(self._scratch_of)  # streamed keys: their scratch buffers

@@ -25,7 +25,8 @@ Per step (one batch), with ``ctx`` the engine's single reused :class:`LayerConte
         policy.on_layer(ctx)                      # 1. routing of this layer is known (access)
         missing = [k for k in ctx.keys if k not in resident and k not in in_flight]
         if missing:
-            where = policy.place(ctx, missing)    # 2. "gpu": fetch, "cpu": compute on the host
+            where = policy.place(ctx, missing)    # 2. "gpu": fetch, "cpu": compute on the host,
+                                                  #    "gpu-lowbits": fetch a low-precision copy
             fetch = [k for k in missing if where[k] == GPU]
             keep = [k for k in fetch if policy.admit(k, ctx)]   # 3. False: stream through a
                                                   #    scratch buffer, do not cache
@@ -49,6 +50,17 @@ Whenever a copy completes (demand or prefetch), at its completion time:
 cancelled in flight), ``policy.on_evict(key)``; streamed (non-admitted) experts never held a
 slot. Per MoE layer the engine may charge ``policy.decision_cost.seconds(num_tokens)`` on
 ``decision_cost.where``.
+
+Low-precision copies (HOBBIT)
+=============================
+
+``place`` may answer :data:`LOWBITS` for a missing key: it is fetched like a :data:`GPU` key
+(admitted, evicted for, copied on demand or streamed) but the copy is a low-precision version of
+the expert, ``policy.lowbit_fraction`` of its bytes (read by engines after ``reset``; 1.0 for
+policies that never answer LOWBITS). The copy occupies a whole slot like any other. While it
+stays resident, every computation of that key runs from the low-precision weights; engines count
+those computations (the accuracy cost) and the protocol keeps the set of such keys
+(:attr:`policies.protocol.LayerProtocol.lowbit`). Prefetches are always full precision.
 """
 
 from __future__ import annotations
@@ -65,6 +77,7 @@ from moe_offload_lab.traces.spec import ModelSpec
 
 GPU = "gpu"  # placement: fetch the expert and run it on the GPU
 CPU = "cpu"  # placement: run the expert on the host CPU where its weights live
+LOWBITS = "gpu-lowbits"  # placement: fetch a low-precision copy and run it on the GPU (HOBBIT)
 
 Schedule = Sequence[np.ndarray]  # per step: the trace rows [B] the engine will run, in order
 
@@ -108,6 +121,17 @@ class Policy(ABC):
     #: The ``ctx.lookahead`` distances the policy reads, or None (the default) for every distance
     #: the trace carries. Read by engines after :meth:`reset`; they skip building the others.
     lookahead_distances: tuple[int, ...] | None = None
+    #: Bytes of a low-precision copy over the expert's (placement :data:`LOWBITS`), in (0, 1].
+    #: Read by engines after :meth:`reset`; 1.0 unless the policy's placement answers LOWBITS.
+    lowbit_fraction: float = 1.0
+    #: Implementation-profile fields (``sim.system.SystemProfile``) the policy's own runtime sets,
+    #: e.g. ``{"staging_buffers": 2}`` for PreScope's double buffering; the simulator applies
+    #: them over the run's profile, the executor ignores them. Empty for most policies.
+    runtime: Mapping[str, object] = {}
+    #: The :class:`~policies.replacement.tiers.TieredRule` that decides the host-DRAM tier
+    #: (what DRAM keeps, what is promoted from NVMe), or None: engines keep DRAM in LRU order.
+    #: Read by engines after :meth:`reset`, when the model does not fit host DRAM.
+    tiered_rule: object | None = None
     #: True when :meth:`prefetch` on a *quiet* layer (every key of ``ctx.keys`` resident and no
     #: slot copy in flight) returns an empty plan and changes no state, so an engine may skip
     #: that call (:class:`~policies.protocol.LayerProtocol` does). Declared by the policy, so the
@@ -161,7 +185,9 @@ class Policy(ABC):
 
         Called after :meth:`on_layer` when some of ``ctx.keys`` are neither resident nor in
         flight (``missing``, in ``ctx.keys`` order). Returns a mapping covering every missing key:
-        :data:`GPU` (fetch it on demand) or :data:`CPU` (compute it on the host, no copy).
+        :data:`GPU` (fetch it on demand), :data:`CPU` (compute it on the host, no copy) or
+        :data:`LOWBITS` (fetch a low-precision copy of :attr:`lowbit_fraction` of its bytes,
+        which then serves the key at low precision while it stays resident).
         """
 
     @abstractmethod
@@ -242,25 +268,31 @@ def check_lookahead(policy: Policy, spec: ModelSpec, available: Sequence[int], w
 
 
 class PlacementError(ValueError):
-    """A policy's :meth:`Policy.place` returned something other than "gpu" or "cpu" for a key."""
+    """A policy's :meth:`Policy.place` returned something other than "gpu", "cpu" or
+    "gpu-lowbits" for a key."""
 
 
 def split_placement(policy: Policy, ctx: LayerContext, missing: Sequence[int]
-                    ) -> tuple[list[int], list[int]]:
-    """Ask ``policy.place`` and split ``missing`` into (fetch to the GPU, compute on the CPU).
+                    ) -> tuple[list[int], list[int], list[int]]:
+    """Ask ``policy.place`` and split ``missing`` into (fetch to the GPU, compute on the CPU,
+    the fetched keys whose copy is low precision: a subset of the first list, usually empty).
 
-    Both engines call this, so a placement that names neither target fails the same way in each.
+    Both engines call this, so a placement that names no target fails the same way in each.
     """
     where = policy.place(ctx, missing)
     gpu: list[int] = []
     cpu: list[int] = []
+    low: list[int] = []
     for key in missing:
         target = where.get(key)
         if target == GPU:
             gpu.append(key)
         elif target == CPU:
             cpu.append(key)
+        elif target == LOWBITS:
+            gpu.append(key)
+            low.append(key)
         else:
             raise PlacementError(f"{policy.name}: place() gave {target!r} for key {key}; "
-                                 f"expected 'gpu' or 'cpu'")
-    return gpu, cpu
+                                 f"expected 'gpu', 'cpu' or 'gpu-lowbits'")
+    return gpu, cpu, low

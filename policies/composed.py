@@ -26,6 +26,7 @@ from moe_offload_lab.policies.registry import (
     REPLACEMENTS,
 )
 from moe_offload_lab.policies.replacement.base import ReplacementRule
+from moe_offload_lab.policies.replacement.tiers import TieredRule
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.spec import ModelSpec
@@ -63,6 +64,7 @@ class ComposedPolicy(Policy):
         self._victims: list[int] = []
         self._ctx: LayerContext | None = None
         self.horizon = config.horizon
+        self.runtime = dict(config.runtime or {})  # the paper's runtime features (config doc)
 
     @property
     def decision_cost(self) -> DecisionCost:
@@ -110,11 +112,14 @@ class ComposedPolicy(Policy):
             self._cost = self.charged_cost.cost
         self.replacement.reset(spec, capacity_slots, trace, schedule)
         self.placement.reset(spec, cost_model)
+        self.lowbit_fraction = self.placement.lowbit_fraction  # HOBBIT's low-precision copies
         self.planner.reset(spec, capacity_slots, cost_model, self.horizon)
         self.admission.reset(spec, capacity_slots)
         if self.replacement.uses_prediction:
             self.replacement.bind_prediction(self.predictor.prediction)
         self.partition_slots = self.replacement.partition_slots()
+        # Prophet's hierarchy: a TieredRule (confidence) also decides the host-DRAM tier
+        self.tiered_rule = self.replacement if isinstance(self.replacement, TieredRule) else None
         self.lookahead_distances = self.needs_lookahead(spec)
         self._needs_prediction = bool(self.planner.uses_prediction
                                       or self.replacement.uses_prediction)

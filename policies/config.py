@@ -12,6 +12,7 @@ A config composes one component of each kind, each ``{name: <registered name>, <
     placement:   {name: gpu}
     admission:   {name: always}          # optional
     decision_cost: {where: cpu, fixed_s: 2.0e-6, per_token_s: 0.0}   # optional override
+    runtime: {staging_buffers: 2, batched_copies: true}                # optional
 
 A component of the user's own code takes ``_target_`` (an import path) instead of ``name``::
 
@@ -21,6 +22,12 @@ A component of the user's own code takes ``_target_`` (an import path) instead o
 the policy is charged the measured cost table's figures (:mod:`policies.cost_table`);
 ``decision_cost: {where, fixed_s, per_token_s}`` declares a figure by hand instead, and
 ``decision_cost: {table: PATH}`` picks another measured table.
+
+``runtime`` (optional) names what the paper's own runtime builds in beside the policy's decisions
+(PreScope's AsyncIO: double-buffered staging, batched copies): implementation-profile fields
+(``conf/system``, :class:`sim.system.SystemProfile`) that the simulator sets over the run's
+profile for this policy (:attr:`policies.base.Policy.runtime`). The simulator checks the names;
+the executor, which is a real runtime, ignores them.
 
 The files are plain YAML so Hydra can compose them as its ``policy`` group; :func:`build_policy`
 accepts a mapping, an OmegaConf node, a bundled name or a path to a YAML file.
@@ -57,6 +64,7 @@ class PolicyConfig:
     placement: Mapping[str, Any] = field(default_factory=lambda: {"name": "gpu"})
     admission: Mapping[str, Any] = field(default_factory=lambda: {"name": "always"})
     decision_cost: Mapping[str, Any] | None = None
+    runtime: Mapping[str, Any] | None = None
 
     @property
     def model_bound(self) -> bool:
@@ -69,6 +77,8 @@ class PolicyConfig:
         out = dataclasses.asdict(self)
         for kind in _COMPONENTS:
             out[kind] = plain(out[kind])
+        if out["runtime"] is None:  # optional: absent unless set
+            del out["runtime"]
         return out
 
 
@@ -138,6 +148,14 @@ def policy_config(data: Mapping[str, Any], where: str = "policy config") -> Poli
         if not isinstance(data["decision_cost"], Mapping):
             raise ConfigError(f"{where}: decision_cost must be a mapping")
         values["decision_cost"] = dict(data["decision_cost"])
+    if data.get("runtime") is not None:
+        runtime = data["runtime"]
+        if not isinstance(runtime, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, (bool, int, float, str))
+                for k, v in runtime.items()):
+            raise ConfigError(f"{where}: runtime must be a mapping of implementation-profile "
+                              f"fields to values, got {runtime!r}")
+        values["runtime"] = dict(runtime)
     return PolicyConfig(**values)
 
 

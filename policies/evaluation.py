@@ -50,6 +50,7 @@ class CacheStats:
     prefetched: int = 0
     prefetch_used: int = 0
     evictions: int = 0
+    lowbit_computes: int = 0  # expert computations from low-precision copies (HOBBIT)
 
     @property
     def hit_ratio(self) -> float:
@@ -61,7 +62,8 @@ class CacheStats:
         return {"accesses": self.accesses, "hits": self.hits, "hit_ratio": self.hit_ratio,
                 "cpu_computed": self.cpu_computed, "streamed": self.streamed,
                 "demand_fetches": self.demand_fetches, "prefetched": self.prefetched,
-                "prefetch_used": self.prefetch_used, "evictions": self.evictions}
+                "prefetch_used": self.prefetch_used, "evictions": self.evictions,
+                "lowbit_computes": self.lowbit_computes}
 
 
 @dataclass
@@ -192,7 +194,7 @@ def evaluate(trace: Trace, policy: Policy, capacity_slots: int, *, batch: int = 
     stats = CacheStats(accesses=accesses, hits=p.hits(accesses), cpu_computed=p.n_cpu,
                        streamed=p.n_stream, demand_fetches=p.n_demand + p.n_stream,
                        prefetched=p.n_prefetch, prefetch_used=p.n_prefetch_used,
-                       evictions=p.n_evicted)
+                       evictions=p.n_evicted, lowbit_computes=p.n_lowbit)
     return EvalResult(
         policy=policy.name, is_oracle=policy.is_oracle,
         predictor=getattr(getattr(policy, "predictor", None), "name", "none"),

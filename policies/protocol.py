@@ -79,6 +79,8 @@ class Transfers(ABC):
         handle, or ``None`` when the copy completed at once (instant copies: the protocol then
         marks a slot copy resident and calls ``on_fetch_done`` itself). Demand and stream copies
         of a layer are started before its prefetches, in the order the layer needs them.
+        A key in :attr:`LayerProtocol.lowbit` at this call is a low-precision copy (HOBBIT):
+        ``policy.lowbit_fraction`` of the expert's bytes.
         """
 
     def cancel_copy(self, handle: Any) -> None:  # noqa: B027 - optional hook
@@ -119,7 +121,7 @@ class LayerProtocol:
                  "_prefetch_hit", "_inflight", "_miss", "_resident", "_on_layer", "_prefetch_of",
                  "copies", "prefetching", "unused", "n_miss", "n_inflight", "n_demand",
                  "n_stream", "n_prefetch", "n_prefetch_used", "n_cancelled", "n_evicted", "n_cpu",
-                 "_quiet", "_gpu_admit_all")
+                 "lowbit", "n_lowbit", "_quiet", "_gpu_admit_all")
 
     def __init__(self, policy: Policy, cache: SlotCache, transfers: Transfers,
                  memory: SlotStore | None = None,
@@ -142,6 +144,11 @@ class LayerProtocol:
         # counters (accesses are the engine's: the sum of len(ctx.keys))
         self.n_miss = self.n_inflight = self.n_demand = self.n_stream = self.n_prefetch = 0
         self.n_prefetch_used = self.n_cancelled = self.n_evicted = self.n_cpu = 0
+        # HOBBIT (placement "gpu-lowbits", policies.base): keys whose slot copy is low precision,
+        # plus, during one layer, its streamed low-precision keys; engines read it in
+        # ``start_copy`` to size the copy. ``n_lowbit``: expert computations from such copies.
+        self.lowbit: set[int] = set()
+        self.n_lowbit = 0
 
     # ---- steps ----------------------------------------------------------------------------------
     def begin_step(self, ctx: LayerContext) -> None:
@@ -170,9 +177,12 @@ class LayerProtocol:
         """Free the slots of the policy's checked victims (:func:`choose_victims`)."""
         policy, memory, unused = self.policy, self.memory, self.unused
         victims = choose_victims(policy, self.cache, need, layer, protected, self.n_experts)
+        lowbit = self.lowbit
         for key in victims:
             memory.remove(key)
             unused.pop(key, None)
+            if lowbit:
+                lowbit.discard(key)
             policy.on_evict(key)
         self.n_evicted += len(victims)
 
@@ -220,8 +230,10 @@ class LayerProtocol:
         if missing is not None:  # 2 to 4: place, admit, evict, then demand and stream copies
             layer, cache = ctx.layer, self.cache
             self.n_miss += len(missing)
-            fetch, cpu, keep = place_and_admit(self.policy, ctx, missing, cache, layer,
-                                               self._evict, keys, self._gpu_admit_all)
+            fetch, cpu, keep, low = place_and_admit(self.policy, ctx, missing, cache, layer,
+                                                    self._evict, keys, self._gpu_admit_all)
+            if low:  # low-precision copies: known to start_copy (their bytes) from now on
+                self.lowbit.update(low)
             kept = set()
             start_copy, book = transfers.start_copy, self.memory.start_fetch
             for key in keep:
@@ -244,14 +256,26 @@ class LayerProtocol:
             if cpu:
                 self.n_cpu += len(cpu)
                 on_cpu = set(cpu)
-        elif self._quiet and not copies:  # a quiet layer: the policy declared no plan here
-            return outcome, wait, on_cpu
+            if low or self.lowbit:  # HOBBIT: computations from low-precision copies
+                self._count_lowbit(keys, [key for key in low if key not in kept])
+        else:
+            if self.lowbit:
+                self._count_lowbit(keys, ())
+            if self._quiet and not copies:  # a quiet layer: the policy declared no plan here
+                return outcome, wait, on_cpu
         plan = self._prefetch_of(ctx)  # 5. speculative copies
         if plan.cancel:
             self._cancel(plan.cancel, keys)
         if plan.keys:
             self._prefetch(plan.keys, keys, ctx.layer)
         return outcome, wait, on_cpu
+
+    def _count_lowbit(self, keys: Sequence[int], streamed: Sequence[int]) -> None:
+        """Count the layer's computations from low-precision copies (resident, in flight or
+        streamed now), then forget the streamed ones (they held no slot)."""
+        lowbit = self.lowbit
+        self.n_lowbit += sum(1 for key in keys if key in lowbit)
+        lowbit.difference_update(streamed)
 
     def hits(self, accesses: int) -> int:
         """Of ``accesses`` (the sum of ``len(ctx.keys)`` over the layers run), those resident
@@ -286,6 +310,7 @@ class LayerProtocol:
             self.transfers.cancel_copy(copies.pop(key))
             prefetching.discard(key)
             self.unused.pop(key, None)
+            self.lowbit.discard(key)
             self.memory.remove(key)
             policy.on_evict(key)
             self.n_cancelled += 1
@@ -298,6 +323,7 @@ class LayerProtocol:
             self.memory.remove(key)
         self.copies.clear()
         self.prefetching.clear()
+        self.lowbit.intersection_update(self.cache.resident)
         return handles
 
 
@@ -330,25 +356,28 @@ def validate_plan(name: str, keys: list[int], cache: SlotCache, n_layers: int,
 def place_and_admit(policy: Policy, ctx: LayerContext, missing: Sequence[int],
                     cache: SlotCache, layer: int,
                     evict: Callable[[int, int, Sequence[int]], None], protected: Sequence[int],
-                    declared: bool = False) -> tuple[list[int], list[int], list[int]]:
+                    declared: bool = False
+                    ) -> tuple[list[int], list[int], list[int], list[int]]:
     """Steps 2 to 4 of the contract: place the missing keys, admit the GPU ones, and free slots
     in ``layer``'s pool for the admitted ones with one ``evict(need, layer, protected)`` call
-    (``protected``: the keys the layer needs). Returns ``(fetch, cpu, admitted)``: keys to copy
-    (admitted or streamed), keys computed on the host, and the admitted subset of ``fetch``. A
-    bad placement raises :class:`PolicyViolation`. ``declared``: the policy declared
-    :attr:`~policies.base.Policy.gpu_admit_all`, so it is not asked (all GPU, all admitted)."""
+    (``protected``: the keys the layer needs). Returns ``(fetch, cpu, admitted, low)``: keys to
+    copy (admitted or streamed), keys computed on the host, the admitted subset of ``fetch``, and
+    the subset of ``fetch`` copied at low precision (placement "gpu-lowbits"). A bad placement
+    raises :class:`PolicyViolation`. ``declared``: the policy declared
+    :attr:`~policies.base.Policy.gpu_admit_all`, so it is not asked (all GPU, all admitted, none
+    at low precision)."""
     if declared:
-        fetch, cpu, admitted = list(missing), [], list(missing)
+        fetch, cpu, admitted, low = list(missing), [], list(missing), []
     else:
         try:
-            fetch, cpu = split_placement(policy, ctx, missing)
+            fetch, cpu, low = split_placement(policy, ctx, missing)
         except PlacementError as exc:
             raise PolicyViolation(str(exc)) from None
         admitted = [key for key in fetch if policy.admit(key, ctx)]
     need = len(admitted) - cache.free_slots(layer)
     if need > 0:
         evict(need, layer, protected)
-    return fetch, cpu, admitted
+    return fetch, cpu, admitted, low
 
 
 def choose_victims(policy: Policy, cache: SlotCache, need: int, layer: int,

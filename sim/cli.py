@@ -189,14 +189,23 @@ def memory_note(summaries: list[dict[str, Any]]) -> str | None:
 
 def _run_compare(run_cfg: RunConfig, out: Path, traces: TraceCache | None,
                  sweeping: bool) -> None:
-    from moe_offload_lab.sim.compare import run_comparison, text_table, write_comparison
+    from moe_offload_lab.sim.compare import (
+        headline_lines,
+        run_comparison,
+        text_table,
+        write_comparison,
+    )
 
     figure, _ = output_flags(run_cfg, sweeping)
     table, summaries, results = run_comparison(run_cfg, traces)
-    paths = write_comparison(table, summaries, results, out, figure=figure)
-    print(f"{run_cfg.model['name']} on {run_cfg.hardware['name']}, {summaries[0]['tokens']} "
-          f"tokens, {batch_label(summaries[0])}")
+    headline = headline_lines(run_cfg, table)
+    paths = write_comparison(table, summaries, results, out, headline, figure=figure)
+    grid = "key" in summaries[0]  # models and batches are columns of the table
+    print(f"{'' if grid else run_cfg.model['name'] + ' '}on {run_cfg.hardware['name']}, "
+          f"{summaries[0]['tokens']} tokens{'' if grid else ', ' + batch_label(summaries[0])}")
     print(text_table(table))
+    for line in headline:
+        print(line)
     note = memory_note(summaries)
     if note:
         print(note)

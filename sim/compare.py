@@ -19,12 +19,36 @@ and the table gains ``published_tokens_per_s``, ``published_speedup`` (over the 
 baseline) and ``speedup_error`` (simulated speedup over published speedup, minus 1): the ratios
 are what a simulator can be held to when the absolute figures depend on a runtime it models only
 through a fitted profile.
+
+``compare.grid`` (optional) repeats every run at several settings, as a paper's figure does::
+
+    grid:
+      model: [mixtral-8x7b, {name: gpt-oss-20b, expert_bytes_per_param: 0.53125}]  # conf/model
+      batch: [1, 16]
+
+Each run then runs once per combination (models x batches); the table gains ``model`` and
+``batch`` columns, and ``speedup`` is over the baseline run at the same model and batch. A grid
+``model`` replaces the composed model whole (its conf/model file, plus the keys the entry gives),
+so ``model.X=...`` on the command line does not reach it: put the key in the grid entry.
+
+``compare.headline`` (optional) prints a paper's headline claims beside the simulator's::
+
+    headline:
+      paper: Prophet
+      source: "where the figures are from"
+      claims:   # factor = metric(run) / metric(over), inverted for latencies (_ms / _s)
+        - {what: "TPOT speedup over on-demand", metric: tpot_ms_mean, run: prophet,
+           over: on-demand, paper: [1.5, 10.4]}         # a range, or one number
+
+one line per claim with the simulator's factor at every grid point (:func:`headline_lines`),
+printed by ``moe-sim`` and appended to ``compare.md``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +56,7 @@ import pandas as pd
 from moe_offload_lab.sim.run import RunConfig, SimResult, simulate
 from moe_offload_lab.sim.trace_cache import TraceCache
 from moe_offload_lab.traces.atomic import atomic_path, write_text
+from moe_offload_lab.traces.catalog import load_yaml
 from moe_offload_lab.traces.errors import ConfigError
 from tqdm import tqdm
 
@@ -39,6 +64,9 @@ RUNS_DIR = "runs"
 COLUMNS = ("label", "policy", "tpot_ms_mean", "tpot_ms_p99", "tokens_per_s", "hit_rate",
            "stall_s", "speedup")
 PUBLISHED_COLUMNS = ("published_tokens_per_s", "published_speedup", "speedup_error")
+GRID_KEYS = ("model", "batch")
+_TEXT_COLUMNS = ("label", "model", "policy")
+CLAIM_KEYS = ("what", "metric", "run", "over", "paper")
 
 
 def _runs(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -62,41 +90,184 @@ def _runs(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def run_configs(cfg: RunConfig) -> dict[str, RunConfig]:
-    """The config of each run of ``cfg.compare``, by label."""
+@dataclass(frozen=True)
+class Job:
+    """One simulation of a comparison: run ``label`` at grid ``point`` (``{}`` without a grid;
+    else ``{"model": name, "batch": n}``, the keys the grid has)."""
+
+    label: str
+    point: dict[str, Any]
+    cfg: RunConfig
+
+    @property
+    def key(self) -> str:
+        """Unique among the comparison's jobs: the label, plus the grid point if any."""
+        return " ".join([self.label, *(f"{k}={v}" for k, v in self.point.items())])
+
+
+def _grid_model(value: Any) -> dict[str, Any]:
+    """A grid ``model`` entry: a conf/model name, or ``{name, <model keys>}``."""
+    if isinstance(value, str):
+        return load_yaml("model", value)
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        return {**load_yaml("model", value["name"]), **value}
+    raise ConfigError(f"compare.grid.model entries must be conf/model names or {{name, ...}} "
+                      f"mappings, got {value!r}")
+
+
+def grid_points(cfg: RunConfig) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The grid's combinations as ``(point, changes)``: ``point`` for the table (model name,
+    batch), ``changes`` for :func:`dataclasses.replace` on the run config."""
+    grid = (cfg.compare or {}).get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"compare.grid must be a mapping of {', '.join(GRID_KEYS)} to lists")
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        raise ConfigError(f"compare.grid: unknown key(s) {', '.join(unknown)} (known: "
+                          f"{', '.join(GRID_KEYS)})")
+    axes = []
+    for key in GRID_KEYS:
+        if key not in grid:
+            continue
+        values = grid[key]
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"compare.grid.{key} must be a non-empty list, got {values!r}")
+        if key == "batch":
+            bad = [b for b in values if isinstance(b, bool) or not isinstance(b, int) or b < 1]
+            if bad:
+                raise ConfigError(f"compare.grid.batch must list positive integers, got {bad}")
+            axes.append([({"batch": b}, {"batch": b}) for b in values])
+        else:
+            models = [_grid_model(v) for v in values]
+            axes.append([({"model": m["name"]}, {"model": m}) for m in models])
+    points = []
+    for combo in itertools.product(*axes):
+        point: dict[str, Any] = {}
+        changes: dict[str, Any] = {}
+        for p, c in combo:
+            point.update(p)
+            changes.update(c)
+        points.append((point, changes))
+    return points
+
+
+def jobs(cfg: RunConfig) -> list[Job]:
+    """Every simulation of ``cfg.compare``: each run at each grid point, grid point outermost."""
     runs = _runs(cfg.compare or {})
-    return {run["label"]: replace(cfg, policy=run["policy"], compare=None,
-                                  cache={**(cfg.cache or {}), **run["cache"]})
-            for run in runs}
+    out = []
+    for point, changes in grid_points(cfg):
+        base = replace(cfg, compare=None, **changes)
+        out.extend(Job(run["label"], point,
+                       replace(base, policy=run["policy"],
+                               cache={**(cfg.cache or {}), **run["cache"]}))
+                   for run in runs)
+    return out
+
+
+def run_configs(cfg: RunConfig) -> dict[str, RunConfig]:
+    """The config of each run of ``cfg.compare``, by :attr:`Job.key` (the label without a
+    grid)."""
+    return {job.key: job.cfg for job in jobs(cfg)}
 
 
 def run_comparison(cfg: RunConfig, traces: TraceCache | None = None
                    ) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, SimResult]]:
-    """Run every entry of ``cfg.compare['runs']`` on one trace (generated once: ``traces``,
-    else a cache of this comparison's own); returns the table, each run's summary (with its
-    ``label``) and each run's result (by label)."""
+    """Run every job of ``cfg.compare``, each synthetic trace generated once (``traces``, else
+    a cache of this comparison's own: :mod:`sim.trace_cache`); returns the table, each job's
+    summary (with its ``label``, and its ``key`` when there is a grid) and each job's result
+    (by key)."""
     traces = traces if traces is not None else TraceCache()
-    configs = run_configs(cfg)
-    baseline = (cfg.compare or {}).get("baseline") or next(iter(configs))
-    if baseline not in configs:
+    todo = jobs(cfg)
+    labels = [r["label"] for r in _runs(cfg.compare or {})]
+    baseline = (cfg.compare or {}).get("baseline") or labels[0]
+    if baseline not in labels:
         raise ConfigError(f"compare.baseline {baseline!r} is not one of the runs' labels")
     summaries, results = [], {}
-    for label, one in tqdm(configs.items(), desc="compare", unit="run", leave=False,
-                           disable=None):
-        result = simulate(one, traces)
-        summaries.append({"label": label, **result.summary})
-        results[label] = result
+    for job in tqdm(todo, desc="compare", unit="run", leave=False, disable=None):
+        result = simulate(job.cfg, traces)
+        summaries.append({"label": job.label, **({"key": job.key} if job.point else {}),
+                          **result.summary})
+        results[job.key] = result
+    grid_columns = list(todo[0].point)
+    parts = []
+    for start in range(0, len(todo), len(labels)):  # one grid point at a time
+        chunk = summaries[start:start + len(labels)]
+        part = _rows(chunk, baseline, grid_columns)
+        published = published_figures(replace(todo[start].cfg, compare=cfg.compare))
+        if published is not None:
+            part = _with_published(part, published, baseline)
+        parts.append(part)
+    table = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return table, summaries, results
+
+
+def _rows(summaries: list[dict[str, Any]], baseline: str,
+          grid_columns: list[str]) -> pd.DataFrame:
     base = next(s for s in summaries if s["label"] == baseline)["tokens_per_s"]
-    rows = [{"label": s["label"], "policy": s["policy"], "tpot_ms_mean": s["tpot_ms_mean"],
-             "tpot_ms_p99": s["tpot_ms_p99"], "tokens_per_s": s["tokens_per_s"],
-             "hit_rate": s["hit_rate"], "stall_s": s["stall_s"],
+    rows = [{"label": s["label"], **{k: s[k] for k in grid_columns}, "policy": s["policy"],
+             "tpot_ms_mean": s["tpot_ms_mean"], "tpot_ms_p99": s["tpot_ms_p99"],
+             "tokens_per_s": s["tokens_per_s"], "hit_rate": s["hit_rate"],
+             "stall_s": s["stall_s"],
              "speedup": (s["tokens_per_s"] / base) if base and s["tokens_per_s"] else None}
             for s in summaries]
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
-    published = published_figures(cfg)
-    if published is not None:
-        table = _with_published(table, published, baseline)
-    return table, summaries, results
+    return pd.DataFrame(rows, columns=["label", *grid_columns, *COLUMNS[1:]])
+
+
+def _claims(cfg: RunConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    spec = (cfg.compare or {}).get("headline") or {}
+    if not isinstance(spec, dict) or set(spec) - {"paper", "source", "claims"}:
+        raise ConfigError("compare.headline must be a mapping {paper, source, claims}")
+    claims = spec.get("claims") or []
+    for i, claim in enumerate(claims):
+        if not isinstance(claim, dict) or set(claim) != set(CLAIM_KEYS):
+            raise ConfigError(f"compare.headline.claims[{i}] needs exactly the keys "
+                              f"{', '.join(CLAIM_KEYS)}")
+    return spec, claims
+
+
+def _factor(table: pd.DataFrame, metric: str, run: str, over: str) -> float | None:
+    """``metric`` of ``run`` over that of ``over`` (one grid point's rows), inverted for
+    latencies so that above 1 is better."""
+    rows = table.set_index("label")
+    if metric not in rows.columns or run not in rows.index or over not in rows.index:
+        return None
+    mine, theirs = rows.loc[run, metric], rows.loc[over, metric]
+    if not mine or not theirs or mine != mine or theirs != theirs:
+        return None
+    latency = "_ms" in metric or (metric.endswith("_s") and not metric.endswith("per_s"))
+    return float(theirs / mine) if latency else float(mine / theirs)
+
+
+def _point_label(names: list[str], values: tuple[Any, ...]) -> str:
+    """``mixtral-8x7b batch 16``: a grid point for people."""
+    return " ".join(f"batch {v}" if name == "batch" else str(v)
+                    for name, v in zip(names, values, strict=True))
+
+
+def headline_lines(cfg: RunConfig, table: pd.DataFrame) -> list[str]:
+    """The paper's headline claims beside the simulator's factors (see the module docstring);
+    empty without ``compare.headline``."""
+    spec, claims = _claims(cfg)
+    if not claims:
+        return []
+    grid = [c for c in GRID_KEYS if c in table.columns]
+    groups = list(table.groupby(grid, sort=False)) if grid else [((), table)]
+    lines = [f"{spec.get('paper', 'paper')}'s headline beside the simulator's:"]
+    for claim in claims:
+        paper = claim["paper"]
+        published = (f"{float(paper[0]):.2f}x-{float(paper[1]):.2f}x" if isinstance(paper, list)
+                     else f"{float(paper):.2f}x")
+        sim = []
+        for key, part in groups:
+            value = _factor(part, claim["metric"], claim["run"], claim["over"])
+            where = _point_label(grid, key if isinstance(key, tuple) else (key,))
+            sim.append(f"{where + ' ' if where else ''}"
+                       f"{'-' if value is None else f'{value:.2f}x'}")
+        lines.append(f"  {claim['what']} ({claim['run']} over {claim['over']}): paper "
+                     f"{published}; simulator {', '.join(sim)}")
+    if spec.get("source"):
+        lines.append(f"  source: {spec['source']}")
+    return lines
 
 
 def _lookup(data: dict[str, Any], dotted: str) -> Any:
@@ -163,7 +334,7 @@ def _fmt(value: Any) -> str:
 def markdown(table: pd.DataFrame) -> str:
     """The table as GitHub markdown."""
     header = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---" if c in ("label", "policy") else "---:"
+    rule = "|" + "|".join("---" if c in _TEXT_COLUMNS else "---:"
                           for c in table.columns) + "|"
     body = ["| " + " | ".join(_fmt(v) for v in row) + " |"
             for row in table.itertuples(index=False)]
@@ -175,31 +346,56 @@ def text_table(table: pd.DataFrame) -> str:
     cells = [list(table.columns)] + [[_fmt(v) for v in row]
                                      for row in table.itertuples(index=False)]
     widths = [max(len(r[i]) for r in cells) for i in range(len(table.columns))]
-    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+    left = [name in _TEXT_COLUMNS for name in table.columns]
+    return "\n".join("  ".join(c.ljust(w) if is_text else c.rjust(w)
+                               for c, w, is_text in zip(r, widths, left, strict=True))
                      for r in cells)
 
 
 def write_comparison(table: pd.DataFrame, summaries: list[dict[str, Any]],
                      results: dict[str, SimResult], out: str | Path,
-                     figure: bool = True) -> list[Path]:
+                     headline: list[str] | None = None, figure: bool = True) -> list[Path]:
     """Write ``compare.csv``, ``compare.md``, ``compare.png`` (unless ``figure`` is off) and
     ``summaries.json`` into ``out``, and each run's ``summary.json``, ``steps.parquet`` and
     ``events.parquet`` into ``out/runs/<label>/`` (what ``moe-report`` reads for distributions
     and timelines); every file atomically."""
     out = Path(out)
-    for label, result in results.items():
-        result.write(out / RUNS_DIR / run_folder(label), figure=False, timeline=False)
+    for key, result in results.items():
+        result.write(out / RUNS_DIR / run_folder(key), figure=False, timeline=False)
     steps = {label: result.steps for label, result in results.items()}
     with atomic_path(out / "compare.csv") as tmp:
         table.to_csv(tmp, index=False)
     first = summaries[0]
     title = (f"{first['model']} on {first['hardware']}, {first['tokens']} tokens, "
              f"batch {first['batch']}")
-    paths = [out / "compare.csv", write_text(out / "compare.md", markdown(table))]
-    if figure:
+    text = markdown(table) + "".join(f"\n{line}" for line in headline or [])
+    paths = [out / "compare.csv", write_text(out / "compare.md", text)]
+    if figure and "key" in first:  # a grid: one figure of the speedups, by run and grid point
+        paths.append(plot_grid(table, out / "compare.png", f"on {first['hardware']}"))
+    elif figure:
         from moe_offload_lab.sim.plot import plot_comparison
 
         paths.append(plot_comparison(steps, summaries, out / "compare.png", title))
     return [*paths, write_text(out / "summaries.json",
                                json.dumps(summaries, indent=2, default=str))]
+
+
+def plot_grid(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """Speedup over the baseline per run (bars), one colour per grid point (model, batch)."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+    from moe_offload_lab.sim.plot import _save
+
+    grid = [c for c in GRID_KEYS if c in table.columns]
+    data = table.assign(point=[_point_label(grid, tuple(row))
+                               for row in table[grid].itertuples(index=False)])
+    sns.set_theme(style="whitegrid", context="paper")
+    fig = Figure(figsize=(11, 4.5))
+    ax = fig.subplots()
+    sns.barplot(data=data, x="label", y="speedup", hue="point", ax=ax)
+    baseline = table.loc[table["speedup"] == 1.0, "label"]
+    over = baseline.iloc[0] if len(baseline) else "the baseline"
+    ax.set(xlabel="", ylabel=f"tokens/s over {over}", title=f"speedup {title}")
+    ax.legend(title="")
+    ax.tick_params(axis="x", labelrotation=20)
+    return _save(fig, path)

@@ -18,7 +18,10 @@ adds its overheads and decides what overlaps. Per MoE layer:
    first and each missing one as soon as its copy lands; otherwise the layer waits for all its
    copies (a *stall*), then runs them one after another. A runtime that does not overlap copies
    with compute (one stream, or pageable memory) waits for every copy in flight, prefetches
-   included. Each wait for a copy costs the runtime's ``copy_sync_s`` when it ends;
+   included. Each wait for a copy costs the runtime's ``copy_sync_s`` when it ends. With staging
+   buffers (``SystemProfile.staging_buffers`` B > 0) a prefetch for layer ``m`` is held back
+   (not submitted to the link) until layer ``m - B`` has finished its experts: B = 2 is
+   double buffering, the next layer's copies overlapping this layer's compute;
 4. the layer ends when GPU and CPU experts are both done; the next layer's non-expert work
    follows on the GPU stream.
 
@@ -51,7 +54,7 @@ from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, ROW, EventLog
 from moe_offload_lab.sim.hardware import HardwareProfile
 from moe_offload_lab.sim.host import HostTier
 from moe_offload_lab.sim.link import Copy, DirectLink, Link
-from moe_offload_lab.sim.system import SystemProfile
+from moe_offload_lab.sim.system import SystemProfile, with_policy_runtime
 from moe_offload_lab.sim.workload import ContinuousBatcher, static_batches
 from moe_offload_lab.traces.errors import ConfigError
 from moe_offload_lab.traces.format import Trace
@@ -80,6 +83,16 @@ def _attended_by_step(position: np.ndarray, request_ids: np.ndarray, bounds: lis
     last = np.r_[request_ids[1:] != request_ids[:-1], True]  # [R]
     last[np.asarray(bounds[1:], dtype=np.int64) - 1] = True  # a step's last row ends a run
     return np.add.reduceat(ctx, starts), np.add.reduceat(np.where(last, ctx, 0), starts)
+
+
+def _lowbit_bytes(spec: ModelSpec, policy: Policy) -> int:
+    """Bytes of a low-precision expert copy (``policy.lowbit_fraction`` of an expert's)."""
+    fraction = getattr(policy, "lowbit_fraction", 1.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0 < fraction <= 1:
+        raise ConfigError(f"policy {policy.name!r}: lowbit_fraction must lie in (0, 1], "
+                          f"got {fraction!r}")
+    return max(1, int(round(spec.expert_bytes * fraction)))
 
 
 @dataclass
@@ -173,6 +186,7 @@ class Engine(Transfers):
         self.chunk_bytes = int(chunk_mb * 1e6)  # 0: whole copies (no chunking)
         if chunk_mb > 0 and self.chunk_bytes < 1:
             raise ConfigError(f"link.chunk_mb of {chunk_mb!r} is under one byte")
+        system = with_policy_runtime(system, policy)  # e.g. PreScope's double buffering
         self.compute = ComputeModel(spec, hardware, system)
         self.system = self.compute.system
         self.host = host
@@ -188,6 +202,9 @@ class Engine(Transfers):
         self.cache = SlotCache(self.capacity_slots, n_experts, n_layers, policy.partition_slots)
         self.protocol = LayerProtocol(policy, self.cache, self, codes=DETAIL,
                                       fast_paths=self.declared_fast_paths)
+        # HOBBIT: keys whose copy is low precision move this many bytes (policies.base.LOWBITS)
+        self._lowbit = self.protocol.lowbit
+        self._lowbit_bytes = _lowbit_bytes(spec, policy)
         link_args = (self.compute.link_bytes_per_s, self.compute.link_latency_s, n_experts,
                      self.log, None, self.chunk_bytes)
         link_kwargs = {"engines": self.hardware.copy_engines, "slot_done": self.protocol.copy_done}
@@ -197,6 +214,15 @@ class Engine(Transfers):
         else:
             self.link = DirectLink(*link_args, **link_kwargs)
         self._idle_until, self._served = 0.0, -1
+        # staging buffers (SystemProfile.staging_buffers): prefetches held until the layer whose
+        # buffer they reuse has run, as (absolute layer position that frees it, copy)
+        self._staging = self.system.staging_buffers if self.system.overlaps else 0
+        self._held: list[tuple[int, Copy]] = []
+        # Prophet's hierarchy: the policy's TieredRule keeps and promotes host DRAM (sim.host)
+        rule = getattr(policy, "tiered_rule", None)
+        self._promote = self.host is not None and rule is not None
+        if self._promote:
+            self.host.bind_rule(rule, spec.expert_bytes)
         if self.preload:
             for key in range(n_layers * n_experts):
                 if self.cache.free_slots() <= 0:
@@ -222,12 +248,43 @@ class Engine(Transfers):
     def start_copy(self, key: int, purpose: str, layer: int) -> Copy:
         """A copy of ``key`` that starts once the layer's decisions are made (submitted with the
         layer's other copies when the protocol returns)."""
-        copy = Copy(key, self._expert_bytes, purpose, self._step, layer,
+        num_bytes = self._expert_bytes
+        if self._lowbit and key in self._lowbit:  # a low-precision copy (HOBBIT)
+            num_bytes = self._lowbit_bytes
+        copy = Copy(key, num_bytes, purpose, self._step, layer,
                     self._clock + self._decision_s)  # the decision's end
         if self.host is not None:
-            copy.bytes_per_s = self.host.source_bytes_per_s(key)
+            copy.bytes_per_s = self.host.source_bytes_per_s(key, copy.ready_s)
+        if self._staging and purpose == "prefetch":
+            gate = self._buffer_free_at(key, layer)
+            if gate >= self._step * self.n_layers + layer:  # its buffer is still in use
+                self._held.append((gate, copy))
+                return copy
         self._to_submit.append(copy)
         return copy
+
+    def _buffer_free_at(self, key: int, layer: int) -> int:
+        """The absolute layer position (``step * L + layer``) whose experts must have run before
+        a prefetch of ``key``, issued at ``layer``, may use its staging buffer: the key's own
+        next position (this step, or the next one for a layer not after ``layer``) minus B."""
+        n_layers = self.n_layers
+        target = key // self.spec.num_experts
+        position = self._step * n_layers + target + (n_layers if target <= layer else 0)
+        return position - self._staging
+
+    def _release(self, position: int, t: float) -> None:
+        """Layer ``position`` finished its experts at ``t``: submit the held prefetches whose
+        staging buffer it frees, starting no earlier than ``t``."""
+        ready, held = [], []
+        for gate, copy in self._held:
+            if gate > position:
+                held.append((gate, copy))
+            elif copy.state == "new":  # not cancelled meanwhile
+                copy.ready_s = max(copy.ready_s, t)
+                ready.append(copy)
+        self._held[:] = held  # in place: the engine loop holds a reference
+        if ready:
+            self.link.submit_all(ready)
 
     def cancel_copy(self, handle: Copy) -> None:
         """Abandon a queued or running prefetch now (at the decision's time)."""
@@ -318,6 +375,8 @@ class Engine(Transfers):
         sync_s = system.copy_sync_s
         self._lanes = compute.cpu_lanes
         check, wait_for = self.check, link.wait
+        held = self._held  # prefetches waiting for a staging buffer (updated in place)
+        promote = self.host.promote if self._promote else None  # Prophet's host tiers
         # folding logs (log=steps|summary): fold at a step's end once the buffer is this long
         fold_bytes = log.fold_rows * ROW.size if log.folds else float("inf")
         # ``clock`` is the GPU stream's time; the link's runs behind it and catches up (processes
@@ -392,6 +451,8 @@ class Engine(Transfers):
                 if to_submit:
                     submit(to_submit)
                     to_submit.clear()
+                if promote is not None:  # NVMe-to-DRAM promotions the tiered rule chooses
+                    promote(ready, cache)
                 if serial:  # one stream: every copy in flight lands before the experts run
                     wait = [*wait, *protocol.copies.values()]
                 if on_cpu:
@@ -421,6 +482,8 @@ class Engine(Transfers):
                         end += dt
                 if check:
                     self._check_layer(keys, on_cpu, wait)
+                if held:  # staging buffers: this layer's buffer is free from ``end`` on
+                    self._release(step * n_layers + layer, end)
                 if layer + 1 < n_layers:  # the next layer's non-expert work follows at once
                     buf += pack(k_compute, end, end + other_s, step, layer + 1, -1, 0, r_gpu,
                                 d_other, n_tok)
@@ -433,6 +496,7 @@ class Engine(Transfers):
         self.end_s = float(clock)
         # copies still queued or running when the last step ends are abandoned (logged as such)
         leftover = protocol.abandon_all()
+        self._held.clear()
         if leftover:
             link.sync(clock)
             for copy in leftover:

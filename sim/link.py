@@ -173,8 +173,10 @@ class Link:
             copy.priority = DEMAND
 
     def cancel(self, copy: Copy) -> None:
-        """Abandon a queued or running copy (a running one stops now; its partial bytes count)."""
-        if copy.state == "queued":
+        """Abandon a queued or running copy (a running one stops now; its partial bytes count).
+        A copy never submitted (held by the engine for a staging buffer) is logged the same as
+        a queued one."""
+        if copy.state == "queued" or copy.state == "new":
             copy.state = "cancelled"
             now = self.env.now
             start = copy.start_s if copy.moved else now  # suspended: it ran from start_s

@@ -19,7 +19,7 @@ from moe_offload_lab.sim.hardware import HardwareProfile
 from moe_offload_lab.sim.host import HostTier
 from moe_offload_lab.sim.memory import GpuMemory, peak_context
 from moe_offload_lab.sim.metrics import latency_metrics, step_frame, summarize
-from moe_offload_lab.sim.system import SystemProfile, load_system
+from moe_offload_lab.sim.system import SystemProfile, load_system, with_policy_runtime
 from moe_offload_lab.sim.timeline import write_chrome_trace
 from moe_offload_lab.sim.trace_cache import TraceCache
 from moe_offload_lab.sim.workload import ContinuousBatcher, check_continuous, static_batches
@@ -266,9 +266,10 @@ def prepare(cfg: RunConfig) -> Prepared:
     and its recorded ModelSpec against the model."""
     spec = ModelSpec.from_dict(cfg.model)
     hardware = HardwareProfile.from_dict(cfg.hardware, f"hardware {cfg.hardware.get('name')!r}")
-    system = _system(cfg.system)
-    ComputeModel(spec, hardware, system)  # parses the measured tables
     policy = build_policy(cfg.policy)
+    # the policy's own runtime features (PreScope's double buffering) over the profile
+    system = with_policy_runtime(_system(cfg.system), policy)
+    ComputeModel(spec, hardware, system)  # parses the measured tables
     _check_batch(cfg)
     if (cfg.trace or {}).get("volatile"):
         raise ConfigError("trace.volatile applies to expert-parallel runs (cluster=...) only")
@@ -347,10 +348,16 @@ def simulate(cfg: RunConfig, traces: TraceCache | None = None) -> SimResult:
     summary = {
         "model": spec.name, "hardware": hardware.name, "system": ready.system.name,
         "policy": policy.name,
+        # implementation-profile fields the policy's own runtime set over the system's
+        "policy_runtime": ",".join(f"{k}={v}" for k, v in sorted(policy.runtime.items())),
         **memory.summary(), "cache_fraction": memory.slots / spec.num_expert_keys,
         "batch": ready.workload.max_batch, "chunk_mb": ready.chunk_mb,
         "host_dram_experts": ready.host_dram_experts,
         "nvme_reads": host.nvme_reads if host is not None else 0,
+        # NVMe-to-DRAM reads ahead of need chosen by the policy's tiered rule (Prophet's L2)
+        "host_promotions": host.promotions if host is not None else 0,
+        # HOBBIT: expert computations from low-precision copies (the accuracy cost, a count)
+        "lowbit_expert_computes": engine.protocol.n_lowbit,
         "measured_used": engine.compute.measured_used,
         **cost_summary(policy),  # what each layer's decisions were charged, and from where
         **summarize(result.events, steps, result.totals),

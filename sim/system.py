@@ -83,7 +83,17 @@ class SystemProfile:
       twice as long for it, and the layer waits for both;
     - ``cpu_threads_per_expert``: host cores one CPU-placed expert uses (0: all of them, one
       expert at a time); the host's ``cpu_cores`` then run ``cores // threads`` experts at once,
-      sharing its DRAM bandwidth and FLOPs.
+      sharing its DRAM bandwidth and FLOPs;
+    - ``staging_buffers`` (optional, default 0): how many layers' worth of expert buffers the
+      runtime copies into, used in rotation (layer ``m`` lands in buffer ``m mod B``), so a
+      prefetch copy for layer ``m`` may start only once layer ``m - B`` has finished its experts
+      (its buffer is free). 1 is a single buffer: the next layer's prefetch waits for the
+      current layer to finish computing; 2 is PreScope's AsyncIO double buffering: the next
+      layer's prefetch runs while the current layer computes from the other buffer, the one
+      after waits for the current layer. 0 (the default) does not model buffers: a copy goes
+      into its cache slot whenever the link is free (as if the buffers were unbounded). Only
+      prefetches are gated (a demand copy is for the current layer, whose buffer is free); only
+      runtimes whose copies overlap compute (``overlaps``) are affected.
 
     Memory: ``reserved_gpu_gib``, what the runtime holds on the GPU beyond weights, KV cache and
     activations (CUDA context, allocator slack, workspaces).
@@ -109,6 +119,7 @@ class SystemProfile:
     cpu_threads_per_expert: int
     reserved_gpu_gib: float
     pageable_link_fraction: float = 1.0 / 3.0  # A100: 12.9 ms pageable vs 4.3 ms pinned
+    staging_buffers: int = 0  # 0: not modelled; 2: double buffering (PreScope's AsyncIO)
 
     def __post_init__(self) -> None:
         where = f"system {self.name!r}"
@@ -120,7 +131,7 @@ class SystemProfile:
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{where}: {field} must be a number >= 0, got {value!r}")
-        for field in _COUNTS:
+        for field in (*_COUNTS, "staging_buffers"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{where}: {field} must be an integer >= 0, got {value!r}")
@@ -205,6 +216,20 @@ def _reference_hbm_gb_per_s(name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"reference_gpu {name!r}: no hbm_gb_per_s in its hardware profile")
     return float(value)
+
+
+def with_policy_runtime(system: SystemProfile | None, policy: Any) -> SystemProfile | None:
+    """``system`` (None: :meth:`SystemProfile.ideal`) with the fields the policy's own runtime
+    sets (``policy.runtime``, e.g. PreScope's ``staging_buffers: 2``); ``system`` unchanged when
+    the policy sets none. An unknown field or a bad value is one ConfigError line."""
+    runtime = getattr(policy, "runtime", None)
+    if not runtime:
+        return system
+    base = system if system is not None else SystemProfile.ideal()
+    try:
+        return base.with_overrides(**dict(runtime))
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"policy {getattr(policy, 'name', '?')!r}: runtime: {exc}") from None
 
 
 def load_system(name_or_path: str | Path) -> SystemProfile:

@@ -20,6 +20,9 @@ class PlacementRule(ABC):
     name = "placement"
     Params: type = NoParams
     decision_cost = DecisionCost("cpu", 0.0, 0.0)
+    #: ``Policy.lowbit_fraction``: bytes of the low-precision copies this rule asks for with
+    #: "gpu-lowbits" (policies.base.LOWBITS), over an expert's; 1.0 for rules that never do.
+    lowbit_fraction = 1.0
 
     def __init__(self, params: object = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -33,4 +36,5 @@ class PlacementRule(ABC):
 
     @abstractmethod
     def place(self, ctx: LayerContext, missing: Sequence[int]) -> Mapping[int, str]:
-        """``Policy.place``: a reused mapping of every missing key to ``"gpu"`` or ``"cpu"``."""
+        """``Policy.place``: a reused mapping of every missing key to ``"gpu"``, ``"cpu"`` or
+        ``"gpu-lowbits"``."""

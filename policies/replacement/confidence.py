@@ -37,8 +37,9 @@ two-state estimate). Where confidence is uninformative (no predictor, a flat pre
 still differs from LRU through the distance term and the two-state reuse estimate.
 
 The lower tiers (L2 host DRAM, L3 NVMe) are decided by the same densities through
-:class:`~policies.replacement.tiers.TieredRule` (engine support: phase B, see
-``policies/README.md``).
+:class:`~policies.replacement.tiers.TieredRule`: the simulator's host tier (``sim/host.py``)
+keeps DRAM residents by density and promotes the predicted keys from NVMe when they are worth
+more than the weakest DRAM resident.
 """
 
 from __future__ import annotations
@@ -358,7 +359,14 @@ class ConfidenceGuided(ReplacementRule, TieredRule):
                 return mine > density
         return True
 
-    # ---- lower tiers (the policy side of the hierarchy; engines call these from phase B) ------
+    # ---- lower tiers (the policy side of the hierarchy; sim/host.py calls these) --------------
+    def host_candidates(self) -> list[int]:
+        """The keys the current prediction ranks (at or above ``keep_threshold``), most
+        confident first: the promotion candidates of the lower tiers."""
+        self._refresh()
+        predicted = self._predicted
+        return sorted(predicted, key=lambda key: -predicted[key])
+
     def tier_densities(self, keys: Sequence[int]) -> list[float]:
         """Hit densities of ``keys``: what every tier keeps and promotes by."""
         return [self.density(k) for k in keys]

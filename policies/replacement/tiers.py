@@ -12,9 +12,10 @@ decides two things, both from the predictor's confidence:
   is busy, so a later GPU copy runs at DRAM speed).
 
 A rule that implements :meth:`tier_densities` (the value of keeping each key: higher keeps)
-gets both L2 decisions. Engines do not call these yet: today ``sim/host.py`` keeps DRAM in LRU
-order and reads NVMe only on demand. Phase B of issue 16 wires them in (the call order is in
-``policies/README.md``).
+gets both L2 decisions, and one that implements :meth:`host_candidates` (the keys it expects
+soon) gets promotions. The simulator's host tier (``sim/host.py``) calls them when the model does
+not fit host DRAM and the policy's replacement rule is a TieredRule
+(``Policy.tiered_rule``); the call order is in ``policies/README.md``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ class TieredRule(ABC):
 
         Called by the other methods here, at a layer boundary, after the rule saw the layer's
         access and the predictor's latest prediction. Nothing is decided."""
+
+    def host_candidates(self) -> list[int]:
+        """Keys the rule expects to be needed soon (its predictor's current prediction), most
+        likely first: what :meth:`host_promotions` may promote.
+
+        Called by an engine once per layer, after the GPU prefetch plan. The default: none (no
+        promotions; DRAM then only keeps by :meth:`host_victims`)."""
+        return []
 
     def host_victims(self, host_resident: Collection[int], need: int,
                      protect: Collection[int], out: list[int]) -> None:

@@ -44,6 +44,7 @@ class RecordingPolicy(Policy):
         self.inner = inner
         self.name = inner.name
         self.is_oracle = inner.is_oracle
+        self.runtime = inner.runtime
         self.calls: list[tuple[Any, ...]] = []
 
     @property
@@ -54,6 +55,8 @@ class RecordingPolicy(Policy):
               trace: Trace | None = None, schedule: Any = None) -> None:
         self.inner.reset(spec, capacity_slots, cost_model, trace=trace, schedule=schedule)
         self.partition_slots = self.inner.partition_slots
+        self.lowbit_fraction = self.inner.lowbit_fraction  # what engines read after reset
+        self.tiered_rule = self.inner.tiered_rule
         self.calls.clear()
 
     def begin_step(self, ctx: LayerContext) -> None:

@@ -9,7 +9,7 @@ from policy_testing import random_trace, sequence_trace
 
 CACHE_KEYS = {"slots", "fraction", "replacement", "accesses", "hits", "hit_ratio",
               "cpu_computed", "streamed", "demand_fetches", "prefetched", "prefetch_used",
-              "evictions"}
+              "evictions", "lowbit_computes"}
 
 
 def test_json_keys_are_stable() -> None:

@@ -55,3 +55,25 @@ def check_log(events: pd.DataFrame, expert_bytes: int) -> None:
         rows = events[mask]
         s, e = rows["start_s"].to_numpy(), rows["end_s"].to_numpy()
         assert (s[1:] >= e[:-1] - 1e-12).all(), "GPU work or steps overlap or run backwards"
+
+
+FAST_TRAINING = ("train.epochs=1", "train.max_steps=3", "cost.repeats=1", "cost.warmup=0")
+
+
+def quick_predictor_training(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Auto-trained predictors (``checkpoint: auto``, the main job's Prophet and PreScope) train
+    for a few optimiser steps into a cache under ``tmp_path``: their own recipes take a minute
+    each and would write into the user's cache folder."""
+    from dataclasses import replace
+
+    from moe_offload_lab.policies.learned import autotrain
+
+    monkeypatch.setenv(autotrain.ENV, str(tmp_path / "predictor-cache"))
+    monkeypatch.setattr(autotrain, "_MEMORY", {})
+    original = autotrain.training_config
+
+    def fast(recipe: autotrain.Recipe) -> dict:
+        size = ("predictor.size=tiny",) if recipe.predictor == "history-transformer" else ()
+        return original(replace(recipe, overrides=(*recipe.overrides, *FAST_TRAINING, *size)))
+
+    monkeypatch.setattr(autotrain, "training_config", fast)

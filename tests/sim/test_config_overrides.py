@@ -93,5 +93,5 @@ def test_comparison_runs_carry_the_overrides() -> None:
     runs = run_configs(cfg)
     assert {one.hardware["name"] for one in runs.values()} == {"h100-sxm"}
     assert {one.model["expert_bytes_per_param"] for one in runs.values()} == {0.5}
-    assert runs["lru"].cache["fraction"] == 0.25 and runs["all-resident"].cache["fraction"] == 1.0
+    assert runs["lru"].cache["fraction"] == 0.25 and runs["on-demand"].cache["slots"] == 0
     assert all(one.trace["tokens"] == 300 for one in runs.values())

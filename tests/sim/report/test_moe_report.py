@@ -17,6 +17,7 @@ from moe_offload_lab.sim.report.style import save
 from moe_offload_lab.sim.tune.space import load_space
 from moe_offload_lab.sim.tune.storage import default_storage
 from moe_offload_lab.sim.tune.study import run_worker
+from sim_testing import quick_predictor_training
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -73,14 +74,15 @@ def test_run_report_into_chosen_folder(sweep: Path, tmp_path: Path) -> None:
     assert "speedup" not in report.split("## Not drawn")[0]
 
 
-def test_comparison_report(tmp_path: Path) -> None:
+def test_comparison_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    quick_predictor_training(tmp_path, monkeypatch)
     out = tmp_path / "cmp"
     assert sim_main(["experiment=compare", "trace.tokens=300", f"out={out}"]) == 0
     assert main([str(out)]) == 0
     # each run's steps and events are kept under runs/<label>/: distributions and a timeline
     report = _check_report(out / "report", {"speedup", "step_latency", "breakdown", "pareto",
                                             "timeline"})
-    for label in ("on-demand", "all-resident", "cost-aware"):
+    for label in ("on-demand", "oracle", "prophet"):
         assert label in report
         assert (out / "runs" / label / "steps.parquet").is_file()
 
