@@ -172,9 +172,11 @@ def run_configs(cfg: RunConfig) -> dict[str, RunConfig]:
 
 def run_comparison(cfg: RunConfig, traces: TraceCache | None = None
                    ) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, SimResult]]:
-    """Run every job of ``cfg.compare``; returns the table, each job's summary (with its
-    ``label``, and its ``key`` when there is a grid) and each job's result (by key)."""
-    traces = traces if traces is not None else TraceCache()  # one generation per trace
+    """Run every job of ``cfg.compare``, each synthetic trace generated once (``traces``, else
+    a cache of this comparison's own: :mod:`sim.trace_cache`); returns the table, each job's
+    summary (with its ``label``, and its ``key`` when there is a grid) and each job's result
+    (by key)."""
+    traces = traces if traces is not None else TraceCache()
     todo = jobs(cfg)
     labels = [r["label"] for r in _runs(cfg.compare or {})]
     baseline = (cfg.compare or {}).get("baseline") or labels[0]
