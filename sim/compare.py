@@ -57,7 +57,7 @@ from moe_offload_lab.sim.run import RunConfig, SimResult, simulate
 from moe_offload_lab.sim.trace_cache import TraceCache
 from moe_offload_lab.traces.atomic import atomic_path, write_text
 from moe_offload_lab.traces.catalog import load_yaml
-from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError, check_keys
 from tqdm import tqdm
 
 RUNS_DIR = "runs"
@@ -119,12 +119,7 @@ def grid_points(cfg: RunConfig) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """The grid's combinations as ``(point, changes)``: ``point`` for the table (model name,
     batch), ``changes`` for :func:`dataclasses.replace` on the run config."""
     grid = (cfg.compare or {}).get("grid") or {}
-    if not isinstance(grid, dict):
-        raise ConfigError(f"compare.grid must be a mapping of {', '.join(GRID_KEYS)} to lists")
-    unknown = sorted(set(grid) - set(GRID_KEYS))
-    if unknown:
-        raise ConfigError(f"compare.grid: unknown key(s) {', '.join(unknown)} (known: "
-                          f"{', '.join(GRID_KEYS)})")
+    check_keys(grid, GRID_KEYS, "compare.grid")  # each key maps to a list
     axes = []
     for key in GRID_KEYS:
         if key not in grid:

@@ -9,7 +9,8 @@ traceback (:func:`run_command` does this for every tool).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 
 class MoeLabError(Exception):
@@ -22,6 +23,17 @@ class ConfigError(MoeLabError):
 
 class TraceError(MoeLabError):
     """A trace file or trace array is unreadable or inconsistent with its ModelSpec."""
+
+
+def check_keys(value: Any, known: Collection[str], what: str) -> None:
+    """Raise ConfigError unless ``value`` is a mapping whose keys are all in ``known``
+    (``what`` names it in the message: ``"trace"``, ``"compare.grid"``...)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{what} must be a mapping, got {type(value).__name__}")
+    unknown = sorted(str(key) for key in set(value) - set(known))
+    if unknown:
+        raise ConfigError(f"{what}: unknown key(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(known)}")
 
 
 def first_line(exc: BaseException) -> str:

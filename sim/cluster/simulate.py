@@ -44,7 +44,7 @@ from moe_offload_lab.sim.cluster.workloads import build_trace
 from moe_offload_lab.sim.compute import ComputeModel
 from moe_offload_lab.sim.workload import static_batches
 from moe_offload_lab.traces.catalog import load_model
-from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError, check_keys
 from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.spec import ModelSpec
 
@@ -100,12 +100,7 @@ def memory_per_rank(spec: ModelSpec, cluster: ClusterSpec, pool: str) -> dict[st
 
 def simulate_cluster(config: Mapping[str, Any], trace: Trace | None = None) -> ClusterResult:
     """Run one configuration; ``trace`` replaces the synthetic one (tests, recorded traces)."""
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"cluster config must be a mapping, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid: "
-                          f"{', '.join(_KEYS)}")
+    check_keys(config, _KEYS, "cluster config")
     cluster = load_cluster(config.get("cluster", "h100x8-nvswitch"))
     balance = config.get("balance", "static")
     load_balancer(balance)  # a bad balance config fails before any trace is built

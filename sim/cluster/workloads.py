@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from moe_offload_lab.traces.errors import ConfigError
+from moe_offload_lab.traces.errors import ConfigError, check_keys
 from moe_offload_lab.traces.format import Trace
 from moe_offload_lab.traces.synthetic import LengthDist, SynthConfig, generate
 
@@ -77,12 +77,7 @@ def volatile_trace(trace: Trace, *, shift_every: int = 1, burst_every: int = 0,
 def build_trace(config: Mapping[str, Any], model: str | None = None) -> Trace:
     """A synthetic trace from ``{preset, tokens | requests, seed, overrides, model_overrides,
     volatile: {shift_every, burst_every, burst_len, seed}}``; ``preset`` defaults to ``model``."""
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"trace config must be a mapping, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(_TRACE_KEYS))
-    if unknown:
-        raise ConfigError(f"trace: unknown key(s) {', '.join(unknown)}; valid: "
-                          f"{', '.join(_TRACE_KEYS)}")
+    check_keys(config, _TRACE_KEYS, "trace")
     preset = config.get("preset", model)
     if not isinstance(preset, str):
         raise ConfigError("trace: give a preset name (conf/trace) or a model")

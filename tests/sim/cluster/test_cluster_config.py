@@ -36,7 +36,7 @@ def tiny_trace():
     ({"balance": {"name": "eplb", "speed": 3}}, "unknown parameter(s) speed"),
     ({"balance": {"policy": "nope"}}, "unknown balance policy 'nope'"),
     ({"batch": 0}, "batch must be a positive integer"),
-    ({"colour": 1}, "unknown config key(s) colour"),
+    ({"colour": 1}, "cluster config: unknown key(s) colour"),
     ({"model": "deepseek-v3"}, "the trace is for model 'olmoe-1b-7b'"),
 ])
 def test_bad_config_raises_one_line(tiny_trace, config: dict, message: str) -> None:
