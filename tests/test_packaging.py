@@ -86,3 +86,16 @@ def test_simulator_and_trace_tools_run_without_torch(tmp_path: Path) -> None:
                                f"out={tmp_path / 'run'}"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_learned_policy_without_torch_is_one_line(tmp_path: Path) -> None:
+    """The main job runs Prophet and PreScope (learned predictors): without the ``learned``
+    extra it stops before any run with one line naming the extra, and writes nothing."""
+    done = _run_without_torch("moe_offload_lab.sim.cli",
+                              ["moe-sim", "policy=prophet", "trace.tokens=50",
+                               f"out={tmp_path / 'run'}"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "moe-sim: error: the learned predictor needs torch, which is not installed: install the "
+        "extra, pip install -c constraints.txt -e '.[learned]'"]
+    assert not (tmp_path / "run").exists()

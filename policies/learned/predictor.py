@@ -45,6 +45,20 @@ def cost_from_meta(meta: dict[str, Any], where: str = "") -> DecisionCost:
     return DecisionCost(where, float(figures["fixed_s"]), float(figures["per_token_s"]))
 
 
+def _require_torch() -> None:
+    """A learned predictor runs a torch model: without torch (``pip install -e .`` has no
+    extras) say so in one line when the policy is built, before any run starts."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError("the learned predictor needs torch, which is not installed: install "
+                          "the extra, pip install -c constraints.txt -e '.[learned]'")
+
+
 @register("learned")
 class LearnedPredictor(Predictor):
     """A trained predictor network (see module docstring)."""
@@ -87,6 +101,7 @@ class LearnedPredictor(Predictor):
                  meta: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         p = self.params
+        _require_torch()
         self.auto = p.checkpoint == "auto" and model is None
         self.recipe = None
         if self.auto:
