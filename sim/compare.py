@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -69,25 +70,38 @@ _TEXT_COLUMNS = ("label", "model", "policy")
 CLAIM_KEYS = ("what", "metric", "run", "over", "paper")
 
 
-def _runs(spec: dict[str, Any]) -> list[dict[str, Any]]:
+def parse_runs(spec: Mapping[str, Any], key: str, extra: tuple[str, ...] = ()
+               ) -> list[dict[str, Any]]:
+    """The runs of a ``compare`` mapping, checked: a non-empty list of names or of
+    ``{label, <key>, <extra>...}`` mappings (``key``: ``policy`` here, ``balance`` for
+    expert-parallel comparisons); a label defaults to the run's ``key`` when that is a name;
+    labels are unique."""
+    allowed = ("label", key, *extra)
     runs = spec.get("runs")
     if not isinstance(runs, list) or not runs:
-        raise ConfigError("compare.runs must be a non-empty list of {label, policy, cache}")
+        raise ConfigError(f"compare.runs must be a non-empty list of {{{', '.join(allowed)}}}")
     out = []
     for i, run in enumerate(runs):
         if isinstance(run, str):
-            run = {"label": run, "policy": run}
-        if not isinstance(run, dict) or not run.get("policy"):
-            raise ConfigError(f"compare.runs[{i}] needs a policy, got {run!r}")
-        unknown = sorted(set(run) - {"label", "policy", "cache"})
+            run = {"label": run, key: run}
+        if not isinstance(run, Mapping) or not run.get(key):
+            raise ConfigError(f"compare.runs[{i}] needs a {key}, got {run!r}")
+        unknown = sorted(set(run) - set(allowed))
         if unknown:
-            raise ConfigError(f"compare.runs[{i}]: unknown key(s) {', '.join(unknown)}")
-        out.append({"label": str(run.get("label") or run["policy"]), "policy": run["policy"],
-                    "cache": dict(run.get("cache") or {})})
+            raise ConfigError(f"compare.runs[{i}]: unknown key(s) {', '.join(unknown)}; valid: "
+                              f"{', '.join(allowed)}")
+        value = run[key]
+        label = run.get("label") or (value if isinstance(value, str) else f"run{i}")
+        out.append({**{k: run[k] for k in extra if k in run}, "label": str(label), key: value})
     labels = [r["label"] for r in out]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"compare.runs: duplicate labels in {labels}")
     return out
+
+
+def _runs(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{**run, "cache": dict(run.get("cache") or {})}
+            for run in parse_runs(spec, "policy", ("cache",))]
 
 
 @dataclass(frozen=True)

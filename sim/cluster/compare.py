@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 from moe_offload_lab.sim.cluster.result import ClusterResult
+from moe_offload_lab.sim.compare import parse_runs
 from moe_offload_lab.traces.atomic import atomic_path, write_text
 from moe_offload_lab.traces.errors import ConfigError
 
@@ -40,25 +41,8 @@ PAPER_KEYS = ("name", "prefill_speedup", "decode_speedup", "source")
 
 def comparison_runs(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The ``{label, balance}`` runs of a ``compare`` mapping (checked)."""
-    runs = spec.get("runs")
-    if not isinstance(runs, list) or not runs:
-        raise ConfigError("compare.runs must be a non-empty list of {label, balance}")
-    out = []
-    for i, run in enumerate(runs):
-        if isinstance(run, str):
-            run = {"label": run, "balance": run}
-        if not isinstance(run, Mapping) or not run.get("balance"):
-            raise ConfigError(f"compare.runs[{i}] needs a balance (conf/balance), got {run!r}")
-        unknown = sorted(set(run) - {"label", "balance"})
-        if unknown:
-            raise ConfigError(f"compare.runs[{i}]: unknown key(s) {', '.join(unknown)} (an "
-                              f"expert-parallel comparison takes label and balance)")
-        balance = run["balance"]
-        label = run.get("label") or (balance if isinstance(balance, str) else f"run{i}")
-        out.append({"label": str(label), "balance": balance})
+    out = parse_runs(spec, "balance")
     labels = [r["label"] for r in out]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"compare.runs: duplicate labels in {labels}")
     for key in ("baseline", "reference"):
         if spec.get(key) is not None and spec[key] not in labels:
             raise ConfigError(f"compare.{key} {spec[key]!r} is not one of the runs' labels")
