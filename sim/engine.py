@@ -49,6 +49,7 @@ from moe_offload_lab.policies.cache import SlotCache
 from moe_offload_lab.policies.context import LayerContext
 from moe_offload_lab.policies.needs import step_experts
 from moe_offload_lab.policies.protocol import LayerProtocol, Transfers
+from moe_offload_lab.sim.compiled.eligibility import ENGINES, CompiledPlan, compiled_plan
 from moe_offload_lab.sim.compute import ComputeModel
 from moe_offload_lab.sim.eventlog import DETAIL, KIND, RESOURCE, ROW, EventLog
 from moe_offload_lab.sim.hardware import HardwareProfile
@@ -151,7 +152,7 @@ class Engine(Transfers):
                  preload: bool = False, prefill: bool = True, check: bool = False,
                  chunk_mb: float = 0, host: HostTier | None = None,
                  system: SystemProfile | None = None, log: str = "full",
-                 sample_rows: int = 50_000) -> None:
+                 sample_rows: int = 50_000, engine: str = "auto") -> None:
         n_keys = spec.num_expert_keys
         if isinstance(capacity_slots, bool) or not isinstance(capacity_slots, (int, np.integer)):
             raise ConfigError(f"cache capacity must be an integer number of slots, "
@@ -191,6 +192,11 @@ class Engine(Transfers):
         self.system = self.compute.system
         self.host = host
         self.log = EventLog(log, sample_rows)
+        if engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        self.engine_mode = engine
+        self.engine_used = ""  # after run: "compiled" or "python"
+        self.engine_reason = ""  # after run: why not compiled (when eligibility was asked)
 
     # ---- run ------------------------------------------------------------------------------------
     def run(self) -> EngineResult:
@@ -230,10 +236,16 @@ class Engine(Transfers):
                 if self.cache.free_slots(key // n_experts) > 0:
                     self.cache.insert(key)
                     policy.on_fetch_done(key)
+        plan = self._compiled_plan()
         gc_enabled = gc.isenabled()
         gc.disable()  # millions of short-lived objects: collection passes cost ~5% for nothing
         try:
-            self._main()
+            if plan is not None:
+                from moe_offload_lab.sim.compiled.runner import run_compiled
+
+                run_compiled(self, plan)
+            else:
+                self._main()
         finally:
             if gc_enabled:
                 gc.enable()
@@ -243,6 +255,20 @@ class Engine(Transfers):
         return EngineResult(log.to_frame(), self.end_s, tokens, len(self.schedule),
                             self.capacity_slots, spec.expert_bytes, step_table, log.totals,
                             len(log))
+
+    def _compiled_plan(self) -> CompiledPlan | None:
+        """The compiled engine's plan when it runs this run (``engine`` ``auto`` and eligible,
+        or ``compiled``: ineligible is then a ConfigError), else None; sets ``engine_used`` and
+        ``engine_reason``."""
+        plan: CompiledPlan | str | None = None
+        if self.engine_mode != "python":
+            plan = compiled_plan(self)
+            if isinstance(plan, str):
+                if self.engine_mode == "compiled":
+                    raise ConfigError(f"engine=compiled: this run cannot be compiled: {plan}")
+                self.engine_reason, plan = plan, None
+        self.engine_used = "compiled" if plan is not None else "python"
+        return plan
 
     # ---- Transfers: the protocol's copy hooks (policies.protocol) -------------------------------
     def start_copy(self, key: int, purpose: str, layer: int) -> Copy:
