@@ -14,6 +14,7 @@ from moe_offload_lab.policies.config import build_policy
 from moe_offload_lab.policies.cost_table import cost_summary
 from moe_offload_lab.sim.compute import ComputeModel
 from moe_offload_lab.sim.engine import Engine
+from moe_offload_lab.sim.compiled.eligibility import ENGINES
 from moe_offload_lab.sim.eventlog import check_level, write_parquet
 from moe_offload_lab.sim.hardware import HardwareProfile
 from moe_offload_lab.sim.host import HostTier
@@ -50,6 +51,7 @@ class RunConfig:
     prefill: bool = True
     timeline_events: int = 50_000
     log: str = "full"  # event-log level: full | steps | summary (sim.eventlog)
+    engine: str = "auto"  # auto | python | compiled (sim.compiled): which engine runs it
     workload: dict[str, Any] = field(default_factory=dict)
     link: dict[str, Any] = field(default_factory=dict)  # {chunk_mb}: see sim.link
     compare: dict[str, Any] | None = None  # experiment=compare: see sim.compare
@@ -276,6 +278,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     workload = _workload(cfg)
     _check_timeline_events(cfg)
     check_level(cfg.log)
+    if cfg.engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {cfg.engine!r}")
     memory = GpuMemory.plan(cfg.cache or {}, spec, hardware, system)
     path = _trace_path(cfg.trace or {})
     if path:
@@ -337,7 +341,8 @@ def simulate(cfg: RunConfig, traces: TraceCache | None = None) -> SimResult:
     engine = Engine(spec, trace, policy, hardware, memory.slots, cfg.batch, schedule=schedule,
                     batcher=batcher, preload=bool((cfg.cache or {}).get("preload", False)),
                     prefill=bool(cfg.prefill), chunk_mb=ready.chunk_mb, host=host,
-                    system=ready.system, log=cfg.log, sample_rows=cfg.timeline_events)
+                    system=ready.system, log=cfg.log, sample_rows=cfg.timeline_events,
+                    engine=cfg.engine)
     result = engine.run()
     if batcher is not None:  # the KV cache and activations of the schedule the run made
         memory = memory.resolve(spec, max(len(r) for r in engine.schedule),
@@ -365,5 +370,8 @@ def simulate(cfg: RunConfig, traces: TraceCache | None = None) -> SimResult:
         **latency_metrics(steps, engine.schedule, trace.request_id, trace.phase,
                           batcher.arrival_by_id if batcher is not None else None),
         "log": cfg.log, "events": result.rows, "sim_wall_s": wall_s,
+        # which engine ran (sim.compiled) and, when the compiled one was asked and not
+        # eligible, why not
+        "engine": engine.engine_used, "engine_not_compiled": engine.engine_reason,
     }
     return SimResult(result.events, steps, summary, cfg.timeline_events)
