@@ -17,8 +17,18 @@ one run of one command on a shared machine. ``--system NAME`` runs this checkout
 implementation profile (``conf/system``; default: none, the pure roofline every older engine
 assumed, so both sides simulate the same thing).
 
+This checkout runs each case on ``--engine`` (default ``auto``: the compiled engine of
+:mod:`sim.compiled` where the run is eligible, which all four cases are) and, unless
+``--no-python``, also on its own Python engine (``engine=python``, the reference the compiled one
+must match): the line then says whether the two checksums are identical and the CPU ratio. Numba
+compile time is kept out of the cases' timings and printed on its own: the kernel is loaded once
+in this process before the cases run (from numba's on-disk cache when warm: ``load``), and a
+child process with an empty numba cache directory times the first call that compiles it
+(``cold compile``; ``--no-cold`` skips it).
+
     python benchmarks/bench_sim.py [--tokens 10000] [--requests 200] [--hardware rtx4090]
-                                   [--system fused] [--ref DIR [--rounds 2]]
+                                   [--system fused] [--engine auto|python|compiled]
+                                   [--ref DIR [--rounds 2]] [--no-python] [--no-cold]
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ def _run(engine: Any) -> tuple[float, int, dict]:
         events = next(engine.env._eid)
     summary = summarize(result.events)
     return wall_s, events, {"rows": len(result.events), "cpu_s": cpu_s, **summary,
+                            "engine": getattr(engine, "engine_used", "python"),
                             "checksum": checksum(result.events, summary)}
 
 
@@ -71,15 +82,49 @@ def checksum(events: Any, summary: dict[str, Any]) -> str:
     return digest.hexdigest()[:12]
 
 
-def _engine_kwargs(system: str | None) -> dict[str, Any]:
+def _engine_kwargs(system: str | None, engine: str | None = None) -> dict[str, Any]:
+    """The Engine keywords of a case: the profile, and the engine where one is named (older
+    checkouts timed with ``--ref`` know no ``engine`` keyword: None passes none)."""
+    kwargs: dict[str, Any] = {} if engine is None else {"engine": engine}
     if not system:
-        return {}
+        return kwargs
     from moe_offload_lab.sim.system import load_system
 
-    return {"system": load_system(system)}
+    return {**kwargs, "system": load_system(system)}
 
 
-def mixtral_batch1(tokens: int, hardware: str, system: str | None) -> list[dict[str, Any]]:
+def warm_up(engine: str = "auto") -> float:
+    """One tiny eligible run (the kernel compiled, or loaded from numba's disk cache, once per
+    process); returns its wall seconds."""
+    from moe_offload_lab.policies.config import build_policy
+    from moe_offload_lab.sim.engine import Engine
+    from moe_offload_lab.sim.hardware import load_hardware
+    from moe_offload_lab.traces.synthetic import generate
+
+    trace = generate("mixtral-8x7b", tokens=40, seed=0)
+    start = time.perf_counter()
+    for name in POLICIES:  # static batch 1 and batch 4: the kernel's specialisations
+        for batch in (1, 4):
+            Engine(trace.spec, trace, build_policy(name), load_hardware("rtx4090"),
+                   trace.spec.num_expert_keys // 2, batch, engine=engine).run()
+    return time.perf_counter() - start
+
+
+def cold_compile_s() -> float:
+    """:func:`warm_up`'s seconds in a child process whose numba cache directory is empty (so
+    every kernel compiles)."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        done = subprocess.run([sys.executable, __file__, "--warm-up-only"], check=True,
+                              capture_output=True, text=True, env=env)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def mixtral_batch1(tokens: int, hardware: str, system: str | None,
+                   engine: str | None = None) -> list[dict[str, Any]]:
     """Case 1: static batch 1, decode steps only."""
     from moe_offload_lab.policies.config import build_policy
     from moe_offload_lab.sim.engine import Engine
@@ -93,18 +138,19 @@ def mixtral_batch1(tokens: int, hardware: str, system: str | None) -> list[dict[
     slots = trace.spec.num_expert_keys // 2
     out = []
     for name in POLICIES:
-        engine = Engine(trace.spec, trace, build_policy(name), hw, slots, schedule=schedule,
-                        **_engine_kwargs(system))
-        wall_s, events, s = _run(engine)
+        runner = Engine(trace.spec, trace, build_policy(name), hw, slots, schedule=schedule,
+                        **_engine_kwargs(system, engine))
+        wall_s, events, s = _run(runner)
         out.append({"case": "mixtral", "policy": name, "wall_s": wall_s, "events": events,
                     "cpu_s": s["cpu_s"],
                     "decode_tokens": len(schedule), "rows": s["rows"],
                     "tokens_per_s": s["tokens_per_s"], "hit_rate": s["hit_rate"],
-                    "checksum": s["checksum"]})
+                    "checksum": s["checksum"], "engine": s["engine"]})
     return out
 
 
-def qwen3_continuous(requests: int, hardware: str, system: str | None) -> list[dict[str, Any]]:
+def qwen3_continuous(requests: int, hardware: str, system: str | None,
+                     engine: str | None = None) -> list[dict[str, Any]]:
     """Case 2: continuous batching, everything arriving at once, batch up to 32."""
     from moe_offload_lab.policies.config import build_policy
     from moe_offload_lab.sim.engine import Engine
@@ -124,21 +170,22 @@ def qwen3_continuous(requests: int, hardware: str, system: str | None) -> list[d
     out = []
     for name in POLICIES:
         batcher = ContinuousBatcher(trace, float("inf"), 32, chunk=256, prefill=True, seed=0)
-        engine = Engine(trace.spec, trace, build_policy(name), hw, slots, batcher=batcher,
-                        **_engine_kwargs(system))
-        wall_s, events, s = _run(engine)
+        runner = Engine(trace.spec, trace, build_policy(name), hw, slots, batcher=batcher,
+                        **_engine_kwargs(system, engine))
+        wall_s, events, s = _run(runner)
         out.append({"case": "qwen3", "policy": name, "wall_s": wall_s, "events": events,
                     "cpu_s": s["cpu_s"],
                     "decode_tokens": decode, "rows": s["rows"],
                     "tokens_per_s": s["tokens_per_s"], "hit_rate": s["hit_rate"],
-                    "checksum": s["checksum"]})
+                    "checksum": s["checksum"], "engine": s["engine"]})
     return out
 
 
-def measure(args: argparse.Namespace, system: str | None) -> list[dict[str, Any]]:
+def measure(args: argparse.Namespace, system: str | None, engine: str | None = None
+            ) -> list[dict[str, Any]]:
     """Both cases in this process."""
-    return (mixtral_batch1(args.tokens, args.hardware, system)
-            + qwen3_continuous(args.requests, args.hardware, system))
+    return (mixtral_batch1(args.tokens, args.hardware, system, engine)
+            + qwen3_continuous(args.requests, args.hardware, system, engine))
 
 
 def _line(label: str, r: dict[str, Any]) -> str:
@@ -149,7 +196,14 @@ def _line(label: str, r: dict[str, Any]) -> str:
             f" cpu {r['cpu_s']:6.2f} s"
             f"  {r['decode_tokens'] / wall:>8,.0f} decode tok/s  {r['events'] / wall:>9,.0f} "
             f"link events/s  {r['rows'] / wall:>9,.0f} log rows/s  | simulated "
-            f"{r['tokens_per_s']:7.2f} tok/s, hit {r['hit_rate']:.3f}, checksum {r['checksum']}")
+            f"{r['tokens_per_s']:7.2f} tok/s, hit {r['hit_rate']:.3f}, checksum {r['checksum']}"
+            f" [{r.get('engine', 'python')}]")
+
+
+def _versus(before: dict[str, Any], after: dict[str, Any]) -> str:
+    same = "identical" if before["checksum"] == after["checksum"] else "DIFFERENT"
+    return (f"  ({before['wall_s'] / after['wall_s']:.2f}x wall, "
+            f"{before['cpu_s'] / after['cpu_s']:.2f}x cpu; results {same})")
 
 
 def _child(ref: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -160,8 +214,7 @@ def _child(ref: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    """Run both cases (and the reference checkout's, with ``--ref``); print one line each."""
+def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=10_000, help="Mixtral decode tokens")
@@ -169,11 +222,25 @@ def main() -> None:
     parser.add_argument("--hardware", default="rtx4090")
     parser.add_argument("--system", default=None,
                         help="implementation profile of this checkout's engine (default: none)")
+    parser.add_argument("--engine", default="auto", choices=("auto", "python", "compiled"),
+                        help="this checkout's engine (default auto: compiled where eligible)")
     parser.add_argument("--ref", type=Path, default=None,
                         help="another checkout to time on the same cases (before/after)")
     parser.add_argument("--rounds", type=int, default=1, help="alternations with --ref")
+    parser.add_argument("--no-python", action="store_true",
+                        help="skip this checkout's Python engine (the compiled one's reference)")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold compile timing")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--warm-up-only", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    """Run both cases (and the reference checkout's, with ``--ref``); print one line each."""
+    args = _parse()
+    if args.warm_up_only:  # a child timing the kernel's compilation (empty numba cache)
+        print(warm_up())
+        return
     if args.child is not None:  # a child timing the reference checkout
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from refcode import use_checkout
@@ -181,28 +248,38 @@ def main() -> None:
         use_checkout(args.child)
         print(json.dumps(measure(args, None)))
         return
-    sides: dict[str, list[list[dict[str, Any]]]] = {"before": [], "after": []}
+    load_s = warm_up(args.engine) if args.engine != "python" else 0.0
+    sides: dict[str, list[list[dict[str, Any]]]] = {"before": [], "after": [], "python": []}
     for _ in range(max(1, args.rounds) if args.ref else 1):
         if args.ref is not None:
             sides["before"].append(_child(args.ref, args))
-        sides["after"].append(measure(args, args.system))
+        sides["after"].append(measure(args, args.system, args.engine))
+        if not args.no_python and args.engine != "python":
+            sides["python"].append(measure(args, args.system, "python"))
     print(f"Mixtral-8x7B, batch 1, {args.tokens} decode steps, cache at half; Qwen3-30B-A3B, "
           f"continuous batching, {args.requests} requests x 128 decode tokens, batch <= 32; "
           f"{args.hardware}; this checkout's system profile: {args.system or 'none (roofline)'}"
+          f"; engine={args.engine}"
           + (f"; best of {len(sides['after'])} alternating rounds" if args.ref else ""))
+    if args.engine != "python":
+        cold = "" if args.no_cold else f"; cold compile (empty numba cache, a child process): " \
+                                        f"{cold_compile_s():.1f} s"
+        print(f"numba: kernel load in this process before the cases (warm: from the disk "
+              f"cache) {load_s:.2f} s wall, not in the figures below{cold}")
     best = {side: [min(rounds, key=lambda rs, i=i: rs[i]["wall_s"])[i]
                    for i in range(len(rounds[0]))] if rounds else []
             for side, rounds in sides.items()}
     for i, after in enumerate(best["after"]):
         if best["before"]:
-            before = best["before"][i]
-            print(_line("before", before))
-            same = "identical" if before["checksum"] == after["checksum"] else "DIFFERENT"
-            print(_line("after", after) + f"  ({before['wall_s'] / after['wall_s']:.2f}x wall, "
-                                          f"{before['cpu_s'] / after['cpu_s']:.2f}x cpu; "
-                                          f"results {same})")
-        else:
-            print(_line("", after))
+            print(_line("before", best["before"][i]))
+        if best["python"]:
+            print(_line("python", best["python"][i]))
+        line = _line("after", after)
+        if best["before"]:
+            line += _versus(best["before"][i], after)
+        if best["python"]:
+            line += " vs this checkout's Python engine:" + _versus(best["python"][i], after)
+        print(line)
 
 
 if __name__ == "__main__":

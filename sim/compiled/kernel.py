@@ -23,8 +23,8 @@ State lives in arrays the driver (:mod:`sim.compiled.runner`) keeps between call
   (the Python link's ``(priority, seq)`` tuples, unique) with the key of each entry; an entry
   is stale unless its key's copy is queued with that priority and sequence number.
 
-Rows go to ``out_i`` int64 [8, N] (kind, step, layer, expert, bytes, resource, detail, count)
-and ``out_f`` float64 [2, N] (start, end); ``marks`` [M] collects the rows logged before the
+Rows go to ``out`` [N], records of the log's packed row type (:data:`~sim.eventlog.ROW_DTYPE`,
+so the driver appends their bytes as they are); ``marks`` [M] collects the rows logged before the
 call whose prefetch got its first access (the driver applies ``EventLog.mark_prefetch_used``).
 """
 
@@ -75,20 +75,22 @@ jit = numba.njit(cache=True)
 
 # ---- rows ----------------------------------------------------------------------------------------
 @jit
-def _row(ist, out_i, out_f, kind, start, end, step, layer, expert, nbytes, resource, detail,
-         count):  # pragma: no cover - compiled
-    """Append one row; returns its index in the call's output."""
+def _row(ist, out, kind, start, end, step, layer, expert, nbytes, resource, detail, count
+         ):  # pragma: no cover - compiled
+    """Append one row (an :data:`~sim.eventlog.ROW_DTYPE` record); returns its index in the
+    call's output."""
     n = ist[I_OUT_N]
-    out_i[0, n] = kind
-    out_i[1, n] = step
-    out_i[2, n] = layer
-    out_i[3, n] = expert
-    out_i[4, n] = nbytes
-    out_i[5, n] = resource
-    out_i[6, n] = detail
-    out_i[7, n] = count
-    out_f[0, n] = start
-    out_f[1, n] = end
+    row = out[n]
+    row.kind = kind
+    row.start_s = start
+    row.end_s = end
+    row.step = step
+    row.layer = layer
+    row.expert = expert
+    row.bytes = nbytes
+    row.resource = resource
+    row.detail = detail
+    row.count = count
     ist[I_OUT_N] = n + 1
     return n
 
@@ -206,7 +208,7 @@ def _start_next(ist, fst, kint, kflt, heap_code, heap_key, consts, fconsts
 
 
 @jit
-def _complete(ist, fst, kint, kflt, out_i, out_f, consts, key, now
+def _complete(ist, fst, kint, kflt, out, consts, key, now
               ):  # pragma: no cover - compiled
     """Link._complete and the protocol's copy_done (a slot copy becomes resident, LRU's
     on_insert)."""
@@ -217,7 +219,7 @@ def _complete(ist, fst, kint, kflt, out_i, out_f, consts, key, now
     detail = purpose
     if purpose == D_PREFETCH and kint[K_USED, key] != 0:
         detail = D_USED
-    n = _row(ist, out_i, out_f, KIND_COPY, kflt[C_START, key], now, kint[K_STEP, key],
+    n = _row(ist, out, KIND_COPY, kflt[C_START, key], now, kint[K_STEP, key],
              key // n_experts, key % n_experts, consts[C_EXPERT_BYTES], RES_LINK, detail, 0)
     kint[K_ROW, key] = consts[C_ROW0] + n
     if purpose != D_STREAM:
@@ -230,7 +232,7 @@ def _complete(ist, fst, kint, kflt, out_i, out_f, consts, key, now
 
 
 @jit
-def _fire(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fconsts
+def _fire(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts
           ):  # pragma: no cover - compiled
     """DirectLink._fire: the pending event (a copy's end, or a kick)."""
     due = ist[I_DUE]
@@ -243,7 +245,7 @@ def _fire(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fcons
         ist[I_RUNNING] = -1
         now = fst[F_NOW]
         fst[F_LAST_END] = now
-        _complete(ist, fst, kint, kflt, out_i, out_f, consts, key, now)
+        _complete(ist, fst, kint, kflt, out, consts, key, now)
         if ist[I_ERR] != ERR_NONE:
             return
         _start_next(ist, fst, kint, kflt, heap_code, heap_key, consts, fconsts)
@@ -254,15 +256,15 @@ def _fire(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fcons
 
 
 @jit
-def _advance(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fconsts, t
+def _advance(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts, t
              ):  # pragma: no cover - compiled
     """Link.advance: process every event due by ``t``."""
     while fst[F_NEXT] <= t and ist[I_ERR] == ERR_NONE:
-        _fire(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fconsts)
+        _fire(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts)
 
 
 @jit
-def _wait(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fconsts, key
+def _wait(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts, key
           ):  # pragma: no cover - compiled
     """Link.wait: run the link until ``key``'s copy lands."""
     while kint[K_CSTATE, key] != DONE and ist[I_ERR] == ERR_NONE:
@@ -270,7 +272,7 @@ def _wait(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fcons
             ist[I_ERR] = ERR_STUCK
             ist[I_ERRKEY] = key
             return
-        _fire(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fconsts)
+        _fire(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts)
 
 
 @jit
@@ -324,14 +326,14 @@ def _evict(ist, kint, need, victims):  # pragma: no cover - compiled
 
 
 @jit
-def _mark_used(ist, kint, out_i, marks, consts, key):  # pragma: no cover - compiled
+def _mark_used(ist, kint, out, marks, consts, key):  # pragma: no cover - compiled
     """Engine.prefetch_used: the copy's row (logged already) says prefetch_used."""
     kint[K_USED, key] = 1
     row = kint[K_ROW, key]
     if row >= 0:
         local = row - consts[C_ROW0]
         if local >= 0:
-            out_i[6, local] = D_USED
+            out[local].detail = D_USED
         else:
             marks[ist[I_MARK_N]] = row
             ist[I_MARK_N] += 1
@@ -413,7 +415,7 @@ def _plan(ist, kint, consts, la, first, n_tok, layer, wanted_keys, tally, picks,
 
 # ---- whole steps ---------------------------------------------------------------------------------
 @jit
-def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out_i, out_f, marks, consts,
+def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks, consts,
               fconsts, ids, la, bounds, step_ids, other_s, decision_s, gpu_s, s_begin, s_end
               ):  # pragma: no cover - compiled
     """Run steps ``s_begin`` .. at most ``s_end - 1`` of the arrays given (``bounds`` [S + 1]
@@ -426,7 +428,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out_i, out
     n_layers, n_experts, k = consts[C_LAYERS], consts[C_EXPERTS], consts[C_TOPK]
     capacity, cwc, gate = consts[C_CAPACITY], consts[C_CWC], consts[C_GATE]
     sync_s = fconsts[CF_SYNC_S]
-    row_cap = out_i.shape[1]
+    row_cap = out.shape[0]
     scratch = max(n_experts, k) + 1
     keys = np.empty(scratch, dtype=np.int64)
     ex = np.empty(scratch, dtype=np.int64)
@@ -451,7 +453,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out_i, out
         o_s, d_s = other_s[s], decision_s[s]
         clock = fst[F_CLOCK]
         step_start = clock
-        _row(ist, out_i, out_f, KIND_COMPUTE, clock, clock + o_s, step, 0, -1, 0, RES_GPU,
+        _row(ist, out, KIND_COMPUTE, clock, clock + o_s, step, 0, -1, 0, RES_GPU,
              D_OTHER, n_tok)
         clock += o_s
         for layer in range(n_layers):
@@ -485,7 +487,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out_i, out
                 keys[j] = layer * n_experts + ex[j]
                 kint[K_KEEP, keys[j]] = stamp
             if fst[F_NEXT] <= clock:
-                _advance(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts,
+                _advance(ist, fst, kint, kflt, heap_code, heap_key, out, consts,
                          fconsts, clock)
             ready = clock + d_s
             # ---- the protocol: on_layer (LRU recency), outcomes ----
@@ -501,7 +503,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out_i, out
                 if st == 1:
                     if kint[K_UNUSED, key] != 0:
                         kint[K_UNUSED, key] = 0
-                        _mark_used(ist, kint, out_i, marks, consts, key)
+                        _mark_used(ist, kint, out, marks, consts, key)
                         ist[I_N_USED] += 1
                         how[j] = D_PREFETCH_HIT
                     else:
@@ -509,7 +511,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out_i, out
                 elif st == 2:
                     if kint[K_UNUSED, key] != 0:
                         kint[K_UNUSED, key] = 0
-                        _mark_used(ist, kint, out_i, marks, consts, key)
+                        _mark_used(ist, kint, out, marks, consts, key)
                         ist[I_N_USED] += 1
                     # Link.promote: demand priority from now on
                     if kint[K_CSTATE, key] == QUEUED and kint[K_PRIO, key] != 0:
@@ -577,7 +579,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out_i, out
                     ist[I_N_PREFETCH] += n_plan
             # ---- the engine: the decision's row, the copies queued, the experts ----
             if d_s > 0:
-                _row(ist, out_i, out_f, KIND_POLICY, clock, ready, step, layer, -1, 0,
+                _row(ist, out, KIND_POLICY, clock, ready, step, layer, -1, 0,
                      consts[C_RES_DECISION], D_DECISION, n_tok)
             if n_submit > 0:  # Link.submit_all
                 seq = ist[I_SEQ]
@@ -603,22 +605,22 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out_i, out
                         n_later += 1
                         continue
                     dt = gpu_s[tok[j]]
-                    _row(ist, out_i, out_f, KIND_COMPUTE, t, t + dt, step, layer, ex[j], 0,
+                    _row(ist, out, KIND_COMPUTE, t, t + dt, step, layer, ex[j], 0,
                          RES_GPU, how[j], tok[j])
                     t += dt
                 for i in range(n_later):
                     j = later[i]
                     key = keys[j]
                     if kint[K_CSTATE, key] != DONE:
-                        _wait(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts,
+                        _wait(ist, fst, kint, kflt, heap_code, heap_key, out, consts,
                               fconsts, key)
                     if kflt[C_END, key] > t:
                         resume = kflt[C_END, key] + sync_s
-                        _row(ist, out_i, out_f, KIND_STALL, t, resume, step, layer, -1, 0,
+                        _row(ist, out, KIND_STALL, t, resume, step, layer, -1, 0,
                              RES_GPU, D_WAIT, 0)
                         t = resume
                     dt = gpu_s[tok[j]]
-                    _row(ist, out_i, out_f, KIND_COMPUTE, t, t + dt, step, layer, ex[j], 0,
+                    _row(ist, out, KIND_COMPUTE, t, t + dt, step, layer, ex[j], 0,
                          RES_GPU, how[j], tok[j])
                     t += dt
                 end = t
@@ -628,27 +630,27 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out_i, out
                     key = wait[j]
                     if kint[K_CSTATE, key] != DONE:
                         waited = True
-                        _wait(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts,
+                        _wait(ist, fst, kint, kflt, heap_code, heap_key, out, consts,
                               fconsts, key)
                 if waited and fst[F_NOW] > ready:
                     resume = fst[F_NOW] + sync_s
-                    _row(ist, out_i, out_f, KIND_STALL, ready, resume, step, layer, -1, 0,
+                    _row(ist, out, KIND_STALL, ready, resume, step, layer, -1, 0,
                          RES_GPU, D_WAIT, 0)
                     ready = resume
                 end = ready
                 for j in range(n_ex):
                     dt = gpu_s[tok[j]]
-                    _row(ist, out_i, out_f, KIND_COMPUTE, end, end + dt, step, layer, ex[j], 0,
+                    _row(ist, out, KIND_COMPUTE, end, end + dt, step, layer, ex[j], 0,
                          RES_GPU, how[j], tok[j])
                     end += dt
             if ist[I_ERR] != ERR_NONE:
                 return s
             if layer + 1 < n_layers:
-                _row(ist, out_i, out_f, KIND_COMPUTE, end, end + o_s, step, layer + 1, -1, 0,
+                _row(ist, out, KIND_COMPUTE, end, end + o_s, step, layer + 1, -1, 0,
                      RES_GPU, D_OTHER, n_tok)
                 end += o_s
             clock = end
-        _row(ist, out_i, out_f, KIND_STEP, step_start, clock, step, -1, -1, 0, RES_NONE,
+        _row(ist, out, KIND_STEP, step_start, clock, step, -1, -1, 0, RES_NONE,
              D_STEP, n_tok)
         fst[F_CLOCK] = clock
         s += 1
@@ -658,7 +660,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out_i, out
 
 
 @jit
-def finish(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fconsts
+def finish(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts
            ):  # pragma: no cover - compiled
     """The run's end (Engine._main's last lines): in-flight slot copies are abandoned (slots
     freed, in the order they started), the link brought to the clock, each abandoned copy
@@ -684,10 +686,10 @@ def finish(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fcon
         ist[I_OCC] -= 1
     ist[I_ABANDONED] = 1
     if n_left == 0:
-        _drain(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fconsts)
+        _drain(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts)
         return
     # Link.sync(clock)
-    _advance(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fconsts, clock)
+    _advance(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts, clock)
     if ist[I_ERR] != ERR_NONE:
         return
     if fst[F_NOW] < clock:
@@ -699,7 +701,7 @@ def finish(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fcon
         cstate = kint[K_CSTATE, key]
         if cstate == QUEUED or cstate == NEW:
             kint[K_CSTATE, key] = CANCELLED
-            n = _row(ist, out_i, out_f, KIND_COPY, now, now, kint[K_STEP, key],
+            n = _row(ist, out, KIND_COPY, now, now, kint[K_STEP, key],
                      key // n_experts, key % n_experts, 0, RES_LINK, D_CANCELLED, 0)
             kint[K_ROW, key] = consts[C_ROW0] + n
         elif cstate == RUNNING:  # Link._stop_running, then a kick
@@ -710,7 +712,7 @@ def finish(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fcon
                 part = 0.0
             moved = nbytes if nbytes < part else np.int64(part)
             kint[K_CSTATE, key] = CANCELLED
-            n = _row(ist, out_i, out_f, KIND_COPY, first, now, kint[K_STEP, key],
+            n = _row(ist, out, KIND_COPY, first, now, kint[K_STEP, key],
                      key // n_experts, key % n_experts, moved, RES_LINK, D_CANCELLED, 0)
             kint[K_ROW, key] = consts[C_ROW0] + n
             ist[I_RUNNING] = -1
@@ -721,12 +723,12 @@ def finish(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fcon
                 ist[I_KICKED] = 1
                 fst[F_NEXT] = now
                 ist[I_DUE] = DUE_KICK
-    _drain(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fconsts)
+    _drain(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts)
 
 
 @jit
-def _drain(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fconsts
+def _drain(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts
            ):  # pragma: no cover - compiled
     """Link.drain: every pending event."""
     while fst[F_NEXT] != _INF and ist[I_ERR] == ERR_NONE:
-        _fire(ist, fst, kint, kflt, heap_code, heap_key, out_i, out_f, consts, fconsts)
+        _fire(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts)

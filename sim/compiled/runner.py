@@ -35,7 +35,6 @@ from moe_offload_lab.sim.compiled.eligibility import CompiledPlan
 if TYPE_CHECKING:
     from moe_offload_lab.sim.engine import Engine
 
-_COLUMNS_I = ("kind", "step", "layer", "expert", "bytes", "resource", "detail", "count")
 _MIN_ROWS = 1 << 15  # output rows of one call, at least
 
 
@@ -88,8 +87,7 @@ class _Run:
                                  system.copy_sync_s], dtype=np.float64)
         self.plan_n = plan.plan_n
         self.gpu_s = np.zeros(1, dtype=np.float64)  # [T + 1] one expert's seconds by tokens
-        self.out_i = np.zeros((8, 0), dtype=np.int64)
-        self.out_f = np.zeros((2, 0), dtype=np.float64)
+        self.out = np.zeros(0, dtype=ROW_DTYPE)  # [N] the rows of one call
         self.marks = np.zeros(0, dtype=np.int64)
 
     # ---- inputs --------------------------------------------------------------------------------
@@ -112,10 +110,9 @@ class _Run:
         kmax = min(int(c[kn.C_EXPERTS]), max_tokens * self.kmax_per_token)
         room = 2 + int(c[kn.C_LAYERS]) * (2 + 3 * kmax + self.plan_n) + 2 * self.n_keys + 8
         c[kn.C_STEP_ROOM] = room
-        if self.out_i.shape[1] < room:
+        if len(self.out) < room:
             rows = max(_MIN_ROWS, 2 * room)
-            self.out_i = np.zeros((8, rows), dtype=np.int64)  # [columns, N]
-            self.out_f = np.zeros((2, rows), dtype=np.float64)
+            self.out = np.zeros(rows, dtype=ROW_DTYPE)  # [N]
             self.marks = np.zeros(rows, dtype=np.int64)
 
     # ---- calls ---------------------------------------------------------------------------------
@@ -127,7 +124,7 @@ class _Run:
         while s < n_steps:
             self._begin_call()
             s = kn.run_steps(ist, self.fst, self.kint, self.kflt, self.heap_code,
-                             self.heap_key, self.wanted, self.out_i, self.out_f, self.marks, c,
+                             self.heap_key, self.wanted, self.out, self.marks, c,
                              self.fconsts, ids, la, bounds, step_ids, other_s, decision_s,
                              self.gpu_s, s, n_steps)
             self._flush(fold=True)
@@ -136,7 +133,7 @@ class _Run:
         """The run's end: abandon, cancel, drain (:func:`~sim.compiled.kernel.finish`)."""
         self._begin_call()
         self.kn.finish(self.ist, self.fst, self.kint, self.kflt, self.heap_code, self.heap_key,
-                       self.out_i, self.out_f, self.consts, self.fconsts)
+                       self.out, self.consts, self.fconsts)
         self._flush(fold=False)
 
     def _begin_call(self) -> None:
@@ -151,11 +148,7 @@ class _Run:
         kn, ist, log = self.kn, self.ist, self.log
         n = int(ist[kn.I_OUT_N])
         if n:
-            records = np.empty(n, dtype=ROW_DTYPE)  # [n]
-            for i, name in enumerate(_COLUMNS_I):
-                records[name] = self.out_i[i, :n]
-            records["start_s"], records["end_s"] = self.out_f[0, :n], self.out_f[1, :n]
-            log.buf += records.tobytes()
+            log.buf += self.out[:n].tobytes()
         for row in self.marks[:int(ist[kn.I_MARK_N])].tolist():
             log.mark_prefetch_used(row, self.expert_bytes)
         self._raise()

@@ -43,7 +43,9 @@ def test_the_simulator_and_the_offline_replay_drive_it(layer_calls: list) -> Non
     model = spec(num_layers=3, num_experts=8, top_k=2)
     trace = make_trace(model, 30, requests=2, seed=2, lookahead=(1,))
     sim_steps = len(static_batches(trace, 2))
-    Engine(model, trace, build_policy("gate-lookahead"), HW, 10, batch=2).run()
+    # the Python engine (the compiled one, sim.compiled, replays the same protocol in numba and
+    # is checked against this engine row for row: tests/sim/test_compiled.py)
+    Engine(model, trace, build_policy("gate-lookahead"), HW, 10, batch=2, engine="python").run()
     assert layer_calls == [(s, layer) for s in range(sim_steps) for layer in range(3)]
     layer_calls.clear()
     evaluate(trace, build_policy("presched"), 10, batch=2)
