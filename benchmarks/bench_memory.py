@@ -55,7 +55,8 @@ def _measure(path: Path, log: str, policy: str, max_batch: int) -> dict:
             "rss_before_bytes": before, "tokens": s["tokens"], "steps": s["steps"],
             "log_rows": s["events"], "kept_rows": len(result.events),
             "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu,
-            "hit_rate": s["hit_rate"], "tokens_per_s": s["tokens_per_s"]}
+            "hit_rate": s["hit_rate"], "tokens_per_s": s["tokens_per_s"],
+            "engine": s.get("engine", "python")}
 
 
 def main() -> None:
@@ -97,7 +98,8 @@ def main() -> None:
     print(f"  peak RSS {r['peak_rss_bytes'] / 2**20:,.0f} MiB = {per_token:,.0f} bytes/token "
           f"({verdict}, target {TARGET_BYTES_PER_TOKEN}); net of the {before_mib:,.0f} MiB "
           f"before the trace: {net:,.0f} bytes/token")
-    print(f"  run {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s cpu; simulated hit rate "
+    print(f"  run {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s cpu ({r.get('engine', 'python')} "
+          f"engine); simulated hit rate "
           f"{r['hit_rate']:.3f}, {r['tokens_per_s']:.1f} tok/s")
 
 

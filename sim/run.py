@@ -12,9 +12,9 @@ import pandas as pd
 from moe_offload_lab.policies.base import Policy, check_lookahead
 from moe_offload_lab.policies.config import build_policy
 from moe_offload_lab.policies.cost_table import cost_summary
+from moe_offload_lab.sim.compiled.eligibility import ENGINES
 from moe_offload_lab.sim.compute import ComputeModel
 from moe_offload_lab.sim.engine import Engine
-from moe_offload_lab.sim.compiled.eligibility import ENGINES
 from moe_offload_lab.sim.eventlog import check_level, write_parquet
 from moe_offload_lab.sim.hardware import HardwareProfile
 from moe_offload_lab.sim.host import HostTier

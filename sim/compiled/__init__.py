@@ -4,9 +4,10 @@ The Python engine (:class:`sim.engine.Engine`, its ``_main``) stays the referenc
 :func:`~sim.compiled.eligibility.compiled_plan` admits (a plain composed policy of predictor
 ``none``/``gate-lookahead``, planner ``on-demand``/``next-layer``, replacement ``lru``,
 placement ``gpu``, admission ``always``; a runtime that overlaps copies with compute, whole
-copies, no host tiers; static or continuous batching), ``Engine.run`` hands the schedule to
-:func:`~sim.compiled.runner.run_compiled` instead, which writes the same event log row for row
-and to the bit (``tests/sim/test_compiled.py`` compares whole frames at every log level).
+copies, host DRAM over NVMe without a tiered rule; static or continuous batching),
+``Engine.run`` hands the schedule to :func:`~sim.compiled.runner.run_compiled` instead, which
+writes the same event log row for row and to the bit (``tests/sim/test_compiled.py``
+compares whole frames at every log level).
 
 - :mod:`sim.compiled.eligibility`: the plan, or the reason a run stays on Python;
 - :mod:`sim.compiled.kernel`: the numba functions (compiled on first use, cached on disk);

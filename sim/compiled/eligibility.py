@@ -12,8 +12,9 @@ string saying why the run stays on the Python engine. Eligible, and nothing else
   rebinds one makes the run ineligible);
 - the runtime profile overlaps copies with compute, with or without computing while copying
   (the ideal/roofline profile, ``fused``, ``roofline``...), and has no batched demand copies, no
-  writebacks of evicted experts, no staging buffers; whole copies (no chunking), no host tiers
-  (every expert in host DRAM), CPU-placed experts impossible (placement ``gpu``);
+  writebacks of evicted experts, no staging buffers; whole copies (no chunking), host DRAM over NVMe
+  only without a tiered rule (an LRU of host DRAM, :mod:`sim.host`), CPU-placed experts
+  impossible (placement ``gpu``);
 - static or continuous batching (:class:`~sim.workload.ContinuousBatcher`), a model of at least
   two MoE layers, ``check`` off, and the engine's default fast paths (``simpy_link``,
   ``declared_fast_paths`` and ``defer_timeouts`` at their defaults), numba importable.
@@ -114,7 +115,8 @@ def _runtime_reason(engine: Engine) -> str | None:
         (not engine.declared_fast_paths, "declared fast paths off (the reference call order)"),
         (not engine.defer_timeouts, "defer_timeouts off"),
         (engine.chunk_bytes > 0, "chunked copies (link.chunk_mb > 0)"),
-        (engine.host is not None, "host tiers (experts beyond host DRAM)"),
+        (engine.host is not None and (engine.host.rule is not None or engine.host._loading),
+         "a host tier with a tiered rule (Prophet's DRAM promotions)"),
         (not system.overlaps, f"runtime {system.name!r} does not overlap copies with compute"),
         (system.batched_copies, f"runtime {system.name!r} batches demand copies"),
         (system.writeback_evicted, f"runtime {system.name!r} writes evicted experts back"),
@@ -122,6 +124,7 @@ def _runtime_reason(engine: Engine) -> str | None:
         (engine.batcher is not None and type(engine.batcher) is not ContinuousBatcher,
          "a batcher other than ContinuousBatcher"),
         (engine.n_layers < 2, "a model of one MoE layer"),
+        (engine.spec.num_experts >= 1 << 15, "2**15 experts or more per layer"),
     )
     return next((reason for failed, reason in checks if failed), None)
 

@@ -1,14 +1,14 @@
 """The compiled engine's kernel: numba functions over flat state arrays (imported on first use).
 
-One call of :func:`run_steps` runs whole steps of the engine's loop (:meth:`sim.engine.Engine._main`,
-its usual case: every expert on the GPU, copies overlapping compute, with or without computing
-while copying) for a :class:`~policies.composed.ComposedPolicy` of the family
-:mod:`sim.compiled.eligibility` admits, together with the protocol's books
-(:class:`~policies.protocol.LayerProtocol`), the global LRU order
-(:class:`~policies.replacement.lru.LRU`), the gate-lookahead predictor with the next-layer planner,
-and the direct link (:class:`~sim.link.DirectLink`, unchunked). Every float is the same sum, in
-the same order, as the Python engine's, so the rows are equal to the bit. :func:`finish` is the
-end of a run (in-flight copies abandoned and cancelled, the link drained).
+One call of :func:`run_steps` runs whole steps of the engine's loop
+(:meth:`sim.engine.Engine._main`, its usual case: every expert on the GPU, copies overlapping
+compute, with or without computing while copying) for a
+:class:`~policies.composed.ComposedPolicy` of the family :mod:`sim.compiled.eligibility` admits,
+together with the protocol's books (:class:`~policies.protocol.LayerProtocol`), the global LRU
+order (:class:`~policies.replacement.lru.LRU`), the gate-lookahead predictor with the next-layer
+planner, and the direct link (:class:`~sim.link.DirectLink`, unchunked). Every float is the same
+sum, in the same order, as the Python engine's, so the rows are equal to the bit.
+:func:`finish` is the end of a run (in-flight copies abandoned and cancelled, the link drained).
 
 State lives in arrays the driver (:mod:`sim.compiled.runner`) keeps between calls:
 
@@ -18,7 +18,10 @@ State lives in arrays the driver (:mod:`sim.compiled.runner`) keeps between call
   ``I_HEAD``), the planner's wanted mark, scratch stamps, and its copy's record (a key has at
   most one copy that anything still refers to: its slot copy, or a streamed copy within one
   layer, models of two layers or more);
-- ``kflt`` float64 [3, L*E]: its copy's start, ready and end times;
+- ``kflt`` float64 [C_FIELDS, L*E]: its copy's start, ready and end times and its source's
+  bandwidth;
+- with a host tier (:class:`~sim.host.HostTier` without a tiered rule): which keys host DRAM
+  holds, as a second LRU list (``K_DIN``, ``K_DPREV``, ``K_DNEXT``, ``I_DHEAD``...);
 - ``heap_code``, ``heap_key`` [H]: the link's queue, a binary heap of ``priority << 40 | seq``
   (the Python link's ``(priority, seq)`` tuples, unique) with the key of each entry; an entry
   is stale unless its key's copy is queued with that priority and sequence number.
@@ -38,16 +41,19 @@ I_RUNNING, I_SEQ, I_KICKED, I_DUE, I_HEAPN, I_OCC, I_HEAD, I_TAIL = 0, 1, 2, 3, 
 I_NWANTED, I_EVENTS, I_STAMP, I_VSTAMP, I_ERR, I_ERRKEY, I_ABANDONED = 8, 9, 10, 11, 12, 13, 14
 I_N_MISS, I_N_INFLIGHT, I_N_DEMAND, I_N_STREAM, I_N_PREFETCH = 15, 16, 17, 18, 19
 I_N_USED, I_N_EVICTED, I_OUT_N, I_MARK_N, I_LRU_N = 20, 21, 22, 23, 24
-I_SIZE = 25
+I_DHEAD, I_DTAIL, I_DN, I_NVME_READS = 25, 26, 27, 28  # the host tier's DRAM LRU
+I_SIZE = 29
 # ---- scalar state: fst ---------------------------------------------------------------------------
 F_NOW, F_NEXT, F_LAST_END, F_CUR_LATENCY, F_CLOCK = 0, 1, 2, 3, 4
 F_SIZE = 5
 # ---- per key: kint rows --------------------------------------------------------------------------
 K_STATE, K_UNUSED, K_PREV, K_NEXT, K_WANTED, K_KEEP, K_VICTIM = 0, 1, 2, 3, 4, 5, 6
 K_PURPOSE, K_PRIO, K_CSTATE, K_STEP, K_SEQ, K_ROW, K_USED, K_WAIT = 7, 8, 9, 10, 11, 12, 13, 14
-K_SIZE = 15
+K_DIN, K_DPREV, K_DNEXT = 15, 16, 17  # host DRAM: in it, and its LRU list's links
+K_SIZE = 18
 # ---- per key: kflt rows --------------------------------------------------------------------------
-C_START, C_READY, C_END = 0, 1, 2
+C_START, C_READY, C_END, C_BW = 0, 1, 2, 3  # C_BW: the copy's source bandwidth (0: the link's)
+C_FIELDS = 4
 # copy states (sim.link.Copy.state)
 NEW, QUEUED, RUNNING, DONE, CANCELLED = 0, 1, 2, 3, 4
 # link event due (DirectLink._due)
@@ -63,9 +69,10 @@ D_HIT, D_PREFETCH_HIT, D_INFLIGHT, D_MISS, D_DECISION, D_STEP, D_WAIT = 7, 8, 9,
 C_LAYERS, C_EXPERTS, C_TOPK, C_CAPACITY, C_EXPERT_BYTES, C_PIPELINED, C_CWC = 0, 1, 2, 3, 4, 5, 6
 C_GATE, C_PLAN_N, C_RES_DECISION, C_FOLD_ROWS, C_BUF_ROWS, C_ROW0, C_STEP_ROOM = (
     7, 8, 9, 10, 11, 12, 13)
-C_SIZE = 14
-CF_BYTES_PER_S, CF_LATENCY_S, CF_SYNC_S = 0, 1, 2
-CF_SIZE = 3
+C_HOST, C_DRAM_CAP = 14, 15  # a host tier (sim.host, no tiered rule) and its DRAM experts
+C_SIZE = 16
+CF_BYTES_PER_S, CF_LATENCY_S, CF_SYNC_S, CF_HOST_LINK, CF_NVME = 0, 1, 2, 3, 4
+CF_SIZE = 5
 _SEQ_BITS = 40
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
 _INF = np.inf
@@ -97,32 +104,70 @@ def _row(ist, out, kind, start, end, step, layer, expert, nbytes, resource, deta
 
 # ---- the LRU order (a doubly linked list over keys, oldest at I_HEAD) ----------------------------
 @jit
-def _lru_append(ist, kint, key):  # pragma: no cover - compiled
-    tail = ist[I_TAIL]
-    kint[K_PREV, key] = tail
-    kint[K_NEXT, key] = -1
-    if tail >= 0:
-        kint[K_NEXT, tail] = key
+def _list_append(ist, kint, key, head, tail, prev, nxt, count):  # pragma: no cover - compiled
+    """Append ``key`` to a doubly linked list over keys (its ends at ``ist[head]``,
+    ``ist[tail]``, its links in ``kint[prev]``, ``kint[nxt]``, its length at ``ist[count]``)."""
+    last = ist[tail]
+    kint[prev, key] = last
+    kint[nxt, key] = -1
+    if last >= 0:
+        kint[nxt, last] = key
     else:
-        ist[I_HEAD] = key
-    ist[I_TAIL] = key
-    ist[I_LRU_N] += 1
+        ist[head] = key
+    ist[tail] = key
+    ist[count] += 1
+
+
+@jit
+def _list_unlink(ist, kint, key, head, tail, prev, nxt, count):  # pragma: no cover - compiled
+    """Remove ``key`` from such a list."""
+    before, after = kint[prev, key], kint[nxt, key]
+    if before >= 0:
+        kint[nxt, before] = after
+    else:
+        ist[head] = after
+    if after >= 0:
+        kint[prev, after] = before
+    else:
+        ist[tail] = before
+    kint[prev, key] = -1
+    kint[nxt, key] = -1
+    ist[count] -= 1
+
+
+@jit
+def _lru_append(ist, kint, key):  # pragma: no cover - compiled
+    """The GPU cache's LRU order: ``key`` becomes the most recent."""
+    _list_append(ist, kint, key, I_HEAD, I_TAIL, K_PREV, K_NEXT, I_LRU_N)
 
 
 @jit
 def _lru_unlink(ist, kint, key):  # pragma: no cover - compiled
-    prev, nxt = kint[K_PREV, key], kint[K_NEXT, key]
-    if prev >= 0:
-        kint[K_NEXT, prev] = nxt
-    else:
-        ist[I_HEAD] = nxt
-    if nxt >= 0:
-        kint[K_PREV, nxt] = prev
-    else:
-        ist[I_TAIL] = prev
-    kint[K_PREV, key] = -1
-    kint[K_NEXT, key] = -1
-    ist[I_LRU_N] -= 1
+    _list_unlink(ist, kint, key, I_HEAD, I_TAIL, K_PREV, K_NEXT, I_LRU_N)
+
+
+@jit
+def _source_bw(ist, kint, consts, fconsts, key):  # pragma: no cover - compiled
+    """HostTier.source_bytes_per_s without a tiered rule: a key in DRAM becomes its most recent
+    and copies at the tier's link speed; one read from NVMe enters DRAM (the least recent
+    leave) and copies at NVMe speed."""
+    if kint[K_DIN, key] != 0:
+        _list_unlink(ist, kint, key, I_DHEAD, I_DTAIL, K_DPREV, K_DNEXT, I_DN)
+        _list_append(ist, kint, key, I_DHEAD, I_DTAIL, K_DPREV, K_DNEXT, I_DN)
+        return fconsts[CF_HOST_LINK]
+    ist[I_NVME_READS] += 1
+    cap = consts[C_DRAM_CAP]
+    if cap > 0:
+        over = ist[I_DN] + 1 - cap
+        if over > 0:
+            for _ in range(min(over, ist[I_DN])):
+                old = ist[I_DHEAD]
+                kint[K_DIN, old] = 0
+                _list_unlink(ist, kint, old, I_DHEAD, I_DTAIL, K_DPREV, K_DNEXT, I_DN)
+        if ist[I_DN] + 1 <= cap:
+            kint[K_DIN, key] = 1
+            _list_append(ist, kint, key, I_DHEAD, I_DTAIL, K_DPREV, K_DNEXT, I_DN)
+    return fconsts[CF_NVME]
 
 
 # ---- the link's queue ----------------------------------------------------------------------------
@@ -202,7 +247,10 @@ def _start_next(ist, fst, kint, kflt, heap_code, heap_key, consts, fconsts
     else:
         latency = fconsts[CF_LATENCY_S]
     fst[F_CUR_LATENCY] = latency
-    delay = start - now + latency + consts[C_EXPERT_BYTES] / fconsts[CF_BYTES_PER_S] + 0.0
+    bw = kflt[C_BW, key]
+    if bw == 0.0:
+        bw = fconsts[CF_BYTES_PER_S]
+    delay = start - now + latency + consts[C_EXPERT_BYTES] / bw + 0.0
     fst[F_NEXT] = now + delay
     ist[I_DUE] = DUE_END
 
@@ -276,8 +324,12 @@ def _wait(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts, key
 
 
 @jit
-def _new_copy(kint, kflt, key, purpose, step, ready):  # pragma: no cover - compiled
-    """Engine.start_copy: a copy of ``key`` that may start at ``ready`` (the decision's end)."""
+def _new_copy(ist, kint, kflt, consts, fconsts, key, purpose, step, ready
+              ):  # pragma: no cover - compiled
+    """Engine.start_copy: a copy of ``key`` that may start at ``ready`` (the decision's end),
+    at its source's bandwidth when there is a host tier."""
+    kflt[C_BW, key] = _source_bw(ist, kint, consts, fconsts, key) if consts[C_HOST] != 0 \
+        else 0.0
     kint[K_PURPOSE, key] = purpose
     kint[K_PRIO, key] = 1 if purpose == D_PREFETCH else 0
     kint[K_CSTATE, key] = NEW
@@ -539,7 +591,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                     if capacity - ist[I_OCC] > 0:
                         kint[K_STATE, key] = 2
                         ist[I_OCC] += 1
-                        _new_copy(kint, kflt, key, D_DEMAND, step, ready)
+                        _new_copy(ist, kint, kflt, consts, fconsts, key, D_DEMAND, step, ready)
                         submit[n_submit] = key
                         n_submit += 1
                         wait[n_wait] = key
@@ -550,7 +602,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                         n_stream += 1
                 for j in range(n_stream):
                     key = later[j]
-                    _new_copy(kint, kflt, key, D_STREAM, step, ready)
+                    _new_copy(ist, kint, kflt, consts, fconsts, key, D_STREAM, step, ready)
                     submit[n_submit] = key
                     n_submit += 1
                     wait[n_wait] = key
@@ -572,7 +624,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                         key = plan[j]
                         kint[K_STATE, key] = 2
                         ist[I_OCC] += 1
-                        _new_copy(kint, kflt, key, D_PREFETCH, step, ready)
+                        _new_copy(ist, kint, kflt, consts, fconsts, key, D_PREFETCH, step, ready)
                         kint[K_UNUSED, key] = 1
                         submit[n_submit] = key
                         n_submit += 1
@@ -694,7 +746,7 @@ def finish(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts
         return
     if fst[F_NOW] < clock:
         fst[F_NOW] = clock
-    bw, nbytes = fconsts[CF_BYTES_PER_S], consts[C_EXPERT_BYTES]
+    nbytes = consts[C_EXPERT_BYTES]
     for i in range(n_left):
         key = left[order[i]]
         now = fst[F_NOW]
@@ -705,7 +757,9 @@ def finish(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts
                      key // n_experts, key % n_experts, 0, RES_LINK, D_CANCELLED, 0)
             kint[K_ROW, key] = consts[C_ROW0] + n
         elif cstate == RUNNING:  # Link._stop_running, then a kick
-            start = kflt[C_START, key]
+            start, bw = kflt[C_START, key], kflt[C_BW, key]
+            if bw == 0.0:
+                bw = fconsts[CF_BYTES_PER_S]
             first = start if start <= now else now
             part = (now - first - fst[F_CUR_LATENCY]) * bw
             if part < 0.0:

@@ -11,13 +11,14 @@ schedule through :func:`~sim.compiled.kernel.run_steps`:
 - continuous batching: the Python batcher picks each step's rows at its start, as in the Python
   engine, and one call runs that step.
 
-After each call the rows are packed into the log's buffer (:data:`~sim.eventlog.ROW`), prefetch
-rows logged by earlier calls and used now are marked (:meth:`~sim.eventlog.EventLog.mark_prefetch_used`)
-and the log folds at the same step ends as the Python engine's. At the end the Python objects a
-caller may read are brought to the state the Python engine leaves: the cache's resident keys, the
-LRU order, the planner's wanted keys, the protocol's counters and the link's clock and event
-count. Two differences, documented: ``protocol.unused`` maps the never-used prefetched keys to
-``None`` rather than to their copy handles, and the predictor's last
+After each call the rows are appended to the log's buffer as they are (the kernel writes
+:data:`~sim.eventlog.ROW_DTYPE` records), prefetch rows logged by earlier calls and used now are
+marked (:meth:`~sim.eventlog.EventLog.mark_prefetch_used`), and the log folds at the same step
+ends as the Python engine's. At the end the Python objects a caller may read are brought to the
+state the Python engine leaves: the cache's resident keys, the LRU order, the planner's wanted
+keys, the protocol's counters, the host tier's DRAM order and NVMe reads, and the link's clock
+and event count. Two differences, documented: ``protocol.unused`` maps the never-used
+prefetched keys to ``None`` rather than to their copy handles, and the predictor's last
 :class:`~policies.prediction.Prediction` and the planner's ``version`` and last plan are not
 replayed.
 """
@@ -29,13 +30,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from moe_offload_lab.policies.protocol import PolicyViolation
-from moe_offload_lab.sim.eventlog import RESOURCE, ROW, ROW_DTYPE
 from moe_offload_lab.sim.compiled.eligibility import CompiledPlan
+from moe_offload_lab.sim.eventlog import RESOURCE, ROW, ROW_DTYPE
 
 if TYPE_CHECKING:
     from moe_offload_lab.sim.engine import Engine
 
 _MIN_ROWS = 1 << 15  # output rows of one call, at least
+_IDS = np.int16  # expert ids as the kernel reads them (eligibility: fewer than 2**15 experts)
 
 
 class _Run:
@@ -53,7 +55,7 @@ class _Run:
         self.ist = np.zeros(kn.I_SIZE, dtype=np.int64)
         self.fst = np.zeros(kn.F_SIZE, dtype=np.float64)
         self.kint = np.zeros((kn.K_SIZE, n_keys), dtype=np.int64)  # [fields, L*E]
-        self.kflt = np.zeros((3, n_keys), dtype=np.float64)  # [start, ready, end] x [L*E]
+        self.kflt = np.zeros((kn.C_FIELDS, n_keys), dtype=np.float64)  # [fields, L*E]
         self.heap_code = np.zeros(4 * n_keys + 64, dtype=np.int64)  # [H]
         self.heap_key = np.zeros(4 * n_keys + 64, dtype=np.int64)
         self.wanted = np.zeros(n_experts + k + 1, dtype=np.int64)  # the planner's wanted keys
@@ -62,16 +64,18 @@ class _Run:
         fst[kn.F_NEXT], fst[kn.F_LAST_END] = np.inf, -1.0
         fst[kn.F_CUR_LATENCY] = compute.link_latency_s
         kint[kn.K_PREV] = kint[kn.K_NEXT] = kint[kn.K_ROW] = -1
+        kint[kn.K_DPREV] = kint[kn.K_DNEXT] = -1
+        ist[kn.I_DHEAD] = ist[kn.I_DTAIL] = -1
         order = list(engine.policy.replacement._order)  # the preload's residents, oldest first
         if set(order) != engine.cache.resident or engine.cache.in_flight:
             raise RuntimeError("compiled engine: the LRU order does not match the cache")
-        for i, key in enumerate(order):
-            kint[kn.K_STATE, key] = 1
-            kint[kn.K_PREV, key] = order[i - 1] if i else -1
-            kint[kn.K_NEXT, key] = order[i + 1] if i + 1 < len(order) else -1
-        if order:
-            ist[kn.I_HEAD], ist[kn.I_TAIL] = order[0], order[-1]
+        self._link_list(order, kn.K_STATE, kn.K_PREV, kn.K_NEXT, kn.I_HEAD, kn.I_TAIL)
         ist[kn.I_LRU_N] = ist[kn.I_OCC] = len(order)
+        host = engine.host
+        if host is not None:  # host DRAM's experts, least recently used first
+            dram = list(host._dram)
+            self._link_list(dram, kn.K_DIN, kn.K_DPREV, kn.K_DNEXT, kn.I_DHEAD, kn.I_DTAIL)
+            ist[kn.I_DN], ist[kn.I_NVME_READS] = len(dram), host.nvme_reads
         decision = engine.policy.decision_cost
         self.decision, self.decision_memo = decision, {}
         self.consts = np.zeros(kn.C_SIZE, dtype=np.int64)
@@ -83,12 +87,36 @@ class _Run:
         c[kn.C_GATE], c[kn.C_PLAN_N] = int(plan.gate), plan.plan_n
         c[kn.C_RES_DECISION] = RESOURCE[decision.where]
         c[kn.C_FOLD_ROWS] = self.log.fold_rows if self.log.folds else 0
+        c[kn.C_HOST] = int(host is not None)
+        c[kn.C_DRAM_CAP] = host.capacity_experts if host is not None else 0
         self.fconsts = np.array([compute.link_bytes_per_s, compute.link_latency_s,
-                                 system.copy_sync_s], dtype=np.float64)
+                                 system.copy_sync_s,
+                                 host.link_bytes_per_s if host is not None else 0.0,
+                                 host.nvme_bytes_per_s if host is not None else 0.0],
+                                dtype=np.float64)
         self.plan_n = plan.plan_n
         self.gpu_s = np.zeros(1, dtype=np.float64)  # [T + 1] one expert's seconds by tokens
         self.out = np.zeros(0, dtype=ROW_DTYPE)  # [N] the rows of one call
         self.marks = np.zeros(0, dtype=np.int64)
+
+    def _link_list(self, keys: list[int], member: int, prev: int, nxt: int, head: int,
+                   tail: int) -> None:
+        """Mark ``keys`` (``kint[member]``) and chain them, first to last, into a kernel list."""
+        kint = self.kint
+        for i, key in enumerate(keys):
+            kint[member, key] = 1
+            kint[prev, key] = keys[i - 1] if i else -1
+            kint[nxt, key] = keys[i + 1] if i + 1 < len(keys) else -1
+        if keys:
+            self.ist[head], self.ist[tail] = keys[0], keys[-1]
+
+    def _walk(self, head: int, nxt: int) -> list[int]:
+        """The keys of a kernel list, first to last."""
+        out, key = [], int(self.ist[head])
+        while key >= 0:
+            out.append(key)
+            key = int(self.kint[nxt, key])
+        return out
 
     # ---- inputs --------------------------------------------------------------------------------
     def decision_s(self, n_tok: int) -> float:
@@ -174,10 +202,7 @@ class _Run:
         """Leave the cache, the policy's LRU order and wanted keys, the protocol's counters and
         the link as the Python engine leaves them (see the module docstring)."""
         kn, ist, kint, engine = self.kn, self.ist, self.kint, self.engine
-        order, key = [], int(ist[kn.I_HEAD])
-        while key >= 0:
-            order.append(key)
-            key = int(kint[kn.K_NEXT, key])
+        order = self._walk(kn.I_HEAD, kn.K_NEXT)
         cache = engine.cache
         cache.clear()
         for key in sorted(order):
@@ -194,6 +219,9 @@ class _Run:
                             ("n_evicted", kn.I_N_EVICTED)):
             setattr(protocol, name, int(ist[index]))
         protocol.unused = dict.fromkeys(np.flatnonzero(kint[kn.K_UNUSED]).tolist())
+        if engine.host is not None:
+            engine.host._dram = OrderedDict.fromkeys(self._walk(kn.I_DHEAD, kn.K_DNEXT))
+            engine.host.nvme_reads = int(ist[kn.I_NVME_READS])
         link = engine.link
         link.events = int(ist[kn.I_EVENTS])
         link.env.now = float(self.fst[kn.F_NOW])
@@ -208,9 +236,11 @@ def run_compiled(engine: Engine, plan: CompiledPlan) -> None:
 
     run = _Run(engine, plan)
     trace, compute = engine.trace, engine.compute
-    ids_all = trace.expert_ids
-    la_all = trace.lookahead[1] if plan.gate else None
-    dummy = np.zeros((1, 1, 1), dtype=ids_all.dtype)  # [1, 1, 1]: no lookahead read
+    # one integer type for the kernel's routing and lookahead arrays: one compiled
+    # specialisation whatever the trace stores
+    ids_all = trace.expert_ids.astype(_IDS, copy=False)  # [T, L, k]
+    la_all = trace.lookahead[1].astype(_IDS, copy=False) if plan.gate else None  # [T, L, k]
+    dummy = np.zeros((1, 1, 1), dtype=_IDS)  # [1, 1, 1]: no lookahead read
     if engine.batcher is None:
         schedule = engine.schedule
         if schedule:

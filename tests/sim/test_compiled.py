@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from moe_offload_lab.policies.config import build_policy
+from moe_offload_lab.policies.replacement.tiers import TieredRule
 from moe_offload_lab.policies.toy_traces import make_trace
 from moe_offload_lab.sim.compiled.eligibility import compiled_plan
 from moe_offload_lab.sim.engine import Engine
@@ -104,6 +105,20 @@ def test_streams_preload_and_pipelined_copies(name: str) -> None:
     _compare(name, slots=12, preload=True, continuous=True)
 
 
+@pytest.mark.parametrize("name", ["lru", "gate-lookahead"])
+def test_host_dram_over_nvme(name: str) -> None:
+    # host DRAM holds a few experts (an LRU); the others copy at NVMe speed and enter it
+    for dram, case in ((5, {"batch": 1}), (12, {"continuous": True}), (0, {"batch": 3})):
+        ref, fast = (_engine(name, mode, host=HostTier(dram, MODEL.num_expert_keys,
+                                                       HW.link_bytes_per_s, 4e9), **case)
+                     for mode in ("python", "compiled"))
+        want, got = ref.run(), fast.run()
+        pd.testing.assert_frame_equal(got.events, want.events, check_exact=True)
+        assert fast.engine_used == "compiled" and _state(fast) == _state(ref)
+        assert fast.host.nvme_reads == ref.host.nvme_reads > 0
+        assert list(fast.host._dram) == list(ref.host._dram)
+
+
 def test_other_planner_options_and_lookahead_absent() -> None:
     from moe_offload_lab.policies.composed import ComposedPolicy
     from moe_offload_lab.policies.config import PolicyConfig
@@ -129,7 +144,7 @@ def _ineligible() -> list[tuple[dict, str]]:
         ({"attrs": {"declared_fast_paths": False}}, "fast paths"),
         ({"attrs": {"defer_timeouts": False}}, "defer_timeouts"),
         ({"chunk_mb": 0.5}, "chunked"),
-        ({"host": HostTier(8, MODEL.num_expert_keys, 25e9, 5e9)}, "host tiers"),
+        ({"host": "ruled"}, "tiered rule"),
         ({"system": ideal.with_overrides(overlap_copies=False)}, "overlap"),
         ({"system": ideal.with_overrides(batched_copies=True)}, "batches"),
         ({"system": ideal.with_overrides(writeback_evicted=True)}, "writes evicted"),
@@ -145,6 +160,13 @@ def _ineligible() -> list[tuple[dict, str]]:
         ({"layers": 1}, "one MoE layer"),
         ({"no_numba": True}, "numba"),
     ]
+
+
+class _Densities(TieredRule):
+    """A tiered rule that ranks host-DRAM keys by key (the lowest leaves first)."""
+
+    def tier_densities(self, keys):  # noqa: ANN001, ANN201
+        return [float(key) for key in keys]
 
 
 def _policy(which: str):  # noqa: ANN202
@@ -171,7 +193,10 @@ def test_every_ineligibility_reason(setup: dict, reason: str,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     model = spec(num_layers=setup.get("layers", 4), num_experts=8, top_k=2)
     trace = make_trace(model, 20, requests=2, seed=1, lookahead=(1,))
-    kwargs = {k: v for k, v in setup.items() if k in ("check", "chunk_mb", "host", "system")}
+    kwargs = {k: v for k, v in setup.items() if k in ("check", "chunk_mb", "system")}
+    if "host" in setup:  # a host tier whose DRAM a tiered rule manages (Prophet's)
+        kwargs["host"] = HostTier(8, model.num_expert_keys, 25e9, 5e9)
+        kwargs["host"].bind_rule(_Densities(), model.expert_bytes)
     if "batcher" in setup:
         kwargs["batcher"] = setup["batcher"](trace, 3000.0, 2, chunk=4, seed=1)
     policy = _policy(setup["policy"]) if "policy" in setup else build_policy("lru")
