@@ -15,8 +15,9 @@ string saying why the run stays on the Python engine. Eligible, and nothing else
   writebacks of evicted experts, no staging buffers; whole copies (no chunking), host DRAM over NVMe
   only without a tiered rule (an LRU of host DRAM, :mod:`sim.host`), CPU-placed experts
   impossible (placement ``gpu``);
-- static or continuous batching (:class:`~sim.workload.ContinuousBatcher`), a model of at least
-  two MoE layers, ``check`` off, and the engine's default fast paths (``simpy_link``,
+- the :class:`~sim.engine.Engine` class itself (a subclass may override what the kernel
+  replays), static or continuous batching (:class:`~sim.workload.ContinuousBatcher`), a model of
+  at least two MoE layers, ``check`` off, and the engine's default fast paths (``simpy_link``,
   ``declared_fast_paths`` and ``defer_timeouts`` at their defaults), numba importable.
 """
 
@@ -108,8 +109,11 @@ def _policy_reason(policy: Any) -> str | None:
 
 def _runtime_reason(engine: Engine) -> str | None:
     """Why the engine's runtime, link or workload is outside the kernel (None: inside it)."""
+    from moe_offload_lab.sim.engine import Engine
+
     system = engine.system
     checks = (
+        (type(engine) is not Engine, f"an Engine subclass ({type(engine).__name__})"),
         (engine.check, "check=True (invariant checks run on the Python engine)"),
         (engine.simpy_link, "the SimPy reference link"),
         (not engine.declared_fast_paths, "declared fast paths off (the reference call order)"),

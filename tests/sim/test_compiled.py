@@ -159,6 +159,7 @@ def _ineligible() -> list[tuple[dict, str]]:
         ({"policy": "cancel-stale"}, "cancel_stale"),
         ({"layers": 1}, "one MoE layer"),
         ({"no_numba": True}, "numba"),
+        ({"subclass": True}, "an Engine subclass"),
     ]
 
 
@@ -202,7 +203,8 @@ def test_every_ineligibility_reason(setup: dict, reason: str,
     policy = _policy(setup["policy"]) if "policy" in setup else build_policy("lru")
     if setup.get("no_numba"):
         monkeypatch.setitem(__import__("sys").modules, "numba", None)
-    engine = Engine(model, trace, policy, HW, 8, batch=2, **kwargs)
+    cls = type("MyEngine", (Engine,), {}) if setup.get("subclass") else Engine
+    engine = cls(model, trace, policy, HW, 8, batch=2, **kwargs)
     for name, value in setup.get("attrs", {}).items():
         setattr(engine, name, value)
     engine.run()  # auto: runs on Python and says why
@@ -210,7 +212,7 @@ def test_every_ineligibility_reason(setup: dict, reason: str,
     policy.reset(model, 8, engine.compute.cost_model(), trace=trace)
     plan = compiled_plan(engine)
     assert isinstance(plan, str) and reason in plan
-    strict = Engine(model, trace, _policy(setup["policy"]) if "policy" in setup
+    strict = cls(model, trace, _policy(setup["policy"]) if "policy" in setup
                     else build_policy("lru"), HW, 8, batch=2, engine="compiled",
                     **{**kwargs, **({"batcher": setup["batcher"](trace, 3000.0, 2, chunk=4)}
                                     if "batcher" in setup else {})})
