@@ -135,11 +135,21 @@ def main() -> None:
     rows = predict({**fixed, **figures}, args.tokens)
     print(f"\n{'gpu':<15}{'experts':<8}{'label':<13}{'published':>10}{'simulated':>10}"
           f"{'speedup pub':>12}{'speedup sim':>12}{'error':>8}")
+    errors = []  # the predicted speedups' relative errors (no-cache is 1 by construction)
     for r in rows:
         pub_s, sim_s = r["published_speedup"], r["speedup"]
         error = f"{sim_s / pub_s - 1:+.1%}" if pub_s else "-"
+        if pub_s and r["label"] != "no-cache":
+            errors.append(sim_s / pub_s - 1)
         print(f"{r['gpu']:<15}{r['experts']:<8}{r['label']:<13}{r['published']:>10.3f}"
               f"{r['simulated']:>10.3f}{pub_s:>12.3f}{sim_s:>12.3f}{error:>8}")
+    if errors:
+        sizes = sorted(abs(e) for e in errors)
+        median = (sizes[(len(sizes) - 1) // 2] + sizes[len(sizes) // 2]) / 2
+        worst = max(errors, key=abs)
+        print(f"\npredicted speedups within 15% of the table's: "
+              f"{sum(size <= 0.15 for size in sizes)} of {len(sizes)} "
+              f"(median absolute error {median:.1%}, worst {worst:+.1%})")
 
 
 if __name__ == "__main__":

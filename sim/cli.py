@@ -476,8 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(version_line(PROG))
         return 0
     flags, overrides = split_flags(args)
-    if not overrides and "--hydra-help" not in flags:  # plain `moe-sim` (`--cfg job` too):
-        args = [*flags, "experiment=compare"]  # the bundled comparison
+    # plain `moe-sim` (`--cfg job` too, and `out=DIR`, which only says where): the bundled
+    # comparison
+    if not [o for o in overrides if not o.startswith("out=")] and "--hydra-help" not in flags:
+        args = [*args, "experiment=compare"]
     if hydra_flag(args):
         return run_command(PROG, lambda: _show(args))
     return run_command(PROG, lambda: _main(args))
@@ -487,6 +489,7 @@ def _show(args: list[str]) -> int:
     """Hydra's introspection flags (--cfg, --info, --help...): Hydra answers, after the
     overrides compose (so a mistake is one line and status 2)."""
     flags, overrides = split_flags(policy_file_overrides(args))
+    overrides = [o for o in overrides if not o.startswith("out=")]  # nothing is written
     if not any(f in ("-h", "--help", "--hydra-help", "-sc", "--shell-completion") for f in flags):
         compose([o for o in overrides if o not in _MULTIRUN], with_hydra=True)
     hydra_args, _, _ = _hydra_args([*overrides, *flags])  # a bare --info must not eat one

@@ -28,7 +28,7 @@ _VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--shell-completion", "-sc",
                 "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 _SOLO_FLAGS = ("--info", "-i", "--resolve", "--help", "-h", "--hydra-help")
 INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
-_YAML = (".yaml", ".yml")
+YAML_SUFFIXES = _YAML = (".yaml", ".yml")  # a policy file's
 _SEARCHPATH = "hydra.searchpath"
 
 _shim: Path | None = None
@@ -76,7 +76,7 @@ def policy_file_overrides(overrides: Sequence[str]) -> list[str]:
     parser = OverridesParser.create()
     out: list[str] = []
     linked = False
-    theirs = _searchpath_policies(overrides)
+    theirs = searchpath_policies(overrides)
     for item in overrides:
         key = item.split("=", 1)[0]
         if key.lstrip("+~") != "policy" or not _mentions_yaml(item):
@@ -103,7 +103,7 @@ def _mentions_yaml(item: str) -> bool:
                for part in item.split("=", 1)[-1].split(","))
 
 
-def _searchpath_policies(overrides: Sequence[str]) -> set[str]:
+def searchpath_policies(overrides: Sequence[str]) -> set[str]:
     """Policy names the user's own ``hydra.searchpath`` folders hold (never reused)."""
     names: set[str] = set()
     for item in overrides:

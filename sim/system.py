@@ -78,8 +78,9 @@ class SystemProfile:
     - ``batched_copies``: a layer's demand copies go as one transfer (one per-copy latency, all
       landing together);
     - ``writeback_evicted``: each copy into a slot freed by an eviction also moves the evicted
-      expert back to host memory on the same stream, right after it (mixtral-offloading's
-      swap-based cache keeps a fixed pool of pinned host buffers that rotate): the link is busy
+      expert back to host memory on the same stream, right after it (the public
+      mixtral-offloading repository's swap-based cache keeps a fixed pool of pinned host buffers
+      that rotate; the bundled profile, modelling the paper's runtime, does not): the link is busy
       twice as long for it, and the layer waits for both;
     - ``cpu_threads_per_expert``: host cores one CPU-placed expert uses (0: all of them, one
       expert at a time); the host's ``cpu_cores`` then run ``cores // threads`` experts at once,

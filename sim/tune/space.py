@@ -258,13 +258,16 @@ def check_space(space: Space) -> None:
     lacks, bad values and unknown policy names raise ConfigError)."""
     from moe_offload_lab.policies.config import available_policies
     from moe_offload_lab.sim.cli import checked_run_config
+    from moe_offload_lab.sim.cli_args import YAML_SUFFIXES, searchpath_policies
     from moe_offload_lab.sim.run import prepare
 
-    known = set(available_policies())
+    # a choice may also be a policy file (a plug-in's YAML: composition links it, and refuses a
+    # missing file) or a policy in the base's own hydra.searchpath folders
+    known = set(available_policies()) | searchpath_policies(space.base)
     for policy in _policy_names(space):
-        if policy is not None and policy not in known:
+        if policy is not None and policy not in known and not str(policy).endswith(YAML_SUFFIXES):
             raise ConfigError(f"tune space {space.name}: unknown policy {policy!r} (bundled: "
-                              f"{', '.join(sorted(known))})")
+                              f"{', '.join(sorted(known))}; or a path to a policy .yaml)")
         chosen = {} if policy is None else {"policy": policy}
         base = space.overrides(chosen)
         _check(base, space, checked_run_config, prepare)

@@ -106,6 +106,17 @@ def test_no_arguments_runs_the_bundled_comparison(tmp_path: Path, monkeypatch: p
     assert (run / ".hydra" / "config.yaml").is_file()  # Hydra's record of the composed config
 
 
+def test_out_alone_still_means_the_bundled_comparison(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``out=DIR`` only says where: ``moe-sim out=DIR`` is the main job, not one default run
+    (checked through ``--cfg job``, which composes without running or writing)."""
+    out = tmp_path / "main-job"
+    assert main([f"out={out}", "--cfg", "job"]) == 0
+    printed = capsys.readouterr().out
+    assert "\ncompare:\n" in printed and "baseline:" in printed
+    assert not out.exists()  # introspection writes nothing
+
+
 def test_single_run_writes_a_figure_and_hydra_record(tmp_path: Path) -> None:
     out = tmp_path / "one"
     assert main(["trace.tokens=200", f"out={out}", "policy=fiddler"]) == 0

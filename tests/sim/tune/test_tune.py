@@ -18,6 +18,7 @@ from moe_offload_lab.sim.tune.export import export_trial, pick_trial, split_over
 from moe_offload_lab.sim.tune.space import check_space, load_space, parse_space
 from moe_offload_lab.sim.tune.storage import open_storage
 from moe_offload_lab.sim.tune.study import finished, open_study, run_parallel, run_worker
+from moe_offload_lab.traces.catalog import conf_dir
 from moe_offload_lab.traces.errors import ConfigError
 from optuna.trial import TrialState
 
@@ -152,6 +153,8 @@ def test_multi_objective_returns_a_non_dominated_front(tmp_path: Path) -> None:
     ({"params": {"cachee.fraction": {"type": "float", "low": 0.1, "high": 1}}}, "cachee"),
     ({"params": {"policy": {"type": "categorical", "choices": ["lru", "no-such-policy"]}}},
      "unknown policy 'no-such-policy'"),
+    ({"params": {"policy": {"type": "categorical", "choices": ["lru", "missing/mine.yaml"]}}},
+     "no such file"),
     ({"params": {"policy": {"type": "categorical", "choices": ["lru", "lookahead-budgeted"]},
                  "policy.planner.budget_experts": {"type": "int", "low": 1, "high": 4}}},
      "when"),
@@ -214,3 +217,23 @@ def test_cli_run_show_best_export(tmp_path: Path, capsys) -> None:
 
 # A worker killed mid-study and rerun: tests/faults/test_faults_tune.py (journal, SQLite,
 # PostgreSQL), with the killed trial failed rather than left RUNNING.
+
+
+def test_a_policy_file_is_one_of_several_policy_choices(tmp_path: Path) -> None:
+    """A policy YAML (a plug-in's, or one's own) beside bundled names in ``policy``'s choices:
+    the space checks, and trials run both, with the file's own parameters tuned."""
+    mine = yaml.safe_load((conf_dir() / "policy" / "gate-lookahead.yaml").read_text())
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({**mine, "name": "mine"}))
+    choice = str(tmp_path / "mine.yaml")
+    space = _space(tmp_path, {
+        "objective": "tpot_ms_mean", "base": ["trace.tokens=300"], "prune": {"prefix": None},
+        "params": {"policy": {"type": "categorical", "choices": ["lru", choice]},
+                   "policy.planner.min_confidence": {"type": "float", "low": 0.0, "high": 0.9,
+                                                     "when": {"policy": [choice]}}}})
+    check_space(space)
+    spec = f"journal:{tmp_path / 'study.log'}"
+    run_worker(space, "files", spec, 6, seed=0)
+    trials = open_study(spec, "files").get_trials(states=(TrialState.COMPLETE,))
+    assert {t.params["policy"] for t in trials} == {"lru", choice}
+    assert all("policy.planner.min_confidence" in t.params
+               for t in trials if t.params["policy"] == choice)
