@@ -13,12 +13,13 @@ sum, in the same order, as the Python engine's, so the rows are equal to the bit
 State lives in arrays the driver (:mod:`sim.compiled.runner`) keeps between calls:
 
 - ``ist`` int64 [I_SIZE] and ``fst`` float64 [F_SIZE]: the scalars (indices ``I_*``, ``F_*``);
-- ``kint`` int64 [K_SIZE, L*E]: per key, its slot state (``kstate``: 0 absent, 1 resident, 2 a
-  slot copy in flight), the prefetch-not-yet-used mark, the LRU list's links (oldest at
+- ``kint`` int64 [L*E, K_SIZE]: per key (a row each, its fields together in memory), its slot
+  state (``K_STATE``: 0 absent, 1 resident, 2 a slot copy in flight), the prefetch-not-yet-used
+  mark, the LRU list's links (oldest at
   ``I_HEAD``), the planner's wanted mark, scratch stamps, and its copy's record (a key has at
   most one copy that anything still refers to: its slot copy, or a streamed copy within one
   layer, models of two layers or more);
-- ``kflt`` float64 [C_FIELDS, L*E]: its copy's start, ready and end times and its source's
+- ``kflt`` float64 [L*E, C_FIELDS]: its copy's start, ready and end times and its source's
   bandwidth;
 - with a host tier (:class:`~sim.host.HostTier` without a tiered rule): which keys host DRAM
   holds, as a second LRU list (``K_DIN``, ``K_DPREV``, ``K_DNEXT``, ``I_DHEAD``...);
@@ -106,12 +107,13 @@ def _row(ist, out, kind, start, end, step, layer, expert, nbytes, resource, deta
 @jit
 def _list_append(ist, kint, key, head, tail, prev, nxt, count):  # pragma: no cover - compiled
     """Append ``key`` to a doubly linked list over keys (its ends at ``ist[head]``,
-    ``ist[tail]``, its links in ``kint[prev]``, ``kint[nxt]``, its length at ``ist[count]``)."""
+    ``ist[tail]``, its links in columns ``prev`` and ``nxt`` of ``kint``, its length at
+    ``ist[count]``)."""
     last = ist[tail]
-    kint[prev, key] = last
-    kint[nxt, key] = -1
+    kint[key, prev] = last
+    kint[key, nxt] = -1
     if last >= 0:
-        kint[nxt, last] = key
+        kint[last, nxt] = key
     else:
         ist[head] = key
     ist[tail] = key
@@ -121,17 +123,17 @@ def _list_append(ist, kint, key, head, tail, prev, nxt, count):  # pragma: no co
 @jit
 def _list_unlink(ist, kint, key, head, tail, prev, nxt, count):  # pragma: no cover - compiled
     """Remove ``key`` from such a list."""
-    before, after = kint[prev, key], kint[nxt, key]
+    before, after = kint[key, prev], kint[key, nxt]
     if before >= 0:
-        kint[nxt, before] = after
+        kint[before, nxt] = after
     else:
         ist[head] = after
     if after >= 0:
-        kint[prev, after] = before
+        kint[after, prev] = before
     else:
         ist[tail] = before
-    kint[prev, key] = -1
-    kint[nxt, key] = -1
+    kint[key, prev] = -1
+    kint[key, nxt] = -1
     ist[count] -= 1
 
 
@@ -151,7 +153,7 @@ def _source_bw(ist, kint, consts, fconsts, key):  # pragma: no cover - compiled
     """HostTier.source_bytes_per_s without a tiered rule: a key in DRAM becomes its most recent
     and copies at the tier's link speed; one read from NVMe enters DRAM (the least recent
     leave) and copies at NVMe speed."""
-    if kint[K_DIN, key] != 0:
+    if kint[key, K_DIN] != 0:
         _list_unlink(ist, kint, key, I_DHEAD, I_DTAIL, K_DPREV, K_DNEXT, I_DN)
         _list_append(ist, kint, key, I_DHEAD, I_DTAIL, K_DPREV, K_DNEXT, I_DN)
         return fconsts[CF_HOST_LINK]
@@ -162,10 +164,10 @@ def _source_bw(ist, kint, consts, fconsts, key):  # pragma: no cover - compiled
         if over > 0:
             for _ in range(min(over, ist[I_DN])):
                 old = ist[I_DHEAD]
-                kint[K_DIN, old] = 0
+                kint[old, K_DIN] = 0
                 _list_unlink(ist, kint, old, I_DHEAD, I_DTAIL, K_DPREV, K_DNEXT, I_DN)
         if ist[I_DN] + 1 <= cap:
-            kint[K_DIN, key] = 1
+            kint[key, K_DIN] = 1
             _list_append(ist, kint, key, I_DHEAD, I_DTAIL, K_DPREV, K_DNEXT, I_DN)
     return fconsts[CF_NVME]
 
@@ -222,8 +224,8 @@ def _pop_valid(ist, kint, heap_code, heap_key):  # pragma: no cover - compiled
     """Link._pop: the best queued copy's key (stale entries dropped), -1 when none."""
     while ist[I_HEAPN] > 0:
         code, key = _heap_pop(ist, heap_code, heap_key)
-        if kint[K_CSTATE, key] == QUEUED and kint[K_SEQ, key] == (code & _SEQ_MASK) \
-                and kint[K_PRIO, key] == (code >> _SEQ_BITS):
+        if kint[key, K_CSTATE] == QUEUED and kint[key, K_SEQ] == (code & _SEQ_MASK) \
+                and kint[key, K_PRIO] == (code >> _SEQ_BITS):
             return key
     return -1
 
@@ -237,17 +239,17 @@ def _start_next(ist, fst, kint, kflt, heap_code, heap_key, consts, fconsts
     if key < 0:
         return
     now = fst[F_NOW]
-    ready = kflt[C_READY, key]
+    ready = kflt[key, C_READY]
     start = now if now > ready else ready
-    kflt[C_START, key] = start
-    kint[K_CSTATE, key] = RUNNING
+    kflt[key, C_START] = start
+    kint[key, K_CSTATE] = RUNNING
     ist[I_RUNNING] = key
     if consts[C_PIPELINED] != 0 and start == fst[F_LAST_END]:
         latency = 0.0
     else:
         latency = fconsts[CF_LATENCY_S]
     fst[F_CUR_LATENCY] = latency
-    bw = kflt[C_BW, key]
+    bw = kflt[key, C_BW]
     if bw == 0.0:
         bw = fconsts[CF_BYTES_PER_S]
     delay = start - now + latency + consts[C_EXPERT_BYTES] / bw + 0.0
@@ -261,21 +263,21 @@ def _complete(ist, fst, kint, kflt, out, consts, key, now
     """Link._complete and the protocol's copy_done (a slot copy becomes resident, LRU's
     on_insert)."""
     n_experts = consts[C_EXPERTS]
-    kint[K_CSTATE, key] = DONE
-    kflt[C_END, key] = now
-    purpose = kint[K_PURPOSE, key]
+    kint[key, K_CSTATE] = DONE
+    kflt[key, C_END] = now
+    purpose = kint[key, K_PURPOSE]
     detail = purpose
-    if purpose == D_PREFETCH and kint[K_USED, key] != 0:
+    if purpose == D_PREFETCH and kint[key, K_USED] != 0:
         detail = D_USED
-    n = _row(ist, out, KIND_COPY, kflt[C_START, key], now, kint[K_STEP, key],
+    n = _row(ist, out, KIND_COPY, kflt[key, C_START], now, kint[key, K_STEP],
              key // n_experts, key % n_experts, consts[C_EXPERT_BYTES], RES_LINK, detail, 0)
-    kint[K_ROW, key] = consts[C_ROW0] + n
+    kint[key, K_ROW] = consts[C_ROW0] + n
     if purpose != D_STREAM:
         if ist[I_ABANDONED] != 0:  # the Python engine's copy_done finds no such copy
             ist[I_ERR] = ERR_DONE_AFTER_ABANDON
             ist[I_ERRKEY] = key
             return
-        kint[K_STATE, key] = 1
+        kint[key, K_STATE] = 1
         _lru_append(ist, kint, key)
 
 
@@ -315,7 +317,7 @@ def _advance(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts, t
 def _wait(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts, key
           ):  # pragma: no cover - compiled
     """Link.wait: run the link until ``key``'s copy lands."""
-    while kint[K_CSTATE, key] != DONE and ist[I_ERR] == ERR_NONE:
+    while kint[key, K_CSTATE] != DONE and ist[I_ERR] == ERR_NONE:
         if fst[F_NEXT] == _INF:
             ist[I_ERR] = ERR_STUCK
             ist[I_ERRKEY] = key
@@ -328,15 +330,15 @@ def _new_copy(ist, kint, kflt, consts, fconsts, key, purpose, step, ready
               ):  # pragma: no cover - compiled
     """Engine.start_copy: a copy of ``key`` that may start at ``ready`` (the decision's end),
     at its source's bandwidth when there is a host tier."""
-    kflt[C_BW, key] = _source_bw(ist, kint, consts, fconsts, key) if consts[C_HOST] != 0 \
+    kflt[key, C_BW] = _source_bw(ist, kint, consts, fconsts, key) if consts[C_HOST] != 0 \
         else 0.0
-    kint[K_PURPOSE, key] = purpose
-    kint[K_PRIO, key] = 1 if purpose == D_PREFETCH else 0
-    kint[K_CSTATE, key] = NEW
-    kint[K_STEP, key] = step
-    kint[K_ROW, key] = -1
-    kint[K_USED, key] = 0
-    kflt[C_READY, key] = ready
+    kint[key, K_PURPOSE] = purpose
+    kint[key, K_PRIO] = 1 if purpose == D_PREFETCH else 0
+    kint[key, K_CSTATE] = NEW
+    kint[key, K_STEP] = step
+    kint[key, K_ROW] = -1
+    kint[key, K_USED] = 0
+    kflt[key, C_READY] = ready
 
 
 # ---- the protocol's books ------------------------------------------------------------------------
@@ -349,12 +351,12 @@ def _choose(ist, kint, need, stamp, vstamp, soft, victims, nv):  # pragma: no co
     while key >= 0:
         if nv - start >= need:
             return nv
-        if kint[K_KEEP, key] != stamp and (soft == 0 or kint[K_WANTED, key] == 0) \
-                and kint[K_VICTIM, key] != vstamp:
+        if kint[key, K_KEEP] != stamp and (soft == 0 or kint[key, K_WANTED] == 0) \
+                and kint[key, K_VICTIM] != vstamp:
             victims[nv] = key
-            kint[K_VICTIM, key] = vstamp
+            kint[key, K_VICTIM] = vstamp
             nv += 1
-        key = kint[K_NEXT, key]
+        key = kint[key, K_NEXT]
     return nv
 
 
@@ -370,8 +372,8 @@ def _evict(ist, kint, need, victims):  # pragma: no cover - compiled
         nv = _choose(ist, kint, need - nv, stamp, vstamp, 0, victims, nv)
     for i in range(nv):
         key = victims[i]
-        kint[K_STATE, key] = 0
-        kint[K_UNUSED, key] = 0
+        kint[key, K_STATE] = 0
+        kint[key, K_UNUSED] = 0
         ist[I_OCC] -= 1
         _lru_unlink(ist, kint, key)
     ist[I_N_EVICTED] += nv
@@ -380,8 +382,8 @@ def _evict(ist, kint, need, victims):  # pragma: no cover - compiled
 @jit
 def _mark_used(ist, kint, out, marks, consts, key):  # pragma: no cover - compiled
     """Engine.prefetch_used: the copy's row (logged already) says prefetch_used."""
-    kint[K_USED, key] = 1
-    row = kint[K_ROW, key]
+    kint[key, K_USED] = 1
+    row = kint[key, K_ROW]
     if row >= 0:
         local = row - consts[C_ROW0]
         if local >= 0:
@@ -401,7 +403,7 @@ def _plan(ist, kint, consts, la, first, n_tok, layer, wanted_keys, tally, picks,
     n_layers, n_experts, k = consts[C_LAYERS], consts[C_EXPERTS], consts[C_TOPK]
     n_keys = n_layers * n_experts
     for i in range(ist[I_NWANTED]):  # _start_plan: the plan and the wanted keys start empty
-        kint[K_WANTED, wanted_keys[i]] = 0
+        kint[wanted_keys[i], K_WANTED] = 0
     ist[I_NWANTED] = 0
     m = 0
     if n_tok == 1:  # the gate's own order (filtered only when an end is -1, as in Python)
@@ -440,11 +442,11 @@ def _plan(ist, kint, consts, la, first, n_tok, layer, wanted_keys, tally, picks,
     for i in range(m):
         key = base + picks[i]
         if 0 <= key < n_keys:
-            if kint[K_WANTED, key] == 0:
-                kint[K_WANTED, key] = 1
+            if kint[key, K_WANTED] == 0:
+                kint[key, K_WANTED] = 1
                 wanted_keys[ist[I_NWANTED]] = key
                 ist[I_NWANTED] += 1
-            if kint[K_STATE, key] == 0:
+            if kint[key, K_STATE] == 0:
                 plan[n_plan] = key
                 n_plan += 1
         else:
@@ -537,7 +539,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
             stamp = ist[I_STAMP]
             for j in range(n_ex):
                 keys[j] = layer * n_experts + ex[j]
-                kint[K_KEEP, keys[j]] = stamp
+                kint[keys[j], K_KEEP] = stamp
             if fst[F_NEXT] <= clock:
                 _advance(ist, fst, kint, kflt, heap_code, heap_key, out, consts,
                          fconsts, clock)
@@ -545,32 +547,32 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
             # ---- the protocol: on_layer (LRU recency), outcomes ----
             for j in range(n_ex):
                 key = keys[j]
-                if kint[K_STATE, key] == 1:
+                if kint[key, K_STATE] == 1:
                     _lru_unlink(ist, kint, key)
                     _lru_append(ist, kint, key)
             n_wait, n_miss = 0, 0
             for j in range(n_ex):
                 key = keys[j]
-                st = kint[K_STATE, key]
+                st = kint[key, K_STATE]
                 if st == 1:
-                    if kint[K_UNUSED, key] != 0:
-                        kint[K_UNUSED, key] = 0
+                    if kint[key, K_UNUSED] != 0:
+                        kint[key, K_UNUSED] = 0
                         _mark_used(ist, kint, out, marks, consts, key)
                         ist[I_N_USED] += 1
                         how[j] = D_PREFETCH_HIT
                     else:
                         how[j] = D_HIT
                 elif st == 2:
-                    if kint[K_UNUSED, key] != 0:
-                        kint[K_UNUSED, key] = 0
+                    if kint[key, K_UNUSED] != 0:
+                        kint[key, K_UNUSED] = 0
                         _mark_used(ist, kint, out, marks, consts, key)
                         ist[I_N_USED] += 1
                     # Link.promote: demand priority from now on
-                    if kint[K_CSTATE, key] == QUEUED and kint[K_PRIO, key] != 0:
-                        kint[K_PRIO, key] = 0
-                        _heap_push(ist, heap_code, heap_key, kint[K_SEQ, key], key)
-                    elif kint[K_CSTATE, key] == RUNNING:
-                        kint[K_PRIO, key] = 0
+                    if kint[key, K_CSTATE] == QUEUED and kint[key, K_PRIO] != 0:
+                        kint[key, K_PRIO] = 0
+                        _heap_push(ist, heap_code, heap_key, kint[key, K_SEQ], key)
+                    elif kint[key, K_CSTATE] == RUNNING:
+                        kint[key, K_PRIO] = 0
                     wait[n_wait] = key
                     n_wait += 1
                     ist[I_N_INFLIGHT] += 1
@@ -589,7 +591,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                 for j in range(n_miss):
                     key = missing[j]
                     if capacity - ist[I_OCC] > 0:
-                        kint[K_STATE, key] = 2
+                        kint[key, K_STATE] = 2
                         ist[I_OCC] += 1
                         _new_copy(ist, kint, kflt, consts, fconsts, key, D_DEMAND, step, ready)
                         submit[n_submit] = key
@@ -622,10 +624,10 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                         n_plan = max(free, 0)
                     for j in range(n_plan):
                         key = plan[j]
-                        kint[K_STATE, key] = 2
+                        kint[key, K_STATE] = 2
                         ist[I_OCC] += 1
                         _new_copy(ist, kint, kflt, consts, fconsts, key, D_PREFETCH, step, ready)
-                        kint[K_UNUSED, key] = 1
+                        kint[key, K_UNUSED] = 1
                         submit[n_submit] = key
                         n_submit += 1
                     ist[I_N_PREFETCH] += n_plan
@@ -638,21 +640,21 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                 for j in range(n_submit):
                     key = submit[j]
                     seq += 1
-                    kint[K_SEQ, key] = seq
-                    kint[K_CSTATE, key] = QUEUED
-                    _heap_push(ist, heap_code, heap_key, (kint[K_PRIO, key] << _SEQ_BITS) | seq,
+                    kint[key, K_SEQ] = seq
+                    kint[key, K_CSTATE] = QUEUED
+                    _heap_push(ist, heap_code, heap_key, (kint[key, K_PRIO] << _SEQ_BITS) | seq,
                                key)
                 ist[I_SEQ] = seq
                 if ist[I_RUNNING] < 0 and ist[I_KICKED] == 0:
                     _start_next(ist, fst, kint, kflt, heap_code, heap_key, consts, fconsts)
             if cwc != 0 and n_wait > 0:  # Engine._compute_while_copying
                 for j in range(n_wait):
-                    kint[K_WAIT, wait[j]] = stamp
+                    kint[wait[j], K_WAIT] = stamp
                 t = ready
                 n_later = 0
                 for j in range(n_ex):
                     key = keys[j]
-                    if kint[K_WAIT, key] == stamp:
+                    if kint[key, K_WAIT] == stamp:
                         later[n_later] = j
                         n_later += 1
                         continue
@@ -663,11 +665,11 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                 for i in range(n_later):
                     j = later[i]
                     key = keys[j]
-                    if kint[K_CSTATE, key] != DONE:
+                    if kint[key, K_CSTATE] != DONE:
                         _wait(ist, fst, kint, kflt, heap_code, heap_key, out, consts,
                               fconsts, key)
-                    if kflt[C_END, key] > t:
-                        resume = kflt[C_END, key] + sync_s
+                    if kflt[key, C_END] > t:
+                        resume = kflt[key, C_END] + sync_s
                         _row(ist, out, KIND_STALL, t, resume, step, layer, -1, 0,
                              RES_GPU, D_WAIT, 0)
                         t = resume
@@ -680,7 +682,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                 waited = False
                 for j in range(n_wait):
                     key = wait[j]
-                    if kint[K_CSTATE, key] != DONE:
+                    if kint[key, K_CSTATE] != DONE:
                         waited = True
                         _wait(ist, fst, kint, kflt, heap_code, heap_key, out, consts,
                               fconsts, key)
@@ -717,24 +719,24 @@ def finish(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts
     """The run's end (Engine._main's last lines): in-flight slot copies are abandoned (slots
     freed, in the order they started), the link brought to the clock, each abandoned copy
     cancelled (a running one logs the bytes that crossed), the link drained."""
-    n_keys = kint.shape[1]
+    n_keys = kint.shape[0]
     n_experts = consts[C_EXPERTS]
     clock = fst[F_CLOCK]
     n_left = 0
     for key in range(n_keys):
-        if kint[K_STATE, key] == 2:
+        if kint[key, K_STATE] == 2:
             n_left += 1
     left = np.empty(n_left, dtype=np.int64)
     seqs = np.empty(n_left, dtype=np.int64)
     n = 0
     for key in range(n_keys):
-        if kint[K_STATE, key] == 2:
+        if kint[key, K_STATE] == 2:
             left[n] = key
-            seqs[n] = kint[K_SEQ, key]
+            seqs[n] = kint[key, K_SEQ]
             n += 1
     order = np.argsort(seqs)
     for key in left:
-        kint[K_STATE, key] = 0
+        kint[key, K_STATE] = 0
         ist[I_OCC] -= 1
     ist[I_ABANDONED] = 1
     if n_left == 0:
@@ -750,14 +752,14 @@ def finish(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts
     for i in range(n_left):
         key = left[order[i]]
         now = fst[F_NOW]
-        cstate = kint[K_CSTATE, key]
+        cstate = kint[key, K_CSTATE]
         if cstate == QUEUED or cstate == NEW:
-            kint[K_CSTATE, key] = CANCELLED
-            n = _row(ist, out, KIND_COPY, now, now, kint[K_STEP, key],
+            kint[key, K_CSTATE] = CANCELLED
+            n = _row(ist, out, KIND_COPY, now, now, kint[key, K_STEP],
                      key // n_experts, key % n_experts, 0, RES_LINK, D_CANCELLED, 0)
-            kint[K_ROW, key] = consts[C_ROW0] + n
+            kint[key, K_ROW] = consts[C_ROW0] + n
         elif cstate == RUNNING:  # Link._stop_running, then a kick
-            start, bw = kflt[C_START, key], kflt[C_BW, key]
+            start, bw = kflt[key, C_START], kflt[key, C_BW]
             if bw == 0.0:
                 bw = fconsts[CF_BYTES_PER_S]
             first = start if start <= now else now
@@ -765,10 +767,10 @@ def finish(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts
             if part < 0.0:
                 part = 0.0
             moved = nbytes if nbytes < part else np.int64(part)
-            kint[K_CSTATE, key] = CANCELLED
-            n = _row(ist, out, KIND_COPY, first, now, kint[K_STEP, key],
+            kint[key, K_CSTATE] = CANCELLED
+            n = _row(ist, out, KIND_COPY, first, now, kint[key, K_STEP],
                      key // n_experts, key % n_experts, moved, RES_LINK, D_CANCELLED, 0)
-            kint[K_ROW, key] = consts[C_ROW0] + n
+            kint[key, K_ROW] = consts[C_ROW0] + n
             ist[I_RUNNING] = -1
             fst[F_LAST_END] = -1.0
             fst[F_NEXT] = _INF

@@ -54,8 +54,8 @@ class _Run:
         self.expert_bytes = spec.expert_bytes
         self.ist = np.zeros(kn.I_SIZE, dtype=np.int64)
         self.fst = np.zeros(kn.F_SIZE, dtype=np.float64)
-        self.kint = np.zeros((kn.K_SIZE, n_keys), dtype=np.int64)  # [fields, L*E]
-        self.kflt = np.zeros((kn.C_FIELDS, n_keys), dtype=np.float64)  # [fields, L*E]
+        self.kint = np.zeros((n_keys, kn.K_SIZE), dtype=np.int64)  # [L*E, fields]
+        self.kflt = np.zeros((n_keys, kn.C_FIELDS), dtype=np.float64)  # [L*E, fields]
         self.heap_code = np.zeros(4 * n_keys + 64, dtype=np.int64)  # [H]
         self.heap_key = np.zeros(4 * n_keys + 64, dtype=np.int64)
         self.wanted = np.zeros(n_experts + k + 1, dtype=np.int64)  # the planner's wanted keys
@@ -63,8 +63,8 @@ class _Run:
         ist[kn.I_RUNNING] = ist[kn.I_HEAD] = ist[kn.I_TAIL] = -1
         fst[kn.F_NEXT], fst[kn.F_LAST_END] = np.inf, -1.0
         fst[kn.F_CUR_LATENCY] = compute.link_latency_s
-        kint[kn.K_PREV] = kint[kn.K_NEXT] = kint[kn.K_ROW] = -1
-        kint[kn.K_DPREV] = kint[kn.K_DNEXT] = -1
+        kint[:, kn.K_PREV] = kint[:, kn.K_NEXT] = kint[:, kn.K_ROW] = -1
+        kint[:, kn.K_DPREV] = kint[:, kn.K_DNEXT] = -1
         ist[kn.I_DHEAD] = ist[kn.I_DTAIL] = -1
         order = list(engine.policy.replacement._order)  # the preload's residents, oldest first
         if set(order) != engine.cache.resident or engine.cache.in_flight:
@@ -101,12 +101,13 @@ class _Run:
 
     def _link_list(self, keys: list[int], member: int, prev: int, nxt: int, head: int,
                    tail: int) -> None:
-        """Mark ``keys`` (``kint[member]``) and chain them, first to last, into a kernel list."""
+        """Mark ``keys`` (column ``member`` of ``kint``) and chain them, first to last, into a
+        kernel list."""
         kint = self.kint
         for i, key in enumerate(keys):
-            kint[member, key] = 1
-            kint[prev, key] = keys[i - 1] if i else -1
-            kint[nxt, key] = keys[i + 1] if i + 1 < len(keys) else -1
+            kint[key, member] = 1
+            kint[key, prev] = keys[i - 1] if i else -1
+            kint[key, nxt] = keys[i + 1] if i + 1 < len(keys) else -1
         if keys:
             self.ist[head], self.ist[tail] = keys[0], keys[-1]
 
@@ -115,7 +116,7 @@ class _Run:
         out, key = [], int(self.ist[head])
         while key >= 0:
             out.append(key)
-            key = int(self.kint[nxt, key])
+            key = int(self.kint[key, nxt])
         return out
 
     # ---- inputs --------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ class _Run:
         kn, ist, log = self.kn, self.ist, self.log
         n = int(ist[kn.I_OUT_N])
         if n:
-            log.buf += self.out[:n].tobytes()
+            log.buf += memoryview(self.out[:n].view(np.uint8))  # the records' bytes
         for row in self.marks[:int(ist[kn.I_MARK_N])].tolist():
             log.mark_prefetch_used(row, self.expert_bytes)
         self._raise()
@@ -218,7 +219,7 @@ class _Run:
                             ("n_prefetch", kn.I_N_PREFETCH), ("n_prefetch_used", kn.I_N_USED),
                             ("n_evicted", kn.I_N_EVICTED)):
             setattr(protocol, name, int(ist[index]))
-        protocol.unused = dict.fromkeys(np.flatnonzero(kint[kn.K_UNUSED]).tolist())
+        protocol.unused = dict.fromkeys(np.flatnonzero(kint[:, kn.K_UNUSED]).tolist())
         if engine.host is not None:
             engine.host._dram = OrderedDict.fromkeys(self._walk(kn.I_DHEAD, kn.K_DNEXT))
             engine.host.nvme_reads = int(ist[kn.I_NVME_READS])
