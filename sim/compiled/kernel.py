@@ -426,14 +426,18 @@ def _plan(ist, kint, consts, la, first, n_tok, layer, wanted_keys, tally, picks,
                         ist[I_ERRKEY] = ((layer + 1) % n_layers) * n_experts + e
                         return -1
                     tally[e] += 1
+        # the first ``limit`` of a stable sort by count, kept as the experts are scanned
+        limit = consts[C_PLAN_N]
         for e in range(n_experts):
             c = tally[e]
-            if c > 0:
-                pos = m
-                while pos > 0 and tally[picks[pos - 1]] < c:
-                    picks[pos] = picks[pos - 1]
-                    pos -= 1
-                picks[pos] = e
+            if c <= 0 or limit <= 0 or (m == limit and tally[picks[m - 1]] >= c):
+                continue
+            pos = m if m < limit else limit - 1
+            while pos > 0 and tally[picks[pos - 1]] < c:
+                picks[pos] = picks[pos - 1]
+                pos -= 1
+            picks[pos] = e
+            if m < limit:
                 m += 1
     if m > consts[C_PLAN_N]:
         m = consts[C_PLAN_N]
