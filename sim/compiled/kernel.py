@@ -139,13 +139,34 @@ def _list_unlink(ist, kint, key, head, tail, prev, nxt, count):  # pragma: no co
 
 @jit
 def _lru_append(ist, kint, key):  # pragma: no cover - compiled
-    """The GPU cache's LRU order: ``key`` becomes the most recent."""
-    _list_append(ist, kint, key, I_HEAD, I_TAIL, K_PREV, K_NEXT, I_LRU_N)
+    """The GPU cache's LRU order: ``key`` becomes the most recent (:func:`_list_append` with
+    the list's constants written in: this runs at every access)."""
+    last = ist[I_TAIL]
+    kint[key, K_PREV] = last
+    kint[key, K_NEXT] = -1
+    if last >= 0:
+        kint[last, K_NEXT] = key
+    else:
+        ist[I_HEAD] = key
+    ist[I_TAIL] = key
+    ist[I_LRU_N] += 1
 
 
 @jit
 def _lru_unlink(ist, kint, key):  # pragma: no cover - compiled
-    _list_unlink(ist, kint, key, I_HEAD, I_TAIL, K_PREV, K_NEXT, I_LRU_N)
+    """Remove ``key`` from the LRU order (:func:`_list_unlink`, constants written in)."""
+    before, after = kint[key, K_PREV], kint[key, K_NEXT]
+    if before >= 0:
+        kint[before, K_NEXT] = after
+    else:
+        ist[I_HEAD] = after
+    if after >= 0:
+        kint[after, K_PREV] = before
+    else:
+        ist[I_TAIL] = before
+    kint[key, K_PREV] = -1
+    kint[key, K_NEXT] = -1
+    ist[I_LRU_N] -= 1
 
 
 @jit
@@ -329,9 +350,8 @@ def _wait(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts, key
 def _new_copy(ist, kint, kflt, consts, fconsts, key, purpose, step, ready
               ):  # pragma: no cover - compiled
     """Engine.start_copy: a copy of ``key`` that may start at ``ready`` (the decision's end),
-    at its source's bandwidth when there is a host tier."""
-    kflt[key, C_BW] = _source_bw(ist, kint, consts, fconsts, key) if consts[C_HOST] != 0 \
-        else 0.0
+    at the link's bandwidth (:func:`_source_bw` sets a host tier's after)."""
+    kflt[key, C_BW] = 0.0
     kint[key, K_PURPOSE] = purpose
     kint[key, K_PRIO] = 1 if purpose == D_PREFETCH else 0
     kint[key, K_CSTATE] = NEW
@@ -485,6 +505,7 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
     index of the next step to run."""
     n_layers, n_experts, k = consts[C_LAYERS], consts[C_EXPERTS], consts[C_TOPK]
     capacity, cwc, gate = consts[C_CAPACITY], consts[C_CWC], consts[C_GATE]
+    host = consts[C_HOST]  # a host tier: each copy's source bandwidth (_source_bw)
     sync_s = fconsts[CF_SYNC_S]
     row_cap = out.shape[0]
     scratch = max(n_experts, k) + 1
@@ -598,6 +619,8 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                         kint[key, K_STATE] = 2
                         ist[I_OCC] += 1
                         _new_copy(ist, kint, kflt, consts, fconsts, key, D_DEMAND, step, ready)
+                        if host != 0:
+                            kflt[key, C_BW] = _source_bw(ist, kint, consts, fconsts, key)
                         submit[n_submit] = key
                         n_submit += 1
                         wait[n_wait] = key
@@ -609,6 +632,8 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                 for j in range(n_stream):
                     key = later[j]
                     _new_copy(ist, kint, kflt, consts, fconsts, key, D_STREAM, step, ready)
+                    if host != 0:
+                        kflt[key, C_BW] = _source_bw(ist, kint, consts, fconsts, key)
                     submit[n_submit] = key
                     n_submit += 1
                     wait[n_wait] = key
@@ -631,6 +656,8 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                         kint[key, K_STATE] = 2
                         ist[I_OCC] += 1
                         _new_copy(ist, kint, kflt, consts, fconsts, key, D_PREFETCH, step, ready)
+                        if host != 0:
+                            kflt[key, C_BW] = _source_bw(ist, kint, consts, fconsts, key)
                         kint[key, K_UNUSED] = 1
                         submit[n_submit] = key
                         n_submit += 1
