@@ -333,8 +333,9 @@ def _wait(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts, key
 def _new_copy(ist, kint, kflt, consts, fconsts, key, purpose, step, ready
               ):  # pragma: no cover - compiled
     """Engine.start_copy: a copy of ``key`` that may start at ``ready`` (the decision's end),
-    at the link's bandwidth (:func:`_source_bw` sets a host tier's after)."""
-    kflt[key, C_BW] = 0.0
+    at its source's bandwidth when there is a host tier."""
+    kflt[key, C_BW] = _source_bw(ist, kint, consts, fconsts, key) if consts[C_HOST] != 0 \
+        else 0.0
     kint[key, K_PURPOSE] = purpose
     kint[key, K_PRIO] = 1 if purpose == D_PREFETCH else 0
     kint[key, K_CSTATE] = NEW
@@ -488,7 +489,6 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
     index of the next step to run."""
     n_layers, n_experts, k = consts[C_LAYERS], consts[C_EXPERTS], consts[C_TOPK]
     capacity, cwc, gate = consts[C_CAPACITY], consts[C_CWC], consts[C_GATE]
-    host = consts[C_HOST]  # a host tier: each copy's source bandwidth (_source_bw)
     sync_s = fconsts[CF_SYNC_S]
     row_cap = out.shape[0]
     scratch = max(n_experts, k) + 1
@@ -602,8 +602,6 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                         kint[key, K_STATE] = 2
                         ist[I_OCC] += 1
                         _new_copy(ist, kint, kflt, consts, fconsts, key, D_DEMAND, step, ready)
-                        if host != 0:
-                            kflt[key, C_BW] = _source_bw(ist, kint, consts, fconsts, key)
                         submit[n_submit] = key
                         n_submit += 1
                         wait[n_wait] = key
@@ -615,8 +613,6 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                 for j in range(n_stream):
                     key = later[j]
                     _new_copy(ist, kint, kflt, consts, fconsts, key, D_STREAM, step, ready)
-                    if host != 0:
-                        kflt[key, C_BW] = _source_bw(ist, kint, consts, fconsts, key)
                     submit[n_submit] = key
                     n_submit += 1
                     wait[n_wait] = key
@@ -639,8 +635,6 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
                         kint[key, K_STATE] = 2
                         ist[I_OCC] += 1
                         _new_copy(ist, kint, kflt, consts, fconsts, key, D_PREFETCH, step, ready)
-                        if host != 0:
-                            kflt[key, C_BW] = _source_bw(ist, kint, consts, fconsts, key)
                         kint[key, K_UNUSED] = 1
                         submit[n_submit] = key
                         n_submit += 1
