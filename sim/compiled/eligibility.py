@@ -96,8 +96,6 @@ def _policy_reason(policy: Any) -> str | None:
               if name == "prefetch" else False)
         if not ok:
             return f"the policy's {name} is replaced"
-    if policy.partition_slots is not None:
-        return "a partitioned cache"
     planner = policy.planner
     if isinstance(planner, NextLayerTopN):
         if planner.params.min_confidence != 0.0:
@@ -128,7 +126,6 @@ def _runtime_reason(engine: Engine) -> str | None:
         (engine.batcher is not None and type(engine.batcher) is not ContinuousBatcher,
          "a batcher other than ContinuousBatcher"),
         (engine.n_layers < 2, "a model of one MoE layer"),
-        (engine.spec.num_experts >= 1 << 15, "2**15 experts or more per layer"),
     )
     return next((reason for failed, reason in checks if failed), None)
 

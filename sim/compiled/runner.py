@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from moe_offload_lab.sim.engine import Engine
 
 _MIN_ROWS = 1 << 15  # output rows of one call, at least
-_IDS = np.int16  # expert ids as the kernel reads them (eligibility: fewer than 2**15 experts)
+_IDS = np.int16  # expert ids as the kernel reads them (a ModelSpec has fewer than 2**15)
 
 
 class _Run:
