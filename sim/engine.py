@@ -520,13 +520,14 @@ class Engine(Transfers):
             if len(buf) > fold_bytes:
                 log.fold()
         self.end_s = float(clock)
-        # copies still queued or running when the last step ends are abandoned (logged as such)
+        # copies that land by the last step's end land (their slots become resident); those
+        # still queued or running then are abandoned (logged as such). Landing them first
+        # matters: a copy landing after abandon_all would find no booking (it raised KeyError)
+        link.sync(clock)
         leftover = protocol.abandon_all()
         self._held.clear()
-        if leftover:
-            link.sync(clock)
-            for copy in leftover:
-                link.cancel(copy)
+        for copy in leftover:
+            link.cancel(copy)
         link.drain()
 
     def _layer_experts(self, step: int, layer: int, ready: float, experts: list[int],

@@ -724,12 +724,18 @@ def run_steps(ist, fst, kint, kflt, heap_code, heap_key, wanted_keys, out, marks
 @jit
 def finish(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts
            ):  # pragma: no cover - compiled
-    """The run's end (Engine._main's last lines): in-flight slot copies are abandoned (slots
-    freed, in the order they started), the link brought to the clock, each abandoned copy
-    cancelled (a running one logs the bytes that crossed), the link drained."""
+    """The run's end (Engine._main's last lines): the link brought to the clock (copies landing
+    by then land), the slot copies still in flight abandoned (slots freed, in the order they
+    started), each cancelled (a running one logs the bytes that crossed), the link drained."""
     n_keys = kint.shape[0]
     n_experts = consts[C_EXPERTS]
     clock = fst[F_CLOCK]
+    # Link.sync(clock)
+    _advance(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts, clock)
+    if ist[I_ERR] != ERR_NONE:
+        return
+    if fst[F_NOW] < clock:
+        fst[F_NOW] = clock
     n_left = 0
     for key in range(n_keys):
         if kint[key, K_STATE] == 2:
@@ -747,15 +753,6 @@ def finish(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts
         kint[key, K_STATE] = 0
         ist[I_OCC] -= 1
     ist[I_ABANDONED] = 1
-    if n_left == 0:
-        _drain(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts)
-        return
-    # Link.sync(clock)
-    _advance(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts, clock)
-    if ist[I_ERR] != ERR_NONE:
-        return
-    if fst[F_NOW] < clock:
-        fst[F_NOW] = clock
     nbytes = consts[C_EXPERT_BYTES]
     for i in range(n_left):
         key = left[order[i]]

@@ -262,3 +262,23 @@ def test_a_refused_plan_raises_as_in_python() -> None:
         errors.append(str(caught.value))
     assert errors[0] == errors[1] and "planned twice" in errors[0]
     assert np.all(True)
+
+
+def test_a_copy_landing_by_the_runs_end_lands_in_both_engines() -> None:
+    """A prefetch still in flight after the last layer's decision but landing before the run's
+    end lands (its slot resident, its row a completed copy) instead of being abandoned; the
+    engines used to abandon first and then fail on the landing (KeyError)."""
+    model = spec(num_layers=2, num_experts=4, top_k=2)
+    trace = make_trace(model, 17, requests=1, seed=3, lookahead=(1, 2), lookahead_error=0.3)
+    runs = {}
+    for mode in ("python", "compiled"):
+        engine = Engine(model, trace, build_policy("gate-lookahead"), HW, 6, engine=mode)
+        runs[mode] = (engine.run(), engine)
+    (want, ref), (got, fast) = runs["python"], runs["compiled"]
+    pd.testing.assert_frame_equal(got.events, want.events, check_exact=True)
+    assert sorted(fast.cache.resident) == sorted(ref.cache.resident)
+    copies = want.events[want.events["kind"] == "copy"]
+    last = copies[copies["end_s"] > copies["end_s"].max() - 1e-12]
+    assert ref.link.env.now >= want.makespan_s
+    assert not ref.cache.in_flight and len(ref.cache) <= 6
+    assert (last["detail"] != "cancelled").any()  # the final copy landed, it was not abandoned
