@@ -282,6 +282,27 @@ def main() -> None:
         if best["python"]:
             line += " vs this checkout's Python engine:" + _versus(best["python"][i], after)
         print(line)
+    if args.ref is not None and any(b["checksum"] != a["checksum"]
+                                    for b, a in zip(best["before"], best["after"], strict=True)):
+        print(_why_different(args.ref))
+
+
+COSTS = Path("conf") / "decision_costs" / "default.yaml"  # the measured decision-cost table
+
+
+def _why_different(ref: Path) -> str:
+    """A known cause of different results against an older checkout: its decision-cost table
+    (every policy call's simulated time) is not this checkout's."""
+    ours = Path(__file__).resolve().parent.parent / COSTS
+    theirs = ref / COSTS
+    if not theirs.is_file() or not ours.is_file():
+        return "results differ: one side has no decision-cost table (a policy's decisions cost " \
+               "no simulated time there)"
+    if theirs.read_bytes() != ours.read_bytes():
+        return (f"results differ: {COSTS} differs between the checkouts, so every decision's "
+                f"simulated time does; run the reference with this checkout's table (a copy of "
+                f"it with the file replaced) to compare the engines' results")
+    return "results differ and the decision-cost tables are equal: the engines disagree"
 
 
 if __name__ == "__main__":
