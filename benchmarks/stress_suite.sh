@@ -17,6 +17,7 @@ read -r -a THREADS <<<"${THREADS:-1 2}"
 BUSY=${BUSY:-2}
 PY=${PYTHON:-.venv/bin/python}
 LOGS=${LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/stress-suite.XXXXXX")}
+mkdir -p "$LOGS"
 
 busy=()
 stop_busy() {

@@ -31,6 +31,9 @@ class TrialSeededSampler(BaseSampler):
                  factory: Callable[[int], BaseSampler] = lambda s: TPESampler(seed=s)) -> None:
         self.seed, self._factory = seed, factory
         self._by_trial: dict[int, BaseSampler] = {}
+        # called with (study, frozen trial) first thing when a trial starts (Optuna calls
+        # before_trial right after creating it): a worker claims its trial there (sim.tune.stale)
+        self.on_start: Callable[[Any, Any], None] | None = None
 
     def _for(self, trial: Any) -> BaseSampler:
         sampler = self._by_trial.get(trial.number)
@@ -54,7 +57,9 @@ class TrialSeededSampler(BaseSampler):
         return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: Any, trial: Any) -> None:
-        """A trial starts: its sampler is created here."""
+        """A trial starts: ``on_start`` runs, then its sampler is created here."""
+        if self.on_start is not None:
+            self.on_start(study, trial)
         self._for(trial).before_trial(study, trial)
 
     def after_trial(self, study: Any, trial: Any, state: Any,

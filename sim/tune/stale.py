@@ -4,8 +4,11 @@ A worker killed mid-trial (SIGKILL, out of memory, a preempted SLURM task, a mac
 away) leaves its trial ``RUNNING``. Optuna's heartbeat covers RDB storages, but only after the
 grace period and only when a worker next starts a trial; journal storages have none. So every
 trial records its **owner** (user attribute ``worker``: ``host:pid:start``, where ``start`` is
-the process's start time, so a reused pid is not mistaken for the owner) and, while it runs, a
-**heartbeat** (user attribute ``heartbeat_at``, Unix seconds, every :data:`HEARTBEAT_S`).
+the process's start time, so a reused pid is not mistaken for the owner; stamped as soon as
+Optuna has created the trial, in the sampler's ``before_trial``, so only a worker killed within
+those two storage writes leaves an unowned trial, which the grace period below covers) and, while
+it runs, a **heartbeat** (user attribute ``heartbeat_at``, Unix seconds, every
+:data:`HEARTBEAT_S`).
 
 :func:`fail_stale` (called when a worker starts and after each of its trials) fails a
 ``RUNNING`` trial when

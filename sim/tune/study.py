@@ -171,11 +171,21 @@ def run_worker(space: Space, name: str, spec: str, n_trials: int, seed: int = 0,
     objective = Objective(space)
 
     with graceful_interrupt() as flag, heartbeat(study) as current:
-        def tagged(trial: Any) -> Any:
-            trial.set_user_attr(OWNER_ATTR, owner)
+        def claim(_: Any, frozen: Any) -> None:
+            # the trial's owner, stamped as soon as Optuna has created it (before any sampling):
+            # a worker killed before this leaves an unowned trial, failed after the grace period
+            storage = study._storage
+            storage.set_trial_user_attr(frozen._trial_id, OWNER_ATTR, owner)
             if task:
-                trial.set_user_attr("slurm_task", task)
-            current["trial_id"] = trial._trial_id
+                storage.set_trial_user_attr(frozen._trial_id, "slurm_task", task)
+            current["trial_id"] = frozen._trial_id
+
+        if isinstance(study.sampler, TrialSeededSampler):
+            study.sampler.on_start = claim
+
+        def tagged(trial: Any) -> Any:
+            if current["trial_id"] != trial._trial_id:  # another sampler: claim it here
+                claim(study, trial)
             try:
                 return objective(trial)
             finally:

@@ -258,3 +258,22 @@ def test_slurm_script_reads_a_password_url_from_the_environment(postgres, tmp_pa
     assert main(["slurm", str(space_file), "--study", f"arr-{os.getpid()}", "--tasks", "3",
                  "--trials", "4", "--storage", postgres.url(), "--schema", "tuner_space",
                  "--dir", str(folder), "--submit"]) == 2  # no sbatch on this machine
+
+
+def test_a_worker_claims_each_trial_before_it_is_sampled(tmp_path: Path, space_file: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner is stamped when Optuna hands the sampler a new trial, not once the objective
+    runs: a worker killed while its trial is being sampled leaves a trial the next worker fails
+    at once (an unowned one waits for the grace period)."""
+    import moe_offload_lab.sim.tune.study as study_module
+
+    claimed: list[bool] = []
+
+    class Recording(TrialSeededSampler):
+        def before_trial(self, study, trial) -> None:  # noqa: ANN001 - Optuna's objects
+            super().before_trial(study, trial)
+            claimed.append(OWNER_ATTR in study._storage.get_trial(trial._trial_id).user_attrs)
+
+    monkeypatch.setattr(study_module, "TrialSeededSampler", Recording)
+    run_worker(load_space(space_file), "claims", f"journal:{tmp_path / 'j.log'}", 3, seed=0)
+    assert claimed == [True, True, True]
