@@ -39,11 +39,11 @@ import numpy as np
 
 # ---- scalar state: ist ---------------------------------------------------------------------------
 I_RUNNING, I_SEQ, I_KICKED, I_DUE, I_HEAPN, I_OCC, I_HEAD, I_TAIL = 0, 1, 2, 3, 4, 5, 6, 7
-I_NWANTED, I_EVENTS, I_STAMP, I_VSTAMP, I_ERR, I_ERRKEY, I_ABANDONED = 8, 9, 10, 11, 12, 13, 14
-I_N_MISS, I_N_INFLIGHT, I_N_DEMAND, I_N_STREAM, I_N_PREFETCH = 15, 16, 17, 18, 19
-I_N_USED, I_N_EVICTED, I_OUT_N, I_MARK_N, I_LRU_N = 20, 21, 22, 23, 24
-I_DHEAD, I_DTAIL, I_DN, I_NVME_READS = 25, 26, 27, 28  # the host tier's DRAM LRU
-I_SIZE = 29
+I_NWANTED, I_EVENTS, I_STAMP, I_VSTAMP, I_ERR, I_ERRKEY = 8, 9, 10, 11, 12, 13
+I_N_MISS, I_N_INFLIGHT, I_N_DEMAND, I_N_STREAM, I_N_PREFETCH = 14, 15, 16, 17, 18
+I_N_USED, I_N_EVICTED, I_OUT_N, I_MARK_N, I_LRU_N = 19, 20, 21, 22, 23
+I_DHEAD, I_DTAIL, I_DN, I_NVME_READS = 24, 25, 26, 27  # the host tier's DRAM LRU
+I_SIZE = 28
 # ---- scalar state: fst ---------------------------------------------------------------------------
 F_NOW, F_NEXT, F_LAST_END, F_CUR_LATENCY, F_CLOCK = 0, 1, 2, 3, 4
 F_SIZE = 5
@@ -60,7 +60,7 @@ NEW, QUEUED, RUNNING, DONE, CANCELLED = 0, 1, 2, 3, 4
 # link event due (DirectLink._due)
 DUE_NONE, DUE_END, DUE_KICK = 0, 1, 2
 # errors the driver turns into the Python engine's exceptions
-ERR_NONE, ERR_BAD_KEY, ERR_TWICE, ERR_DONE_AFTER_ABANDON, ERR_ROOM, ERR_STUCK = 0, 1, 2, 3, 4, 5
+ERR_NONE, ERR_BAD_KEY, ERR_TWICE, ERR_ROOM, ERR_STUCK = 0, 1, 2, 3, 4
 # event-log codes (sim.eventlog: KINDS, RESOURCES, DETAILS)
 KIND_COPY, KIND_COMPUTE, KIND_STALL, KIND_POLICY, KIND_STEP = 0, 1, 2, 3, 4
 RES_NONE, RES_LINK, RES_GPU = 0, 1, 2
@@ -277,10 +277,6 @@ def _complete(ist, fst, kint, kflt, out, consts, key, now
              key // n_experts, key % n_experts, consts[C_EXPERT_BYTES], RES_LINK, detail, 0)
     kint[key, K_ROW] = consts[C_ROW0] + n
     if purpose != D_STREAM:
-        if ist[I_ABANDONED] != 0:  # the Python engine's copy_done finds no such copy
-            ist[I_ERR] = ERR_DONE_AFTER_ABANDON
-            ist[I_ERRKEY] = key
-            return
         kint[key, K_STATE] = 1
         _lru_append(ist, kint, key)
 
@@ -752,7 +748,6 @@ def finish(ist, fst, kint, kflt, heap_code, heap_key, out, consts, fconsts
     for key in left:
         kint[key, K_STATE] = 0
         ist[I_OCC] -= 1
-    ist[I_ABANDONED] = 1
     nbytes = consts[C_EXPERT_BYTES]
     for i in range(n_left):
         key = left[order[i]]

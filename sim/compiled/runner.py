@@ -194,9 +194,6 @@ class _Run:
             raise PolicyViolation(f"{name}: prefetch key {key!r} is not a valid key")
         if err == kn.ERR_TWICE:
             raise PolicyViolation(f"{name}: prefetch of key {key}, which is planned twice")
-        if err == kn.ERR_DONE_AFTER_ABANDON:  # the run's end lands copies before abandoning
-            raise RuntimeError(f"compiled engine: copy of key {key} landed after the run "
-                               f"abandoned it")
         raise RuntimeError(f"compiled engine: internal error {err} at key {key}")
 
     # ---- the Python objects after the run --------------------------------------------------------
