@@ -180,12 +180,9 @@ def run_worker(space: Space, name: str, spec: str, n_trials: int, seed: int = 0,
                 storage.set_trial_user_attr(frozen._trial_id, "slurm_task", task)
             current["trial_id"] = frozen._trial_id
 
-        if isinstance(study.sampler, TrialSeededSampler):
-            study.sampler.on_start = claim
+        study.sampler.on_start = claim  # open_study's TrialSeededSampler
 
         def tagged(trial: Any) -> Any:
-            if current["trial_id"] != trial._trial_id:  # another sampler: claim it here
-                claim(study, trial)
             try:
                 return objective(trial)
             finally:
