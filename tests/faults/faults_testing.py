@@ -118,11 +118,15 @@ def _reap_group(pgid: int) -> None:
 
 
 def assert_interrupted_cleanly(outcome: Outcome, codes: tuple[int, ...] = (0, 130)) -> None:
-    """Ctrl-C: the command's own exit status (or SIGINT's, -2, when it came while Python was
-    still importing), and never a traceback."""
+    """Ctrl-C: the command's own exit status and never a traceback; or SIGINT's status, -2, when
+    it came while Python was still importing, before the command's handler existed: the
+    interpreter then prints its own KeyboardInterrupt, and nothing else."""
     if outcome.signalled:
         assert outcome.returncode in (*codes, -2), outcome.stderr
-        assert "Traceback" not in outcome.stderr, outcome.stderr
+        if outcome.returncode == -2:
+            assert outcome.stderr.rstrip().endswith("KeyboardInterrupt"), outcome.stderr
+        else:
+            assert "Traceback" not in outcome.stderr, outcome.stderr
 
 
 def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
